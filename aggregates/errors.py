@@ -1,0 +1,50 @@
+"""Domain errors: a refused decision, naming the field and the reason."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A command was refused by a rule. Nothing is stored."""
+
+    status = 422
+    code = "rule-violated"
+
+    def __init__(self, detail: str, *, field: str | None = None, **extra: object):
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        self.extra = extra
+
+
+class InvalidValue(DomainError):
+    """A value the rules do not accept (422)."""
+
+    code = "invalid-value"
+
+
+class InvalidTransition(DomainError):
+    """The record's current state does not allow this change (409)."""
+
+    status = 409
+    code = "invalid-transition"
+
+
+class Duplicate(DomainError):
+    """The thing already exists (409), e.g. an e-mail registered to another customer."""
+
+    status = 409
+    code = "duplicate"
+
+
+class NotFound(DomainError):
+    """No such record (404)."""
+
+    status = 404
+    code = "not-found"
+
+
+class PersonalDataErased(DomainError):
+    """The customer's personal data was erased; the record is closed to changes (409)."""
+
+    status = 409
+    code = "personal-data-erased"
