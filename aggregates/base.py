@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
+from aggregates.errors import NotFound
 from events.base import Actor, CrmEvent, EventMeta
 
 A = TypeVar("A", bound="Aggregate")
@@ -130,6 +131,8 @@ class Aggregate:
         """Rebuild from events (eventsourcing's projector function protocol)."""
         for event in events:
             if aggregate is None:
+                if getattr(event, "aggregate_type", None) != cls.type_name or not event.creates:
+                    raise NotFound(f"no {cls.type_name} {event.originator_id}")
                 aggregate = cls.__new__(cls)
                 Aggregate.__init__(aggregate, event.originator_id)
             aggregate.apply(event)

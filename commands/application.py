@@ -1,0 +1,347 @@
+"""The write application: event store wiring, optimistic concurrency, idempotency.
+
+``CrmApplication`` is an eventsourcing ``Application`` whose mapper seals personal data
+per customer and whose recorder writes reservations and idempotency records in the
+events' transaction. ``CommandService`` runs one command: load, decide, save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError
+from eventsourcing.postgres import PostgresFactory
+from eventsourcing.utils import Environment
+from pydantic import BaseModel
+
+from aggregates import AGGREGATE_TYPES
+from aggregates.base import Aggregate, CommandContext
+from aggregates.customer import normalise_email
+from aggregates.errors import Duplicate, InvalidValue, NotFound, PersonalDataErased
+from commands.clock import Clock, SystemClock, random_ids
+from commands.errors import ConcurrencyConflict, IdempotencyKeyReused, PreconditionRequired
+from commands.eventstore import (
+    CrmMemoryRecorder,
+    CrmPostgresRecorder,
+    EmailTaken,
+    IdempotencyKeyTaken,
+    IdempotencyRecord,
+    WriteExtras,
+)
+from events.base import Actor, CrmEvent
+from events.codec import CrmMapper, EventCodec
+from events.keys import InMemoryKeyRing, KeyRing, KeyWrapper, PostgresKeyRing, SubjectKeyDestroyed
+
+A = TypeVar("A", bound=Aggregate)
+MAX_FUTURE_SKEW_SECONDS = 300
+MAX_RETRIES = 5
+
+
+class CrmApplication(Application[UUID]):
+    """The event store of the CRM: eventsourcing, with the CRM's own stored form."""
+
+    name = "crm"
+
+    def __init__(self, env: dict[str, str], *, kek: bytes, keys: KeyRing | None = None):
+        self._kek = kek
+        self._given_keys = keys
+        self.keys: KeyRing
+        super().__init__(env)
+
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        # Only the composition root reads the process environment; it hands us all.
+        return Environment(name, dict(env or {}))
+
+    def construct_mapper(self) -> CrmMapper:  # type: ignore[override]
+        if self._given_keys is not None:
+            self.keys = self._given_keys
+        elif isinstance(self.factory, PostgresFactory):
+            ring = PostgresKeyRing(self.factory.datastore.get_connection, KeyWrapper(self._kek))
+            ring.create_table()
+            self.keys = ring
+        else:
+            self.keys = InMemoryKeyRing()
+        return CrmMapper(EventCodec(self.keys))
+
+    def construct_recorder(self) -> Any:
+        if isinstance(self.factory, PostgresFactory):
+            recorder = CrmPostgresRecorder(self.factory.datastore, events_table_name="crm_events")
+            if self.factory.env_create_table():
+                recorder.create_table()
+            return recorder
+        return CrmMemoryRecorder()
+
+    @property
+    def codec(self) -> EventCodec:
+        return self.mapper.codec  # type: ignore[attr-defined,no-any-return]
+
+    def load(self, cls: type[A], aggregate_id: UUID, *, version: int | None = None) -> A:
+        """The aggregate rebuilt from its events; ``NotFound`` if absent or another type."""
+        try:
+            aggregate = self.repository.get(
+                aggregate_id, version=version, projector_func=cls.project
+            )
+        except AggregateNotFoundError:
+            raise NotFound(f"no {cls.type_name} {aggregate_id}") from None
+        if not isinstance(aggregate, cls):
+            raise NotFound(f"no {cls.type_name} {aggregate_id}")
+        return aggregate
+
+    def load_any(self, aggregate_id: UUID) -> Aggregate:
+        """The aggregate of whatever type the id names."""
+        first = self.events.get(aggregate_id, limit=1)
+        event = next(iter(first), None)
+        if event is None:
+            raise NotFound(f"no record {aggregate_id}")
+        return self.load(AGGREGATE_TYPES[event.aggregate_type], aggregate_id)
+
+    def stored_events(self, aggregate_id: UUID) -> Iterator[CrmEvent]:
+        return iter(self.events.get(aggregate_id))  # type: ignore[arg-type]
+
+
+def factory_is_postgres(factory: InfrastructureFactory) -> bool:
+    return isinstance(factory, PostgresFactory)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: becomes the events' actor."""
+
+    id: str
+    role: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything about one command request that is not the command itself."""
+
+    principal: Principal
+    correlation_id: str
+    target: UUID | None = None
+    expected_version: int | None = None
+    idempotency_key: str | None = None
+    causation_id: str | None = None
+
+
+@dataclass
+class WriteResult:
+    """The answer to a command: which record, its new version, the log position."""
+
+    id: UUID
+    type: str
+    version: int
+    position: int | None
+    created: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    replayed: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "version": self.version,
+            "position": self.position,
+            "result": self.result,
+        }
+
+    @property
+    def status(self) -> int:
+        return 201 if self.created else 200
+
+
+class UnitOfWork:
+    """The records one command touches, and what it writes beside their events."""
+
+    def __init__(self, app: CrmApplication, request: Request, email_key: bytes):
+        self.app = app
+        self.request = request
+        self._email_key = email_key
+        self.loaded: dict[UUID, Aggregate] = {}
+        self.extras = WriteExtras()
+        self.result: dict[str, Any] = {}
+
+    def get(self, cls: type[A], aggregate_id: UUID) -> A:
+        """The record, checked against the version the caller based its change on."""
+        existing = self.loaded.get(aggregate_id)
+        if existing is not None:
+            if not isinstance(existing, cls):
+                raise NotFound(f"no {cls.type_name} {aggregate_id}")
+            return existing
+        aggregate = self.app.load(cls, aggregate_id)
+        if aggregate_id == self.request.target and self.request.expected_version is not None:
+            if aggregate.version != self.request.expected_version:
+                raise ConcurrencyConflict(
+                    aggregate_id, self.request.expected_version, aggregate.version
+                )
+        self.loaded[aggregate_id] = aggregate
+        return aggregate
+
+    def get_reference(self, cls: type[A], aggregate_id: UUID, field: str) -> A:
+        """A record named in the request body: missing is bad input (422), not 404."""
+        try:
+            return self.get(cls, aggregate_id)
+        except NotFound:
+            raise InvalidValue(f"no {cls.type_name} {aggregate_id}", field=field) from None
+
+    def add(self, aggregate: Aggregate) -> None:
+        self.loaded[aggregate.id] = aggregate
+
+    def email_hmac(self, address: str) -> bytes:
+        return hmac.new(self._email_key, normalise_email(address).encode(), hashlib.sha256).digest()
+
+    def reserve_email(self, address: str, customer_id: UUID, field: str) -> None:
+        digest = self.email_hmac(address)
+        owner = self.app.recorder.email_owner(digest)  # type: ignore[attr-defined]
+        if owner is not None and owner != customer_id:
+            raise Duplicate(
+                f"this e-mail address is already registered to customer {owner}",
+                field=field,
+                existing_customer_id=str(owner),
+            )
+        self.extras.reserve_emails.append((digest, customer_id))
+
+    def release_email(self, address: str, customer_id: UUID) -> None:
+        self.extras.release_emails.append((self.email_hmac(address), customer_id))
+
+
+Handler = Callable[[Any, UnitOfWork, CommandContext], Aggregate]
+
+
+class CommandService:
+    """Runs commands: one handler each, one transaction each, at most once per key."""
+
+    def __init__(
+        self,
+        app: CrmApplication,
+        handlers: dict[type[BaseModel], Handler],
+        *,
+        email_key: bytes,
+        clock: Clock | None = None,
+        new_id: Callable[[], UUID] = random_ids,
+    ):
+        self.app = app
+        self.handlers = handlers
+        self.clock = clock or SystemClock()
+        self.new_id = new_id
+        self._email_key = email_key
+
+    def execute(self, command: BaseModel, request: Request) -> WriteResult:
+        handler = self.handlers.get(type(command))
+        if handler is None:
+            raise TypeError(f"no handler for {type(command).__name__}")
+        if getattr(command, "requires_version", False) and request.expected_version is None:
+            raise PreconditionRequired(
+                "send If-Match with the record's ETag (its version) to change it",
+                field="If-Match",
+            )
+        fingerprint = ""
+        if request.idempotency_key:
+            fingerprint = self._fingerprint(command, request)
+            earlier = self.app.recorder.idempotency_record(  # type: ignore[attr-defined]
+                request.principal.id, request.idempotency_key
+            )
+            if earlier is not None:
+                return self._replay(earlier, fingerprint)
+        command_id = self.new_id()
+        for attempt in range(MAX_RETRIES):
+            ctx = self._context(command, request, command_id)
+            uow = UnitOfWork(self.app, request, self._email_key)
+            aggregate = handler(command, uow, ctx)
+            created = aggregate.version == len(aggregate.pending_events)
+            pending = [a for a in uow.loaded.values() if a.pending_events]
+            if not pending:  # nothing changed: answer with the current state
+                position = self.app.recorder.position_of(aggregate.id, aggregate.version)  # type: ignore[attr-defined]
+                return WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
+                                   position, created=False, result=uow.result)
+            result = WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
+                                 None, created=created, result=_jsonable(uow.result))
+            if request.idempotency_key:
+                uow.extras.idempotency = IdempotencyRecord(
+                    principal=request.principal.id,
+                    key=request.idempotency_key,
+                    fingerprint=fingerprint,
+                    status=result.status,
+                    body=result.body(),
+                )
+            try:
+                recordings = self.app.save(*pending, extras=uow.extras)
+            except EmailTaken as e:
+                owner = self.app.recorder.email_owner(e.email_hmac)  # type: ignore[attr-defined]
+                raise Duplicate(
+                    f"this e-mail address is already registered to customer {owner}",
+                    field="contacts",
+                    existing_customer_id=str(owner),
+                ) from None
+            except IdempotencyKeyTaken:
+                earlier = self.app.recorder.idempotency_record(  # type: ignore[attr-defined]
+                    request.principal.id, request.idempotency_key or ""
+                )
+                assert earlier is not None
+                return self._replay(earlier, fingerprint)
+            except SubjectKeyDestroyed:
+                raise PersonalDataErased("this customer's personal data was erased") from None
+            except IntegrityError:
+                # Another writer appended to one of these records since we loaded it.
+                if request.expected_version is not None or attempt == MAX_RETRIES - 1:
+                    current = self.app.load(type(aggregate), aggregate.id).version if not created else 0
+                    raise ConcurrencyConflict(aggregate.id, request.expected_version, current) from None
+                continue
+            positions = [r.notification.id for r in recordings if r.notification.id is not None]
+            result.position = max(positions) if positions else None
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _context(self, command: BaseModel, request: Request, command_id: UUID) -> CommandContext:
+        recorded_at = self.clock.now()
+        occurred_at = getattr(command, "occurred_at", None) or recorded_at
+        if (occurred_at - recorded_at).total_seconds() > MAX_FUTURE_SKEW_SECONDS:
+            raise InvalidValue("occurred_at must not be in the future", field="occurred_at")
+        return CommandContext(
+            actor=Actor(id=request.principal.id, role=request.principal.role),
+            recorded_at=recorded_at,
+            occurred_at=occurred_at,
+            correlation_id=request.correlation_id,
+            causation_id=request.causation_id or str(command_id),
+            command_id=command_id,
+            new_id=self.new_id,
+            reason=getattr(command, "reason", None),
+        )
+
+    @staticmethod
+    def _fingerprint(command: BaseModel, request: Request) -> str:
+        doc = {
+            "command": type(command).__name__,
+            "target": str(request.target),
+            "expected_version": request.expected_version,
+            "body": command.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    @staticmethod
+    def _replay(earlier: IdempotencyRecord, fingerprint: str) -> WriteResult:
+        if earlier.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used for a different request",
+                field="Idempotency-Key",
+            )
+        body = earlier.body
+        return WriteResult(
+            id=UUID(body["id"]),
+            type=body["type"],
+            version=body["version"],
+            position=body.get("position"),
+            created=earlier.status == 201,
+            result=body.get("result") or {},
+            replayed=True,
+        )
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, UUID) else v for k, v in values.items()}

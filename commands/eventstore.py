@@ -1,0 +1,239 @@
+"""The event store's recorders: events, e-mail reservations and idempotency records
+written in one transaction.
+
+A command's events, the e-mail addresses it reserves or releases, and the answer to
+its Idempotency-Key commit together or not at all: a retry after a crash between
+commit and response finds the answer, and never stores the events twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.popo import POPOApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Identifier
+
+
+@dataclass
+class IdempotencyRecord:
+    """The first answer to a request with an Idempotency-Key."""
+
+    principal: str
+    key: str
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class WriteExtras:
+    """What a command writes beside its events, in the same transaction."""
+
+    reserve_emails: list[tuple[bytes, UUID]] = field(default_factory=list)
+    release_emails: list[tuple[bytes, UUID]] = field(default_factory=list)
+    idempotency: IdempotencyRecord | None = None
+
+
+class EmailTaken(Exception):
+    """An e-mail reservation collided with another customer's."""
+
+    def __init__(self, email_hmac: bytes):
+        super().__init__("e-mail already registered")
+        self.email_hmac = email_hmac
+
+
+class IdempotencyKeyTaken(Exception):
+    """Another request with the same Idempotency-Key committed first."""
+
+
+def _finish_body(record: IdempotencyRecord, notification_ids: Sequence[int] | None) -> None:
+    if notification_ids:
+        record.body["position"] = max(notification_ids)
+
+
+class CrmPostgresRecorder(PostgresApplicationRecorder):
+    """eventsourcing's PostgreSQL application recorder, plus reservations and
+    idempotency records in the events' transaction (under the same table lock that
+    keeps the notification log gap-free)."""
+
+    def __init__(self, datastore: Any, *, events_table_name: str = "crm_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(self.datastore.schema)
+        self.reservations_table = SQL("{0}.{1}").format(schema, Identifier("crm_email_reservations"))
+        self.idempotency_table = SQL("{0}.{1}").format(schema, Identifier("crm_idempotency"))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                " email_hmac bytea PRIMARY KEY,"
+                " customer_id uuid NOT NULL,"
+                " reserved_at timestamptz NOT NULL DEFAULT now())"
+            ).format(self.reservations_table)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                " principal text NOT NULL,"
+                " key text NOT NULL,"
+                " fingerprint text NOT NULL,"
+                " status int NOT NULL,"
+                " body jsonb NOT NULL,"
+                " created_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (principal, key))"
+            ).format(self.idempotency_table)
+        )
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        try:
+            return super().insert_events(stored_events, **kwargs)
+        except IntegrityError as e:
+            constraint = getattr(getattr(e.__cause__, "diag", None), "constraint_name", "") or ""
+            extras: WriteExtras | None = kwargs.get("extras")
+            if constraint.startswith("crm_email_reservations") and extras:
+                taken = self._first_taken(extras)
+                if taken is not None:
+                    raise EmailTaken(taken) from e
+            if constraint.startswith("crm_idempotency"):
+                raise IdempotencyKeyTaken() from e
+            raise
+
+    def _first_taken(self, extras: WriteExtras) -> bytes | None:
+        for email_hmac, customer_id in extras.reserve_emails:
+            owner = self.email_owner(email_hmac)
+            if owner is not None and owner != customer_id:
+                return email_hmac
+        return None
+
+    def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        extras: WriteExtras | None = kwargs.get("extras")
+        if extras is None:
+            return
+        for email_hmac, customer_id in extras.release_emails:
+            curs.execute(
+                SQL("DELETE FROM {0} WHERE email_hmac = %s AND customer_id = %s").format(
+                    self.reservations_table
+                ),
+                (email_hmac, customer_id),
+            )
+        for email_hmac, customer_id in extras.reserve_emails:
+            # Re-reserving one's own address is fine; another customer's address
+            # violates the primary key and fails the whole transaction.
+            curs.execute(
+                SQL("DELETE FROM {0} WHERE email_hmac = %s AND customer_id = %s").format(
+                    self.reservations_table
+                ),
+                (email_hmac, customer_id),
+            )
+            curs.execute(
+                SQL("INSERT INTO {0} (email_hmac, customer_id) VALUES (%s, %s)").format(
+                    self.reservations_table
+                ),
+                (email_hmac, customer_id),
+            )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        extras: WriteExtras | None = kwargs.get("extras")
+        if extras is not None and extras.idempotency is not None:
+            record = extras.idempotency
+            _finish_body(record, ids)
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0} (principal, key, fingerprint, status, body)"
+                    " VALUES (%s, %s, %s, %s, %s)"
+                ).format(self.idempotency_table),
+                (record.principal, record.key, record.fingerprint, record.status,
+                 json.dumps(record.body)),
+            )
+        return ids
+
+    # -- reads -----------------------------------------------------------------
+    def email_owner(self, email_hmac: bytes) -> UUID | None:
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                SQL("SELECT customer_id FROM {0} WHERE email_hmac = %s").format(
+                    self.reservations_table
+                ),
+                (email_hmac,),
+            ).fetchone()
+        return row["customer_id"] if row else None
+
+    def idempotency_record(self, principal: str, key: str) -> IdempotencyRecord | None:
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                SQL(
+                    "SELECT fingerprint, status, body FROM {0} WHERE principal = %s AND key = %s"
+                ).format(self.idempotency_table),
+                (principal, key),
+            ).fetchone()
+        if row is None:
+            return None
+        return IdempotencyRecord(principal, key, row["fingerprint"], row["status"], row["body"])
+
+    def position_of(self, originator_id: UUID, version: int) -> int | None:
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                SQL(
+                    "SELECT notification_id FROM {0}.{1}"
+                    " WHERE originator_id = %s AND originator_version = %s"
+                ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
+                (originator_id, version),
+            ).fetchone()
+        return row["notification_id"] if row else None
+
+
+class CrmMemoryRecorder(POPOApplicationRecorder):
+    """The in-memory twin of ``CrmPostgresRecorder``, for unit tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reservations: dict[bytes, UUID] = {}
+        self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+
+    def _insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        extras: WriteExtras | None = kwargs.get("extras")
+        with self._database_lock:
+            if extras is not None:
+                for email_hmac, customer_id in extras.reserve_emails:
+                    owner = self._reservations.get(email_hmac)
+                    if owner is not None and owner != customer_id:
+                        raise EmailTaken(email_hmac)
+                if extras.idempotency is not None:
+                    rec = extras.idempotency
+                    if (rec.principal, rec.key) in self._idempotency:
+                        raise IdempotencyKeyTaken()
+            self._assert_uniqueness(stored_events, **kwargs)
+            ids = self._update_table(stored_events, **kwargs)
+            if extras is not None:
+                for email_hmac, customer_id in extras.release_emails:
+                    if self._reservations.get(email_hmac) == customer_id:
+                        del self._reservations[email_hmac]
+                for email_hmac, customer_id in extras.reserve_emails:
+                    self._reservations[email_hmac] = customer_id
+                if extras.idempotency is not None:
+                    rec = extras.idempotency
+                    _finish_body(rec, ids)
+                    self._idempotency[(rec.principal, rec.key)] = rec
+            return ids
+
+    def email_owner(self, email_hmac: bytes) -> UUID | None:
+        with self._database_lock:
+            return self._reservations.get(email_hmac)
+
+    def idempotency_record(self, principal: str, key: str) -> IdempotencyRecord | None:
+        with self._database_lock:
+            return self._idempotency.get((principal, key))
+
+    def position_of(self, originator_id: UUID, version: int) -> int | None:
+        with self._database_lock:
+            for i, s in enumerate(self._stored_events):
+                if s.originator_id == originator_id and s.originator_version == version:
+                    return i + 1
+        return None

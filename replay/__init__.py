@@ -1,0 +1,1 @@
+"""Timelines, time travel, audit: reading history straight from the event store."""
