@@ -177,6 +177,18 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             return None
         return IdempotencyRecord(principal, key, row["fingerprint"], row["status"], row["body"])
 
+    def positions(self, originator_id: UUID) -> dict[int, int]:
+        """Log position of each of an aggregate's events, by version."""
+        with self.datastore.get_connection() as conn:
+            rows = conn.execute(
+                SQL(
+                    "SELECT originator_version, notification_id FROM {0}.{1}"
+                    " WHERE originator_id = %s"
+                ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
+                (originator_id,),
+            ).fetchall()
+        return {r["originator_version"]: r["notification_id"] for r in rows}
+
     def position_of(self, originator_id: UUID, version: int) -> int | None:
         with self.datastore.get_connection() as conn:
             row = conn.execute(
@@ -230,6 +242,11 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
     def idempotency_record(self, principal: str, key: str) -> IdempotencyRecord | None:
         with self._database_lock:
             return self._idempotency.get((principal, key))
+
+    def positions(self, originator_id: UUID) -> dict[int, int]:
+        with self._database_lock:
+            index = self._stored_events_index[str(originator_id)]
+            return {version: i + 1 for version, i in index.items()}
 
     def position_of(self, originator_id: UUID, version: int) -> int | None:
         with self._database_lock:

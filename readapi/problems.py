@@ -1,0 +1,118 @@
+"""Errors as problem+json (RFC 9457), mapped from domain exceptions in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aggregates.errors import DomainError
+
+PROBLEM_TYPE = "https://crm.example/problems/"
+MEDIA_TYPE = "application/problem+json"
+log = structlog.get_logger("crm.http")
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    code: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if field is not None:
+        body["field"] = field
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+_TITLES = {
+    400: "Bad request",
+    401: "Not authenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    428: "Precondition required",
+    500: "Internal server error",
+}
+
+
+def _loc_to_field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        source, parts = parts[0], parts[1:]
+        if source == "header":
+            return "-".join(w.capitalize() for w in "_".join(parts).split("_"))
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        headers = None
+        current = exc.extra.get("current_version")
+        if current is not None:
+            headers = {"ETag": f'"{current}"'}
+        return problem(
+            exc.status,
+            _TITLES.get(exc.status, "Refused"),
+            exc.detail,
+            code=exc.code,
+            field=exc.field,
+            headers=headers,
+            **{k: v for k, v in exc.extra.items()},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            # Model-level checks name their field at the start of the message.
+            msg = str(err.get("msg", "invalid"))
+            field = _loc_to_field(loc)
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            errors.append({"field": field, "reason": msg, "type": err.get("type")})
+        first = errors[0] if errors else {"field": "body", "reason": "invalid"}
+        return problem(
+            422,
+            "Invalid request",
+            f"{first['field']}: {first['reason']}",
+            code="validation",
+            field=first["field"],
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return problem(
+            exc.status_code,
+            _TITLES.get(exc.status_code, "Error"),
+            detail,
+            code=f"http-{exc.status_code}",
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", path=request.url.path)
+        return problem(500, "Internal server error", "an unexpected error occurred", code="internal")

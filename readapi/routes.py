@@ -1,0 +1,426 @@
+"""Command routes and record routes of the HTTP API (/api/v1).
+
+Every command route: authenticate, check the role may do it, build the command from the
+body (unknown fields refused), run it with the caller's If-Match and Idempotency-Key,
+answer with the record's id, new version (also as ETag) and log position.
+"""
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+import dataclasses
+
+from aggregates import AGGREGATE_TYPES
+from aggregates.base import Aggregate
+from commands import customer as cc
+from commands import interaction as ci
+from commands import opportunity as co
+from commands import service_request as cs
+from commands import task as ct
+from commands.application import CommandService, CrmApplication, Principal, Request as CommandRequest
+from commands.application import WriteResult
+from events.base import CrmEvent
+from events.codec import dump_fields
+from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_ETAG = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
+MASK = "***"
+
+
+@dataclass
+class Services:
+    """What the routes need, built once by the composition root."""
+
+    app: CrmApplication
+    commands: CommandService
+    tokens: TokenIssuer
+
+
+class WriteResponse(BaseModel):
+    id: UUID
+    type: str
+    version: int = Field(description="The record's version after the command (also the ETag).")
+    position: int | None = Field(description="Event-log position of the command's last event.")
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class StoredEventOut(BaseModel):
+    position: int | None
+    event_id: UUID
+    type: str
+    class_version: int
+    aggregate_type: str
+    aggregate_id: UUID
+    aggregate_version: int
+    occurred_at: datetime
+    recorded_at: datetime
+    actor_id: str
+    actor_role: str
+    reason: str | None
+    correlation_id: str
+    causation_id: str
+    command_id: UUID
+    personal_data_erased: bool
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    items: list[StoredEventOut]
+    next_after_version: int | None
+
+
+class RecordOut(BaseModel):
+    id: UUID
+    type: str
+    version: int
+    data: dict[str, Any]
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def principal(
+    request: Request,
+    authorization: Annotated[str | None, Header(description="Bearer <JWT>")] = None,
+) -> Principal:
+    if not authorization:
+        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "use a Bearer token", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
+    p = services(request).tokens.verify(token.strip())
+    import structlog
+
+    structlog.contextvars.bind_contextvars(actor_id=p.id, actor_role=p.role)
+    return p
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    principal: Principal
+    correlation_id: str
+    expected_version: int | None
+    idempotency_key: str | None
+
+
+def call_info(
+    request: Request,
+    caller: Caller,
+    if_match: Annotated[str | None, Header(description='The record\'s ETag, e.g. "3"')] = None,
+    idempotency_key: Annotated[str | None, Header(description="Repeat-safe request key")] = None,
+) -> CallInfo:
+    expected = None
+    if if_match is not None:
+        m = _ETAG.match(if_match.strip())
+        if not m:
+            raise RequestValidationError(
+                [{"loc": ("header", "if_match"), "msg": 'must be an ETag like "3"', "type": "value_error"}]
+            )
+        expected = int(m.group(1))
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise RequestValidationError(
+            [{"loc": ("header", "idempotency_key"), "msg": "1 to 255 visible ASCII characters",
+              "type": "value_error"}]
+        )
+    return CallInfo(caller, request.state.correlation_id, expected, idempotency_key)
+
+
+Call = Annotated[CallInfo, Depends(call_info)]
+
+
+def _respond(result: WriteResult, base_path: str) -> JSONResponse:
+    headers = {"ETag": f'"{result.version}"'}
+    if result.created:
+        headers["Location"] = f"{base_path}/{result.id}"
+    if result.replayed:
+        headers["Idempotency-Replayed"] = "true"
+    return JSONResponse(result.body(), status_code=result.status, headers=headers)
+
+
+def _run(svc: Services, call: CallInfo, command: BaseModel, target: UUID | None, base_path: str) -> JSONResponse:
+    result = svc.commands.execute(
+        command,
+        CommandRequest(
+            principal=call.principal,
+            correlation_id=call.correlation_id,
+            target=target,
+            expected_version=call.expected_version,
+            idempotency_key=call.idempotency_key,
+        ),
+    )
+    return _respond(result, base_path)
+
+
+def _optional_body(command_cls: type[BaseModel], body: BaseModel | None) -> BaseModel:
+    if body is not None:
+        return body
+    try:
+        return command_cls()
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors()]
+        ) from None
+
+
+def _all_optional(command_cls: type[BaseModel]) -> bool:
+    return all(not f.is_required() for f in command_cls.model_fields.values())
+
+
+def add_command(
+    router: APIRouter,
+    path: str,
+    command_cls: type[BaseModel],
+    scope: str,
+    base_path: str,
+    *,
+    method: str = "POST",
+    summary: str,
+    targeted: bool,
+) -> None:
+    """Register one command route; its body schema is the command model."""
+    responses = {
+        401: {"description": "No or bad token"},
+        403: {"description": "The role may not do this"},
+        409: {"description": "Version conflict or a rule refused the change"},
+        422: {"description": "Invalid input"},
+    }
+    status = 200 if targeted else 201
+    if targeted:
+        responses[404] = {"description": "No such record"}
+        responses[428] = {"description": "If-Match required"}
+    optional = _all_optional(command_cls)
+
+    if targeted and optional:
+        def endpoint(id: UUID, call: Call, request: Request, body: command_cls | None = None) -> Any:  # type: ignore[valid-type]
+            require_scope(call.principal, scope)
+            return _run(services(request), call, _optional_body(command_cls, body), id, base_path)
+    elif targeted:
+        def endpoint(id: UUID, body: command_cls, call: Call, request: Request) -> Any:  # type: ignore[valid-type,misc]
+            require_scope(call.principal, scope)
+            return _run(services(request), call, body, id, base_path)
+    else:
+        def endpoint(body: command_cls, call: Call, request: Request) -> Any:  # type: ignore[valid-type,misc]
+            require_scope(call.principal, scope)
+            return _run(services(request), call, body, None, base_path)
+
+    endpoint.__name__ = command_cls.__name__
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=[method],
+        summary=summary,
+        status_code=status,
+        response_model=WriteResponse,
+        responses=responses,  # type: ignore[arg-type]
+        operation_id=command_cls.__name__,
+    )
+
+
+# -- JSON views of records and events ------------------------------------------
+PERSONAL_STATE: dict[str, tuple[str, ...]] = {
+    "customer": ("name", "contacts"),
+    "opportunity": ("title",),
+    "interaction": ("subject", "body", "participants"),
+    "service_request": ("subject", "description", "resolution", "rating_comment", "comments"),
+    "task": ("title", "description", "comments"),
+}
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, UUID | Decimal):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def record_view(aggregate: Aggregate, principal: Principal) -> dict[str, Any]:
+    state = aggregate.state()
+    state.pop("id", None)
+    state.pop("version", None)
+    if aggregate.type_name == "customer":
+        state["contacts"] = list(state["contacts"].values())
+    data = jsonable(state)
+    if principal.role not in PERSONAL_DATA_ROLES:
+        for name in PERSONAL_STATE[aggregate.type_name]:
+            if data.get(name) is not None:
+                data[name] = MASK
+    return {"id": str(aggregate.id), "type": aggregate.type_name, "version": aggregate.version, "data": data}
+
+
+def event_view(event: CrmEvent, position: int | None, principal: Principal) -> dict[str, Any]:
+    data = dump_fields(type(event), event.payload())
+    if principal.role not in PERSONAL_DATA_ROLES:
+        for name in type(event).personal_fields:
+            if data.get(name) is not None:
+                data[name] = MASK
+    meta = event.meta
+    return {
+        "position": position,
+        "event_id": str(meta.event_id),
+        "type": event.type_name,
+        "class_version": event.class_version,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": str(event.originator_id),
+        "aggregate_version": event.originator_version,
+        "occurred_at": meta.occurred_at.isoformat(),
+        "recorded_at": meta.recorded_at.isoformat(),
+        "actor_id": meta.actor.id,
+        "actor_role": meta.actor.role,
+        "reason": meta.reason,
+        "correlation_id": meta.correlation_id,
+        "causation_id": meta.causation_id,
+        "command_id": str(meta.command_id),
+        "personal_data_erased": event.personal_data_erased,
+        "data": data,
+    }
+
+
+def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None:
+    cls = AGGREGATE_TYPES[aggregate_type]
+
+    def get_record(id: UUID, caller: Caller, request: Request) -> Any:
+        aggregate = services(request).app.load(cls, id)
+        return JSONResponse(record_view(aggregate, caller), headers={"ETag": f'"{aggregate.version}"'})
+
+    get_record.__name__ = f"get_{aggregate_type}"
+    router.add_api_route(
+        f"{base}/{{id}}",
+        get_record,
+        methods=["GET"],
+        response_model=RecordOut,
+        summary=f"The {aggregate_type.replace('_', ' ')} as it is now, rebuilt from its events",
+        operation_id=f"get_{aggregate_type}",
+        responses={404: {"description": "No such record"}},
+    )
+
+    def list_events(
+        id: UUID,
+        caller: Caller,
+        request: Request,
+        after_version: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> Any:
+        svc = services(request)
+        aggregate = svc.app.load(cls, id)  # 404 for absent ids and other types
+        stored = list(svc.app.events.get(id, gt=after_version, limit=limit))
+        positions = svc.app.recorder.positions(id)  # type: ignore[attr-defined]
+        items = [event_view(e, positions.get(e.originator_version), caller) for e in stored]  # type: ignore[arg-type]
+        last = items[-1]["aggregate_version"] if items else None
+        more = last is not None and last < aggregate.version
+        return JSONResponse(
+            {"items": items, "next_after_version": last if more else None},
+            headers={"ETag": f'"{aggregate.version}"'},
+        )
+
+    list_events.__name__ = f"list_{aggregate_type}_events"
+    router.add_api_route(
+        f"{base}/{{id}}/events",
+        list_events,
+        methods=["GET"],
+        response_model=EventPage,
+        summary=f"The stored events of one {aggregate_type.replace('_', ' ')}, with their metadata",
+        operation_id=f"list_{aggregate_type}_events",
+        responses={404: {"description": "No such record"}},
+    )
+
+
+def build_router() -> APIRouter:
+    r = APIRouter(prefix="/api/v1")
+    C, O, S, T = "/api/v1/customers", "/api/v1/opportunities", "/api/v1/service-requests", "/api/v1/tasks"
+
+    # customers
+    add_command(r, "/customers", cc.RegisterCustomer, "customer", C, summary="Register a customer", targeted=False)
+    add_command(r, "/customers/{id}", cc.ChangeCustomerDetails, "customer", C, method="PATCH",
+                summary="Change a customer's details (If-Match required)", targeted=True)
+    add_command(r, "/customers/{id}/contacts", cc.AddContact, "customer", C, summary="Add a contact", targeted=True)
+    add_command(r, "/customers/{id}/contacts/removal", cc.RemoveContact, "customer", C,
+                summary="Remove a contact (If-Match required)", targeted=True)
+    add_command(r, "/customers/{id}/owner", cc.ReassignCustomerOwner, "customer", C,
+                summary="Reassign the owner (If-Match required)", targeted=True)
+    add_command(r, "/customers/{id}/lifecycle", cc.ChangeLifecycleStage, "customer", C,
+                summary="Change the lifecycle stage, with a reason (If-Match required)", targeted=True)
+    add_command(r, "/customers/{id}/classification", cc.ClassifyCustomer, "customer.marketing", C,
+                summary="Classify into a segment, with a reason (If-Match required)", targeted=True)
+    add_command(r, "/customers/{id}/tags", cc.TagCustomer, "customer.marketing", C, summary="Tag", targeted=True)
+    add_command(r, "/customers/{id}/tags/removal", cc.UntagCustomer, "customer.marketing", C,
+                summary="Untag", targeted=True)
+    add_command(r, "/customers/{id}/consents", cc.SetConsent, "customer.marketing", C,
+                summary="Grant or withdraw consent for a channel", targeted=True)
+    add_command(r, "/customers/{id}/preferences", cc.SetPreferences, "customer", C,
+                summary="Set preferences", targeted=True)
+    add_command(r, "/customers/{id}/purchases", cc.RecordPurchase, "customer", C,
+                summary="Record a purchase", targeted=True)
+
+    # opportunities
+    add_command(r, "/opportunities", co.OpenOpportunity, "opportunity", O, summary="Open an opportunity", targeted=False)
+    add_command(r, "/opportunities/{id}", co.UpdateOpportunity, "opportunity", O, method="PATCH",
+                summary="Change amount, close date or owner (If-Match required)", targeted=True)
+    add_command(r, "/opportunities/{id}/stage", co.ChangeOpportunityStage, "opportunity", O,
+                summary="Move to another stage (If-Match required)", targeted=True)
+    add_command(r, "/opportunities/{id}/won", co.WinOpportunity, "opportunity", O,
+                summary="Mark won (If-Match required)", targeted=True)
+    add_command(r, "/opportunities/{id}/lost", co.LoseOpportunity, "opportunity", O,
+                summary="Mark lost, with a loss reason (If-Match required)", targeted=True)
+    add_command(r, "/opportunities/{id}/reopen", co.ReopenOpportunity, "opportunity", O,
+                summary="Reopen a won or lost deal (If-Match required)", targeted=True)
+
+    # interactions
+    add_command(r, "/interactions", ci.LogInteraction, "interaction", "/api/v1/interactions",
+                summary="Log a call, e-mail, meeting, note, SMS or chat", targeted=False)
+
+    # service requests
+    add_command(r, "/service-requests", cs.OpenServiceRequest, "service", S, summary="Open a service request", targeted=False)
+    add_command(r, "/service-requests/{id}/assignment", cs.AssignServiceRequest, "service", S,
+                summary="Assign (If-Match required)", targeted=True)
+    add_command(r, "/service-requests/{id}/priority", cs.ChangeServiceRequestPriority, "service", S,
+                summary="Change priority (If-Match required)", targeted=True)
+    add_command(r, "/service-requests/{id}/status", cs.ChangeServiceRequestStatus, "service", S,
+                summary="Change status (If-Match required)", targeted=True)
+    add_command(r, "/service-requests/{id}/comments", cs.CommentOnServiceRequest, "service", S,
+                summary="Comment (internal or customer-visible)", targeted=True)
+    add_command(r, "/service-requests/{id}/resolution", cs.ResolveServiceRequest, "service", S,
+                summary="Resolve with a resolution (If-Match required)", targeted=True)
+    add_command(r, "/service-requests/{id}/rating", cs.RateServiceRequest, "service", S,
+                summary="Record the customer's satisfaction rating", targeted=True)
+
+    # tasks
+    add_command(r, "/tasks", ct.CreateTask, "task", T, summary="Create a task", targeted=False)
+    add_command(r, "/tasks/{id}/assignment", ct.ReassignTask, "task", T, summary="Reassign (If-Match required)", targeted=True)
+    add_command(r, "/tasks/{id}/due", ct.ChangeTaskDue, "task", T, summary="Change the due time (If-Match required)", targeted=True)
+    add_command(r, "/tasks/{id}/comments", ct.CommentOnTask, "task", T, summary="Comment", targeted=True)
+    add_command(r, "/tasks/{id}/complete", ct.CompleteTask, "task", T, summary="Complete (If-Match required)", targeted=True)
+    add_command(r, "/tasks/{id}/cancel", ct.CancelTask, "task", T, summary="Cancel (If-Match required)", targeted=True)
+
+    for base, aggregate_type in (
+        ("/customers", "customer"),
+        ("/opportunities", "opportunity"),
+        ("/interactions", "interaction"),
+        ("/service-requests", "service_request"),
+        ("/tasks", "task"),
+    ):
+        add_record_routes(r, base, aggregate_type)
+    return r
