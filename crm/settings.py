@@ -1,0 +1,35 @@
+"""All configuration, from CRM_ environment variables. Nothing else reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL of the event store. Unset: start an embedded server.",
+    )
+    data_dir: Path = Field(default=Path(".crm-data"), description="Embedded server data and local secrets.")
+    db_pool_size: int = 10
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret; unset: one kept in data_dir.")
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_issuer: str = "crm-core"
+    jwt_audience: str = "crm-api"
+    jwt_public_key_file: Path | None = None
+    jwt_private_key_file: Path | None = None
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="64 hex digits: wraps the per-customer data keys. Unset: one kept in data_dir.",
+    )
