@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from aggregates import AGGREGATE_TYPES
+from aggregates.base import Aggregate
+from aggregates.errors import DomainError
 from commands import customer, interaction, opportunity, service_request, task
+from events.base import CrmEvent
+from events.codec import dump_fields
+
+__all__ = ["AGGREGATE_TYPES", "HANDLERS", "Aggregate", "CrmEvent", "DomainError", "dump_fields"]
 
 #: The one map from command type to handler.
 HANDLERS: dict[type[Any], Any] = {

@@ -12,6 +12,7 @@ import hmac
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -300,7 +301,7 @@ class CommandService:
 
     def _context(self, command: BaseModel, request: Request, command_id: UUID) -> CommandContext:
         recorded_at = self.clock.now()
-        occurred_at = getattr(command, "occurred_at", None) or recorded_at
+        occurred_at = (getattr(command, "occurred_at", None) or recorded_at).astimezone(UTC)
         if (occurred_at - recorded_at).total_seconds() > MAX_FUTURE_SKEW_SECONDS:
             raise InvalidValue("occurred_at must not be in the future", field="occurred_at")
         return CommandContext(

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aggregates.errors import DomainError
+from commands import DomainError
 
 PROBLEM_TYPE = "https://crm.example/problems/"
 MEDIA_TYPE = "application/problem+json"

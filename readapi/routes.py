@@ -5,6 +5,7 @@ body (unknown fields refused), run it with the caller's If-Match and Idempotency
 answer with the record's id, new version (also as ETag) and log position.
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -18,10 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-import dataclasses
-
-from aggregates import AGGREGATE_TYPES
-from aggregates.base import Aggregate
+from commands import AGGREGATE_TYPES, Aggregate, CrmEvent, dump_fields
 from commands import customer as cc
 from commands import interaction as ci
 from commands import opportunity as co
@@ -29,8 +27,6 @@ from commands import service_request as cs
 from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request as CommandRequest
 from commands.application import WriteResult
-from events.base import CrmEvent
-from events.codec import dump_fields
 from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
