@@ -88,6 +88,7 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path):
         self.pgdata = (data_dir / "postgres").resolve()
         self.server: Any = None
+        self.url = ""
 
     def start(self) -> str:
         with warnings.catch_warnings():
@@ -97,9 +98,9 @@ class EmbeddedPostgres:
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self.server = get_server(self.pgdata, cleanup_mode="stop")
-        url: str = self.server.get_uri()
+        self.url = self.server.get_uri()
         log.info("embedded postgres started", pgdata=str(self.pgdata))
-        return url
+        return self.url
 
     def stop(self) -> None:
         if self.server is not None:

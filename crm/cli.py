@@ -47,7 +47,14 @@ def serve(
         )
         if system.embedded is not None:
             typer.echo(f"  Event store: embedded PostgreSQL in {system.embedded.pgdata}\n", err=True)
-        uvicorn.run(system.http_app(), host=host, port=port, log_config=None, access_log=False)
+        if settings.workers > 1:
+            # Each worker process builds its own system against the same database.
+            if system.embedded is not None:
+                os.environ["CRM_DATABASE_URL"] = system.embedded.url
+            uvicorn.run("crm.asgi:create_app", factory=True, host=host, port=port,
+                        workers=settings.workers, log_config=None, access_log=False)
+        else:
+            uvicorn.run(system.http_app(), host=host, port=port, log_config=None, access_log=False)
     finally:
         system.close()
 

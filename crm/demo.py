@@ -104,15 +104,13 @@ class DemoLoader:
             for _ in range(rng.randint(0, 3)):
                 self._opportunity(cid, owner)
             for _ in range(rng.randint(1, 3)):
+                channel = rng.choice(["call", "email", "meeting", "note", "sms", "chat"])
+                direction = "internal" if channel == "note" else rng.choice(["inbound", "outbound"])
                 self._send(ci.LogInteraction(
-                    customer_id=cid, channel=rng.choice(["call", "email", "meeting", "note", "sms", "chat"]),
-                    direction="internal", subject=f"Follow-up with {first}",
-                    body=f"Talked about next steps with {name}.", participants=[owner],
-                    occurred_at=self._when(100, 1)).model_copy(update={"direction": "internal"})
-                    if rng.random() < 0.2 else ci.LogInteraction(
-                    customer_id=cid, channel=rng.choice(["call", "email", "meeting", "chat"]),
-                    direction=rng.choice(["inbound", "outbound"]), subject=f"Follow-up with {first}",
-                    body=f"Talked about next steps with {name}.", participants=[owner],
+                    customer_id=cid, channel=channel, direction=direction,
+                    subject=f"Follow-up with {first}", body=f"Talked about next steps with {name}.",
+                    participants=[owner],
+                    duration_minutes=rng.randint(5, 60) if channel in ("call", "meeting") else None,
                     occurred_at=self._when(100, 1)), owner, "sales_rep")
             if rng.random() < 0.5:
                 self._service_request(cid, i)

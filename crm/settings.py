@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret; unset: one kept in data_dir.")
