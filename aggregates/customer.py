@@ -193,6 +193,7 @@ class Customer(Aggregate):
         return point
 
     def reassign_owner(self, ctx: CommandContext, owner_id: str) -> bool:
+        self._check_not_erased()
         if owner_id == self.owner_id:
             return False
         self._trigger(
@@ -201,6 +202,7 @@ class Customer(Aggregate):
         return True
 
     def change_lifecycle_stage(self, ctx: CommandContext, to_stage: str) -> None:
+        self._check_not_erased()
         if to_stage not in LIFECYCLE_STAGES:
             raise InvalidValue(
                 f"lifecycle stage must be one of {LIFECYCLE_STAGES}", field="stage"
@@ -218,6 +220,7 @@ class Customer(Aggregate):
         )
 
     def classify(self, ctx: CommandContext, segment: str) -> bool:
+        self._check_not_erased()
         if not ctx.reason:
             raise InvalidValue("a classification needs a reason", field="reason")
         if segment == self.segment:
@@ -228,6 +231,7 @@ class Customer(Aggregate):
         return True
 
     def tag(self, ctx: CommandContext, tag: str) -> bool:
+        self._check_not_erased()
         tag = _normalise_tags([tag])[0]
         if tag in self.tags:
             return False
@@ -237,6 +241,7 @@ class Customer(Aggregate):
         return True
 
     def untag(self, ctx: CommandContext, tag: str) -> bool:
+        self._check_not_erased()
         tag = _normalise_tags([tag])[0]
         if tag not in self.tags:
             return False
@@ -244,6 +249,7 @@ class Customer(Aggregate):
         return True
 
     def set_consent(self, ctx: CommandContext, channel: str, granted: bool) -> bool:
+        self._check_not_erased()
         if channel not in CONSENT_CHANNELS:
             raise InvalidValue(
                 f"channel must be one of {CONSENT_CHANNELS}", field="channel"
@@ -255,6 +261,7 @@ class Customer(Aggregate):
         return True
 
     def set_preferences(self, ctx: CommandContext, preferences: dict[str, Any]) -> bool:
+        self._check_not_erased()
         changes = {
             k: {"before": self.preferences.get(k), "after": v}
             for k, v in preferences.items()
@@ -275,6 +282,7 @@ class Customer(Aggregate):
         lines: list[dict[str, Any]],
         purchased_at: datetime,
     ) -> None:
+        self._check_not_erased()
         if order_id in self.purchases:
             raise Duplicate(f"order {order_id} is already recorded", field="order_id")
         reason = check_currency(currency)

@@ -50,8 +50,10 @@ class CrmApplication(Application[UUID]):
 
     name = "crm"
 
-    def __init__(self, env: dict[str, str], *, kek: bytes, keys: KeyRing | None = None):
+    def __init__(self, env: dict[str, str], *, kek: bytes, keys: KeyRing | None = None,
+                 key_cache_seconds: float = 5.0):
         self._kek = kek
+        self._key_cache_seconds = key_cache_seconds
         self._given_keys = keys
         self.keys: KeyRing
         super().__init__(env)
@@ -64,7 +66,12 @@ class CrmApplication(Application[UUID]):
         if self._given_keys is not None:
             self.keys = self._given_keys
         elif isinstance(self.factory, PostgresFactory):
-            ring = PostgresKeyRing(self.factory.datastore.get_connection, KeyWrapper(self._kek))
+            ring = PostgresKeyRing(
+                self.factory.datastore.get_connection,
+                KeyWrapper(self._kek),
+                events_table="crm_events",
+                cache_seconds=self._key_cache_seconds,
+            )
             ring.create_table()
             self.keys = ring
         else:
@@ -76,6 +83,8 @@ class CrmApplication(Application[UUID]):
             recorder = CrmPostgresRecorder(self.factory.datastore, events_table_name="crm_events")
             if self.factory.env_create_table():
                 recorder.create_table()
+            if isinstance(self.keys, PostgresKeyRing):
+                recorder.keys = self.keys
             return recorder
         return CrmMemoryRecorder()
 
@@ -167,6 +176,7 @@ class UnitOfWork:
         self.loaded: dict[UUID, Aggregate] = {}
         self.extras = WriteExtras()
         self.result: dict[str, Any] = {}
+        self.email_fields: dict[bytes, str] = {}
 
     def get(self, cls: type[A], aggregate_id: UUID) -> A:
         """The record, checked against the version the caller based its change on."""
@@ -198,14 +208,10 @@ class UnitOfWork:
         return hmac.new(self._email_key, normalise_email(address).encode(), hashlib.sha256).digest()
 
     def reserve_email(self, address: str, customer_id: UUID, field: str) -> None:
+        """Reserve the address for the customer; another customer's address fails the save
+        (a unique key in the events' transaction: race-safe)."""
         digest = self.email_hmac(address)
-        owner = self.app.recorder.email_owner(digest)  # type: ignore[attr-defined]
-        if owner is not None and owner != customer_id:
-            raise Duplicate(
-                f"this e-mail address is already registered to customer {owner}",
-                field=field,
-                existing_customer_id=str(owner),
-            )
+        self.email_fields[digest] = field
         self.extras.reserve_emails.append((digest, customer_id))
 
     def release_email(self, address: str, customer_id: UUID) -> None:
@@ -261,6 +267,9 @@ class CommandService:
                 position = self.app.recorder.position_of(aggregate.id, aggregate.version)  # type: ignore[attr-defined]
                 return WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
                                    position, created=False, result=uow.result)
+            uow.extras.sealed_subjects = {
+                e.subject_id() for a in pending for e in a.pending_events if e.personal_fields
+            }
             result = WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
                                  None, created=created, result=_jsonable(uow.result))
             if request.idempotency_key:
@@ -277,7 +286,7 @@ class CommandService:
                 owner = self.app.recorder.email_owner(e.email_hmac)  # type: ignore[attr-defined]
                 raise Duplicate(
                     f"this e-mail address is already registered to customer {owner}",
-                    field="contacts",
+                    field=uow.email_fields.get(e.email_hmac, "contacts"),
                     existing_customer_id=str(owner),
                 ) from None
             except IdempotencyKeyTaken:

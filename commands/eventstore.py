@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder
 from eventsourcing.postgres import PostgresApplicationRecorder
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
+
+from events.keys import PostgresKeyRing, SubjectKeyDestroyed
+
+KEY_DESTROYED = "crm: personal-data key destroyed"
 
 
 @dataclass
@@ -36,6 +40,9 @@ class WriteExtras:
     """What a command writes beside its events, in the same transaction."""
 
     reserve_emails: list[tuple[bytes, UUID]] = field(default_factory=list)
+    #: customers whose key seals personal data in these events: the append fails if
+    #: any of their keys was destroyed meanwhile (checked under the table lock).
+    sealed_subjects: set[UUID] = field(default_factory=set)
     release_emails: list[tuple[bytes, UUID]] = field(default_factory=list)
     idempotency: IdempotencyRecord | None = None
 
@@ -64,6 +71,8 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: Any, *, events_table_name: str = "crm_events"):
         super().__init__(datastore, events_table_name=events_table_name)
+        #: set by the application: new personal-data keys are stored with their events
+        self.keys: PostgresKeyRing | None = None
         schema = Identifier(self.datastore.schema)
         self.reservations_table = SQL("{0}.{1}").format(schema, Identifier("crm_email_reservations"))
         self.idempotency_table = SQL("{0}.{1}").format(schema, Identifier("crm_idempotency"))
@@ -89,6 +98,18 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         )
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        extras: WriteExtras | None = kwargs.get("extras")
+        subjects = extras.sealed_subjects if extras is not None else set()
+        stored = False
+        try:
+            ids = self._insert_with_errors_mapped(stored_events, **kwargs)
+            stored = True
+            return ids
+        finally:
+            if self.keys is not None and subjects:
+                self.keys.settle(subjects, stored=stored)
+
+    def _insert_with_errors_mapped(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         try:
             return super().insert_events(stored_events, **kwargs)
         except IntegrityError as e:
@@ -101,6 +122,33 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             if constraint.startswith("crm_idempotency"):
                 raise IdempotencyKeyTaken() from e
             raise
+        except PersistenceError as e:
+            if KEY_DESTROYED in str(e):
+                extras = kwargs.get("extras")
+                subject = next(iter(extras.sealed_subjects)) if extras else None
+                raise SubjectKeyDestroyed(subject) from e  # type: ignore[arg-type]
+            raise
+
+    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        extras: WriteExtras | None = kwargs.get("extras")
+        if extras is not None and extras.sealed_subjects:
+            # Under the events table's lock, which key destruction also takes: a key
+            # destroyed before this point fails the append; one destroyed later sees
+            # these events already stored (and makes them unreadable like the rest).
+            self._lock_table(curs)
+            subjects = SQL(", ").join(Literal(str(s)) for s in sorted(extras.sealed_subjects))
+            curs.execute(
+                SQL(
+                    "DO $$ BEGIN IF EXISTS (SELECT 1 FROM {0}.{1} WHERE wrapped_key IS NULL"
+                    " AND subject_id IN ({2})) THEN RAISE EXCEPTION {3}; END IF; END $$"
+                ).format(
+                    Identifier(self.datastore.schema),
+                    Identifier(PostgresKeyRing.TABLE),
+                    subjects,
+                    Literal(KEY_DESTROYED),
+                )
+            )
+        super()._insert_stored_events(curs, stored_events, **kwargs)
 
     def _first_taken(self, extras: WriteExtras) -> bytes | None:
         for email_hmac, customer_id in extras.reserve_emails:
@@ -113,6 +161,14 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         extras: WriteExtras | None = kwargs.get("extras")
         if extras is None:
             return
+        if self.keys is not None:
+            for subject_id, wrapped in self.keys.pending_rows(extras.sealed_subjects):
+                curs.execute(
+                    SQL("INSERT INTO {0}.{1} (subject_id, wrapped_key) VALUES (%s, %s)").format(
+                        Identifier(self.datastore.schema), Identifier(PostgresKeyRing.TABLE)
+                    ),
+                    (subject_id, wrapped),
+                )
         for email_hmac, customer_id in extras.release_emails:
             curs.execute(
                 SQL("DELETE FROM {0} WHERE email_hmac = %s AND customer_id = %s").format(

@@ -141,7 +141,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         url = embedded.start()
     kek = master_key(settings)
     try:
-        app = CrmApplication(postgres_env(url, settings.db_pool_size), kek=kek)
+        app = CrmApplication(
+            postgres_env(url, settings.db_pool_size),
+            kek=kek,
+            key_cache_seconds=settings.key_cache_seconds,
+        )
     except Exception:
         if embedded is not None:
             embedded.stop()

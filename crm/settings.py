@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     jwt_audience: str = "crm-api"
     jwt_public_key_file: Path | None = None
     jwt_private_key_file: Path | None = None
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a process trusts a customer's key before re-reading it: the "
+        "longest another process may still read personal data after an erasure.",
+    )
     master_key: SecretStr | None = Field(
         default=None,
         description="64 hex digits: wraps the per-customer data keys. Unset: one kept in data_dir.",

@@ -23,7 +23,7 @@ class CustomerRegistered(CustomerEvent):
 
     kind: str
     name: str | None
-    contacts: tuple[ContactPoint, ...]
+    contacts: tuple[ContactPoint, ...] | None
     source: str
     owner_id: str
     lifecycle_stage: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,23 +68,35 @@ class KeyWrapper:
 
 
 class _Cache:
-    """A small thread-safe LRU of unwrapped keys."""
+    """A small thread-safe LRU of unwrapped keys, each trusted for ``ttl`` seconds.
 
-    def __init__(self, maxsize: int = 10_000):
-        self._data: OrderedDict[UUID, SubjectKey] = OrderedDict()
+    The TTL bounds how long another process may still read a customer's personal data
+    after their key was destroyed; sealing new data never relies on the cache (the
+    event store checks the key in the events' own transaction).
+    """
+
+    def __init__(self, ttl: float, maxsize: int = 10_000):
+        self._data: OrderedDict[UUID, tuple[float, SubjectKey]] = OrderedDict()
         self._lock = threading.Lock()
         self._maxsize = maxsize
+        self._ttl = ttl
 
     def get(self, subject_id: UUID) -> SubjectKey | None:
         with self._lock:
-            key = self._data.get(subject_id)
-            if key is not None:
-                self._data.move_to_end(subject_id)
-            return key
+            entry = self._data.get(subject_id)
+            if entry is None:
+                return None
+            if time.monotonic() - entry[0] > self._ttl:
+                del self._data[subject_id]
+                return None
+            self._data.move_to_end(subject_id)
+            return entry[1]
 
     def put(self, subject_id: UUID, key: SubjectKey) -> None:
+        if self._ttl <= 0:
+            return
         with self._lock:
-            self._data[subject_id] = key
+            self._data[subject_id] = (time.monotonic(), key)
             while len(self._data) > self._maxsize:
                 self._data.popitem(last=False)
 
@@ -121,17 +134,25 @@ class InMemoryKeyRing:
 class PostgresKeyRing:
     """Keys in their own PostgreSQL table, wrapped with the key-encryption key.
 
-    ``connect`` is a context manager factory yielding a psycopg connection (the event
-    store's pool). A destroyed key leaves a row with no key material, so a destroyed
-    subject can never be given a fresh key by mistake.
+    ``connect`` is a context manager factory yielding an autocommit psycopg connection
+    (the event store's pool). A destroyed key leaves a row with no key material, so a
+    destroyed subject can never be given a fresh key by mistake. Destruction takes the
+    events table's write lock, so it cannot slip between an append's key check and its
+    commit (see ``CrmPostgresRecorder``).
     """
 
     TABLE = "crm_subject_keys"
 
-    def __init__(self, connect: Any, wrapper: KeyWrapper):
+    def __init__(self, connect: Any, wrapper: KeyWrapper, *, events_table: str = "crm_events",
+                 cache_seconds: float = 5.0):
         self._connect = connect
         self._wrapper = wrapper
-        self._cache = _Cache()
+        self._events_table = events_table
+        self._cache = _Cache(cache_seconds)
+        # New keys wait here until the append that first uses them stores them, in the
+        # events' own transaction: a refused command leaves no key behind.
+        self._pending: dict[UUID, tuple[SubjectKey, bytes]] = {}
+        self._pending_lock = threading.Lock()
 
     def create_table(self) -> None:
         with self._connect() as conn:
@@ -147,25 +168,23 @@ class PostgresKeyRing:
         cached = self._cache.get(subject_id)
         if cached is not None:
             return cached
+        with self._pending_lock:
+            pending = self._pending.get(subject_id)
+        if pending is not None:
+            return pending[0]
         with self._connect() as conn:
             row = conn.execute(
-                f"SELECT wrapped_key, destroyed_at FROM {self.TABLE} WHERE subject_id = %s",
-                (subject_id,),
+                f"SELECT wrapped_key FROM {self.TABLE} WHERE subject_id = %s", (subject_id,)
             ).fetchone()
-            if row is None and create:
-                wrapped = self._wrapper.wrap(subject_id, new_data_key())
-                conn.execute(
-                    f"INSERT INTO {self.TABLE} (subject_id, wrapped_key) VALUES (%s, %s)"
-                    " ON CONFLICT (subject_id) DO NOTHING",
-                    (subject_id, wrapped),
-                )
-                row = conn.execute(
-                    f"SELECT wrapped_key, destroyed_at FROM {self.TABLE}"
-                    " WHERE subject_id = %s",
-                    (subject_id,),
-                ).fetchone()
         if row is None:
-            return None
+            if not create:
+                return None
+            key = SubjectKey(kid=subject_id.hex, key=new_data_key())
+            with self._pending_lock:
+                self._pending.setdefault(
+                    subject_id, (key, self._wrapper.wrap(subject_id, key.key))
+                )
+                return self._pending[subject_id][0]
         wrapped_key = _col(row, "wrapped_key", 0)
         if wrapped_key is None:
             if create:
@@ -177,20 +196,36 @@ class PostgresKeyRing:
         self._cache.put(subject_id, key)
         return key
 
+    def pending_rows(self, subjects: set[UUID]) -> list[tuple[UUID, bytes]]:
+        """New keys of these subjects, wrapped, for the append's transaction to store."""
+        with self._pending_lock:
+            return [(s, self._pending[s][1]) for s in sorted(subjects) if s in self._pending]
+
+    def settle(self, subjects: set[UUID], *, stored: bool) -> None:
+        """After an append: its new keys are now stored (or, if it failed, forgotten)."""
+        with self._pending_lock:
+            for s in subjects:
+                entry = self._pending.pop(s, None)
+                if entry is not None and stored:
+                    self._cache.put(s, entry[0])
+
     def destroy(self, subject_id: UUID) -> bool:
         self._cache.drop(subject_id)
-        with self._connect() as conn:
-            cur = conn.execute(
+        with self._connect() as conn, conn.transaction():
+            conn.execute(f"LOCK TABLE {self._events_table} IN EXCLUSIVE MODE")
+            row = conn.execute(
+                f"SELECT wrapped_key FROM {self.TABLE} WHERE subject_id = %s FOR UPDATE",
+                (subject_id,),
+            ).fetchone()
+            conn.execute(
                 f"INSERT INTO {self.TABLE} (subject_id, wrapped_key, destroyed_at)"
                 " VALUES (%s, NULL, now())"
-                " ON CONFLICT (subject_id) DO UPDATE"
-                " SET wrapped_key = NULL, destroyed_at = COALESCE("
-                f"  {self.TABLE}.destroyed_at, now())"
-                f" RETURNING (xmax <> 0) AS existed",
+                " ON CONFLICT (subject_id) DO UPDATE SET wrapped_key = NULL,"
+                f" destroyed_at = COALESCE({self.TABLE}.destroyed_at, now())",
                 (subject_id,),
             )
-            row = cur.fetchone()
-        return bool(row and _col(row, "existed", 0))
+        self._cache.drop(subject_id)
+        return row is not None and _col(row, "wrapped_key", 0) is not None
 
 
 def _col(row: Any, name: str, index: int) -> Any:

@@ -159,8 +159,8 @@ def _allowed(from_stage: str, to_stage: str) -> bool:
     return j > i or j == i - 1
 
 
-@pytest.mark.parametrize("from_stage", STAGE_NAMES)
 @pytest.mark.parametrize("to_stage", STAGE_NAMES)
+@pytest.mark.parametrize("from_stage", STAGE_NAMES)
 def test_stage_moves_forward_any_or_back_one(deal, ctx, refused, emitted, from_stage,
                                              to_stage):
     opp = deal(from_stage)
