@@ -16,7 +16,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
 from psycopg.sql import SQL, Identifier, Literal
 
 from events.keys import PostgresKeyRing, SubjectKeyDestroyed
@@ -123,32 +123,38 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 raise IdempotencyKeyTaken() from e
             raise
         except PersistenceError as e:
-            if KEY_DESTROYED in str(e):
-                extras = kwargs.get("extras")
-                subject = next(iter(extras.sealed_subjects)) if extras else None
-                raise SubjectKeyDestroyed(subject) from e  # type: ignore[arg-type]
+            message = str(e)
+            if KEY_DESTROYED in message:
+                subject = message.split(KEY_DESTROYED, 1)[1].strip(' "').split('"')[0]
+                raise SubjectKeyDestroyed(UUID(subject)) from e
             raise
 
     def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        self._lock_table(curs)
         extras: WriteExtras | None = kwargs.get("extras")
-        if extras is not None and extras.sealed_subjects:
+        new_keys = self.keys.pending_subjects() if self.keys is not None else set()
+        existing = extras.sealed_subjects - new_keys if extras is not None else set()
+        if existing:
             # Under the events table's lock, which key destruction also takes: a key
             # destroyed before this point fails the append; one destroyed later sees
             # these events already stored (and makes them unreadable like the rest).
-            self._lock_table(curs)
-            subjects = SQL(", ").join(Literal(str(s)) for s in sorted(extras.sealed_subjects))
+            # A plain statement that fails only if a key is gone: the cast of the text
+            # to int runs only for destroyed keys' rows and its error names the subject.
             curs.execute(
                 SQL(
-                    "DO $$ BEGIN IF EXISTS (SELECT 1 FROM {0}.{1} WHERE wrapped_key IS NULL"
-                    " AND subject_id IN ({2})) THEN RAISE EXCEPTION {3}; END IF; END $$"
+                    "SELECT ({0} || subject_id::text)::int FROM {1}.{2}"
+                    " WHERE subject_id = ANY(%s) AND wrapped_key IS NULL"
                 ).format(
+                    Literal(KEY_DESTROYED + " "),
                     Identifier(self.datastore.schema),
                     Identifier(PostgresKeyRing.TABLE),
-                    subjects,
-                    Literal(KEY_DESTROYED),
-                )
+                ),
+                (sorted(existing),),
+                prepare=True,
             )
-        super()._insert_stored_events(curs, stored_events, **kwargs)
+        self._notify_channel(curs)
+        # The plain insert (the table is locked above, the channel notified).
+        PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
 
     def _first_taken(self, extras: WriteExtras) -> bytes | None:
         for email_hmac, customer_id in extras.reserve_emails:
@@ -177,19 +183,15 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 (email_hmac, customer_id),
             )
         for email_hmac, customer_id in extras.reserve_emails:
-            # Re-reserving one's own address is fine; another customer's address
-            # violates the primary key and fails the whole transaction.
-            curs.execute(
-                SQL("DELETE FROM {0} WHERE email_hmac = %s AND customer_id = %s").format(
-                    self.reservations_table
-                ),
-                (email_hmac, customer_id),
-            )
+            # Another customer's address violates the primary key and fails the whole
+            # transaction (a customer never re-reserves an address it holds: the
+            # aggregate refuses duplicate contacts).
             curs.execute(
                 SQL("INSERT INTO {0} (email_hmac, customer_id) VALUES (%s, %s)").format(
                     self.reservations_table
                 ),
                 (email_hmac, customer_id),
+                prepare=True,
             )
 
     def _fetch_ids_after_insert_events(

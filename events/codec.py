@@ -106,7 +106,8 @@ class EventCodec:
             "data": payload,
         }
         if personal:
-            key = self.keys.key_for(subject_id, create=True)
+            new = cls.creates and subject_id == event.originator_id
+            key = self.keys.key_for(subject_id, create=True, new=new)
             assert key is not None  # create=True either returns a key or raises
             nonce = os.urandom(12)
             plaintext = json.dumps(personal, sort_keys=True, separators=(",", ":"))

@@ -34,8 +34,9 @@ class SubjectKey:
 
 
 class KeyRing(Protocol):
-    def key_for(self, subject_id: UUID, *, create: bool) -> SubjectKey | None:
-        """The subject's key; a new one if ``create`` and none exists yet.
+    def key_for(self, subject_id: UUID, *, create: bool, new: bool = False) -> SubjectKey | None:
+        """The subject's key; a new one if ``create`` and none exists yet (``new``: the
+        subject is created by the event being sealed, so it cannot have a key yet).
 
         ``None`` when the key was destroyed (or never created and not ``create``).
         Raises ``SubjectKeyDestroyed`` when ``create`` and the key was destroyed.
@@ -113,7 +114,7 @@ class InMemoryKeyRing:
         self._destroyed: set[UUID] = set()
         self._lock = threading.Lock()
 
-    def key_for(self, subject_id: UUID, *, create: bool) -> SubjectKey | None:
+    def key_for(self, subject_id: UUID, *, create: bool, new: bool = False) -> SubjectKey | None:
         with self._lock:
             if subject_id in self._destroyed:
                 if create:
@@ -164,7 +165,7 @@ class PostgresKeyRing:
                 " destroyed_at timestamptz)"
             )
 
-    def key_for(self, subject_id: UUID, *, create: bool) -> SubjectKey | None:
+    def key_for(self, subject_id: UUID, *, create: bool, new: bool = False) -> SubjectKey | None:
         cached = self._cache.get(subject_id)
         if cached is not None:
             return cached
@@ -172,10 +173,14 @@ class PostgresKeyRing:
             pending = self._pending.get(subject_id)
         if pending is not None:
             return pending[0]
-        with self._connect() as conn:
-            row = conn.execute(
-                f"SELECT wrapped_key FROM {self.TABLE} WHERE subject_id = %s", (subject_id,)
-            ).fetchone()
+        row = None
+        if not new:  # a subject created by this very append has no key yet: don't look
+            with self._connect() as conn:
+                row = conn.execute(
+                    f"SELECT wrapped_key FROM {self.TABLE} WHERE subject_id = %s",
+                    (subject_id,),
+                    prepare=True,
+                ).fetchone()
         if row is None:
             if not create:
                 return None
@@ -195,6 +200,10 @@ class PostgresKeyRing:
         )
         self._cache.put(subject_id, key)
         return key
+
+    def pending_subjects(self) -> set[UUID]:
+        with self._pending_lock:
+            return set(self._pending)
 
     def pending_rows(self, subjects: set[UUID]) -> list[tuple[UUID, bytes]]:
         """New keys of these subjects, wrapped, for the append's transaction to store."""

@@ -39,7 +39,7 @@ class FixedKeyRing:
         self._keys = dict(keys)
         self._destroyed: set[UUID] = set()
 
-    def key_for(self, subject_id: UUID, *, create: bool) -> SubjectKey | None:
+    def key_for(self, subject_id: UUID, *, create: bool, new: bool = False) -> SubjectKey | None:
         key = self._keys.get(subject_id)
         if key is None:
             if create and subject_id in self._destroyed:
