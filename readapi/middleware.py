@@ -44,7 +44,7 @@ class CorrelationMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.clear_contextvars()  # nothing from an earlier request
         structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
         try:
             await self.app(scope, receive, send_with_header)
@@ -56,4 +56,4 @@ class CorrelationMiddleware:
                 status=status["code"],
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
-            structlog.contextvars.clear_contextvars()
+            # Left bound on purpose: the outermost error handler logs after we return.
