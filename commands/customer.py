@@ -6,7 +6,15 @@ from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
@@ -28,15 +36,17 @@ class ContactIn(BaseModel):
     person_name: str | None = Field(default=None, max_length=200)
     primary: bool = False
 
-    @model_validator(mode="after")
-    def _check_value(self) -> ContactIn:
-        if self.kind == "email":
-            check_email(self.value)
-        elif self.kind == "phone":
-            digits = sum(ch.isdigit() for ch in self.value)
-            if digits < 5 or any(not (ch.isdigit() or ch in "+-() ./") for ch in self.value):
-                raise ValueError("value: not a valid phone number")
-        return self
+    @field_validator("value")
+    @classmethod
+    def _check_value(cls, value: str, info: ValidationInfo) -> str:
+        kind = info.data.get("kind")
+        if kind == "email":
+            return check_email(value)
+        if kind == "phone":
+            digits = sum(ch.isdigit() for ch in value)
+            if digits < 5 or any(not (ch.isdigit() or ch in "+-() ./") for ch in value):
+                raise ValueError("not a valid phone number")
+        return value
 
 
 class RegisterCustomer(Command):

@@ -84,6 +84,15 @@ def install(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                position = (err.get("loc") or ("body", "?"))[-1]
+                return problem(
+                    400,
+                    "Malformed JSON",
+                    f"the body is not valid JSON (at character {position})",
+                    code="malformed-json",
+                    field="body",
+                )
             loc = tuple(err.get("loc", ()))
             # Model-level checks name their field at the start of the message.
             msg = str(err.get("msg", "invalid"))

@@ -228,9 +228,20 @@ def test_an_unknown_field_is_422_naming_it(api: Api) -> None:
     body = assert_problem(r, 422, "nickname")
     assert body["errors"][0]["field"] == "nickname"
     r = api.post(C, {"kind": "person", "name": "X", "contacts": [{"kind": "email", "value": "nope"}]})
-    assert_problem(r, 422)
+    assert_problem(r, 422, "contacts.0.value")
+    r = api.post(C, {"kind": "person", "name": "X", "contacts": [{"kind": "phone", "value": "12"}]})
+    assert_problem(r, 422, "contacts.0.value")
     r = api.post(O, {"customer_id": str(uuid.uuid4()), "title": "T", "amount": "1", "currency": "eur"})
     assert_problem(r, 422, "currency")
+    assert event_log_position(api) == 0
+
+
+def test_malformed_json_is_400_and_a_non_object_body_422(api: Api) -> None:
+    headers = {**api.auth(role="sales_rep"), "Content-Type": "application/json"}
+    r = api.client.post(C, content=b'{"kind": "person", "name": ', headers=headers)
+    assert_problem(r, 400, "body")
+    r = api.client.post(C, content=b"[1, 2]", headers=headers)
+    assert_problem(r, 422, "body")
     assert event_log_position(api) == 0
 
 
