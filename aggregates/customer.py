@@ -15,7 +15,7 @@ from aggregates.errors import (
     NotFound,
     PersonalDataErased,
 )
-from aggregates.money import check_amount, check_currency
+from aggregates.money import require_money
 from events.customer import (
     ConsentSet,
     ContactAdded,
@@ -285,20 +285,13 @@ class Customer(Aggregate):
         self._check_not_erased()
         if order_id in self.purchases:
             raise Duplicate(f"order {order_id} is already recorded", field="order_id")
-        reason = check_currency(currency)
-        if reason:
-            raise InvalidValue(reason, field="currency")
-        reason = check_amount(amount, currency)
-        if reason:
-            raise InvalidValue(reason, field="amount")
+        require_money(amount, currency)
         purchase_lines: list[PurchaseLine] = []
         total = Decimal(0)
         for i, line in enumerate(lines):
             if line["quantity"] <= 0:
                 raise InvalidValue("quantity must be positive", field=f"lines.{i}.quantity")
-            reason = check_amount(line["unit_price"], currency)
-            if reason:
-                raise InvalidValue(reason, field=f"lines.{i}.unit_price")
+            require_money(line["unit_price"], currency, field=f"lines.{i}.unit_price")
             purchase_lines.append(PurchaseLine(**line))
             total += line["quantity"] * line["unit_price"]
         if purchase_lines and total != amount:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from aggregates.errors import InvalidValue
+
 # Active ISO 4217 codes and their minor units (digits after the decimal point).
 _ZERO = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF"
 _THREE = "BHD IQD JOD KWD LYD OMR TND"
@@ -50,3 +52,13 @@ def check_amount(amount: Decimal, currency: str) -> str | None:
     if -exponent > MINOR_UNITS[currency]:
         return f"{currency} has {MINOR_UNITS[currency]} decimal places"
     return None
+
+
+def require_money(amount: Decimal, currency: str, *, field: str = "amount") -> None:
+    """Refuse (InvalidValue naming the field) anything but valid money."""
+    reason = check_currency(currency)
+    if reason:
+        raise InvalidValue(reason, field="currency")
+    reason = check_amount(amount, currency)
+    if reason:
+        raise InvalidValue(reason, field=field)

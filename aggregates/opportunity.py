@@ -8,7 +8,7 @@ from uuid import UUID
 
 from aggregates.base import Aggregate, CommandContext, applies
 from aggregates.errors import InvalidTransition, InvalidValue
-from aggregates.money import check_amount, check_currency
+from aggregates.money import require_money
 from aggregates.pipeline import LOSS_REASONS, PIPELINES, Pipeline
 from events.opportunity import (
     OpportunityAmountChanged,
@@ -56,7 +56,7 @@ class Opportunity(Aggregate):
         flow = _pipeline(pipeline)
         if not title.strip():
             raise InvalidValue("title must not be blank", field="title")
-        _check_money(amount, currency)
+        require_money(amount, currency)
         first = flow.stages[0] if stage is None else flow.stage(stage)
         if first is None:
             raise InvalidValue(f"{pipeline} has no stage {stage!r}", field="stage")
@@ -101,7 +101,7 @@ class Opportunity(Aggregate):
 
     def change_amount(self, ctx: CommandContext, amount: Decimal, currency: str) -> bool:
         self._check_open()
-        _check_money(amount, currency)
+        require_money(amount, currency)
         if amount == self.amount and currency == self.currency:
             return False
         self._trigger(
@@ -250,11 +250,3 @@ def _pipeline(name: str) -> Pipeline:
             f"no pipeline {name!r}; pipelines: {sorted(PIPELINES)}", field="pipeline"
         ) from None
 
-
-def _check_money(amount: Decimal, currency: str) -> None:
-    reason = check_currency(currency)
-    if reason:
-        raise InvalidValue(reason, field="currency")
-    reason = check_amount(amount, currency)
-    if reason:
-        raise InvalidValue(reason, field="amount")

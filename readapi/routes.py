@@ -344,72 +344,67 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
     )
 
 
+#: Every command route: (method, path under /api/v1, command, write scope, summary).
+#: Paths with ``{id}`` act on an existing record; the others create one.
+COMMAND_ROUTES: tuple[tuple[str, str, type[BaseModel], str, str], ...] = (
+    ("POST", "/customers", cc.RegisterCustomer, "customer", "Register a customer"),
+    ("PATCH", "/customers/{id}", cc.ChangeCustomerDetails, "customer",
+     "Change a customer's details (If-Match required)"),
+    ("POST", "/customers/{id}/contacts", cc.AddContact, "customer", "Add a contact"),
+    ("POST", "/customers/{id}/contacts/removal", cc.RemoveContact, "customer",
+     "Remove a contact (If-Match required)"),
+    ("POST", "/customers/{id}/owner", cc.ReassignCustomerOwner, "customer",
+     "Reassign the owner (If-Match required)"),
+    ("POST", "/customers/{id}/lifecycle", cc.ChangeLifecycleStage, "customer",
+     "Change the lifecycle stage, with a reason (If-Match required)"),
+    ("POST", "/customers/{id}/classification", cc.ClassifyCustomer, "customer.marketing",
+     "Classify into a segment, with a reason (If-Match required)"),
+    ("POST", "/customers/{id}/tags", cc.TagCustomer, "customer.marketing", "Tag"),
+    ("POST", "/customers/{id}/tags/removal", cc.UntagCustomer, "customer.marketing", "Untag"),
+    ("POST", "/customers/{id}/consents", cc.SetConsent, "customer.marketing",
+     "Grant or withdraw consent for a channel"),
+    ("POST", "/customers/{id}/preferences", cc.SetPreferences, "customer", "Set preferences"),
+    ("POST", "/customers/{id}/purchases", cc.RecordPurchase, "customer", "Record a purchase"),
+    ("POST", "/opportunities", co.OpenOpportunity, "opportunity", "Open an opportunity"),
+    ("PATCH", "/opportunities/{id}", co.UpdateOpportunity, "opportunity",
+     "Change amount, close date or owner (If-Match required)"),
+    ("POST", "/opportunities/{id}/stage", co.ChangeOpportunityStage, "opportunity",
+     "Move to another stage (If-Match required)"),
+    ("POST", "/opportunities/{id}/won", co.WinOpportunity, "opportunity", "Mark won (If-Match required)"),
+    ("POST", "/opportunities/{id}/lost", co.LoseOpportunity, "opportunity",
+     "Mark lost, with a loss reason (If-Match required)"),
+    ("POST", "/opportunities/{id}/reopen", co.ReopenOpportunity, "opportunity",
+     "Reopen a won or lost deal (If-Match required)"),
+    ("POST", "/interactions", ci.LogInteraction, "interaction",
+     "Log a call, e-mail, meeting, note, SMS or chat"),
+    ("POST", "/service-requests", cs.OpenServiceRequest, "service", "Open a service request"),
+    ("POST", "/service-requests/{id}/assignment", cs.AssignServiceRequest, "service",
+     "Assign (If-Match required)"),
+    ("POST", "/service-requests/{id}/priority", cs.ChangeServiceRequestPriority, "service",
+     "Change priority (If-Match required)"),
+    ("POST", "/service-requests/{id}/status", cs.ChangeServiceRequestStatus, "service",
+     "Change status (If-Match required)"),
+    ("POST", "/service-requests/{id}/comments", cs.CommentOnServiceRequest, "service",
+     "Comment (internal or customer-visible)"),
+    ("POST", "/service-requests/{id}/resolution", cs.ResolveServiceRequest, "service",
+     "Resolve with a resolution (If-Match required)"),
+    ("POST", "/service-requests/{id}/rating", cs.RateServiceRequest, "service",
+     "Record the customer's satisfaction rating"),
+    ("POST", "/tasks", ct.CreateTask, "task", "Create a task"),
+    ("POST", "/tasks/{id}/assignment", ct.ReassignTask, "task", "Reassign (If-Match required)"),
+    ("POST", "/tasks/{id}/due", ct.ChangeTaskDue, "task", "Change the due time (If-Match required)"),
+    ("POST", "/tasks/{id}/comments", ct.CommentOnTask, "task", "Comment"),
+    ("POST", "/tasks/{id}/complete", ct.CompleteTask, "task", "Complete (If-Match required)"),
+    ("POST", "/tasks/{id}/cancel", ct.CancelTask, "task", "Cancel (If-Match required)"),
+)
+
+
 def build_router() -> APIRouter:
     r = APIRouter(prefix="/api/v1")
-    C, O, S, T = "/api/v1/customers", "/api/v1/opportunities", "/api/v1/service-requests", "/api/v1/tasks"
-
-    # customers
-    add_command(r, "/customers", cc.RegisterCustomer, "customer", C, summary="Register a customer", targeted=False)
-    add_command(r, "/customers/{id}", cc.ChangeCustomerDetails, "customer", C, method="PATCH",
-                summary="Change a customer's details (If-Match required)", targeted=True)
-    add_command(r, "/customers/{id}/contacts", cc.AddContact, "customer", C, summary="Add a contact", targeted=True)
-    add_command(r, "/customers/{id}/contacts/removal", cc.RemoveContact, "customer", C,
-                summary="Remove a contact (If-Match required)", targeted=True)
-    add_command(r, "/customers/{id}/owner", cc.ReassignCustomerOwner, "customer", C,
-                summary="Reassign the owner (If-Match required)", targeted=True)
-    add_command(r, "/customers/{id}/lifecycle", cc.ChangeLifecycleStage, "customer", C,
-                summary="Change the lifecycle stage, with a reason (If-Match required)", targeted=True)
-    add_command(r, "/customers/{id}/classification", cc.ClassifyCustomer, "customer.marketing", C,
-                summary="Classify into a segment, with a reason (If-Match required)", targeted=True)
-    add_command(r, "/customers/{id}/tags", cc.TagCustomer, "customer.marketing", C, summary="Tag", targeted=True)
-    add_command(r, "/customers/{id}/tags/removal", cc.UntagCustomer, "customer.marketing", C,
-                summary="Untag", targeted=True)
-    add_command(r, "/customers/{id}/consents", cc.SetConsent, "customer.marketing", C,
-                summary="Grant or withdraw consent for a channel", targeted=True)
-    add_command(r, "/customers/{id}/preferences", cc.SetPreferences, "customer", C,
-                summary="Set preferences", targeted=True)
-    add_command(r, "/customers/{id}/purchases", cc.RecordPurchase, "customer", C,
-                summary="Record a purchase", targeted=True)
-
-    # opportunities
-    add_command(r, "/opportunities", co.OpenOpportunity, "opportunity", O, summary="Open an opportunity", targeted=False)
-    add_command(r, "/opportunities/{id}", co.UpdateOpportunity, "opportunity", O, method="PATCH",
-                summary="Change amount, close date or owner (If-Match required)", targeted=True)
-    add_command(r, "/opportunities/{id}/stage", co.ChangeOpportunityStage, "opportunity", O,
-                summary="Move to another stage (If-Match required)", targeted=True)
-    add_command(r, "/opportunities/{id}/won", co.WinOpportunity, "opportunity", O,
-                summary="Mark won (If-Match required)", targeted=True)
-    add_command(r, "/opportunities/{id}/lost", co.LoseOpportunity, "opportunity", O,
-                summary="Mark lost, with a loss reason (If-Match required)", targeted=True)
-    add_command(r, "/opportunities/{id}/reopen", co.ReopenOpportunity, "opportunity", O,
-                summary="Reopen a won or lost deal (If-Match required)", targeted=True)
-
-    # interactions
-    add_command(r, "/interactions", ci.LogInteraction, "interaction", "/api/v1/interactions",
-                summary="Log a call, e-mail, meeting, note, SMS or chat", targeted=False)
-
-    # service requests
-    add_command(r, "/service-requests", cs.OpenServiceRequest, "service", S, summary="Open a service request", targeted=False)
-    add_command(r, "/service-requests/{id}/assignment", cs.AssignServiceRequest, "service", S,
-                summary="Assign (If-Match required)", targeted=True)
-    add_command(r, "/service-requests/{id}/priority", cs.ChangeServiceRequestPriority, "service", S,
-                summary="Change priority (If-Match required)", targeted=True)
-    add_command(r, "/service-requests/{id}/status", cs.ChangeServiceRequestStatus, "service", S,
-                summary="Change status (If-Match required)", targeted=True)
-    add_command(r, "/service-requests/{id}/comments", cs.CommentOnServiceRequest, "service", S,
-                summary="Comment (internal or customer-visible)", targeted=True)
-    add_command(r, "/service-requests/{id}/resolution", cs.ResolveServiceRequest, "service", S,
-                summary="Resolve with a resolution (If-Match required)", targeted=True)
-    add_command(r, "/service-requests/{id}/rating", cs.RateServiceRequest, "service", S,
-                summary="Record the customer's satisfaction rating", targeted=True)
-
-    # tasks
-    add_command(r, "/tasks", ct.CreateTask, "task", T, summary="Create a task", targeted=False)
-    add_command(r, "/tasks/{id}/assignment", ct.ReassignTask, "task", T, summary="Reassign (If-Match required)", targeted=True)
-    add_command(r, "/tasks/{id}/due", ct.ChangeTaskDue, "task", T, summary="Change the due time (If-Match required)", targeted=True)
-    add_command(r, "/tasks/{id}/comments", ct.CommentOnTask, "task", T, summary="Comment", targeted=True)
-    add_command(r, "/tasks/{id}/complete", ct.CompleteTask, "task", T, summary="Complete (If-Match required)", targeted=True)
-    add_command(r, "/tasks/{id}/cancel", ct.CancelTask, "task", T, summary="Cancel (If-Match required)", targeted=True)
+    for method, path, command_cls, scope, summary in COMMAND_ROUTES:
+        collection = "/api/v1/" + path.strip("/").split("/")[0]
+        add_command(r, path, command_cls, scope, collection, method=method, summary=summary,
+                    targeted="{id}" in path)
 
     for base, aggregate_type in (
         ("/customers", "customer"),
