@@ -147,7 +147,7 @@ class Aggregate:
         }
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.state() == other.state()  # type: ignore[union-attr]
+        return isinstance(other, Aggregate) and type(self) is type(other) and self.state() == other.state()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id}, version={self.version})"

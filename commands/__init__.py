@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate
 from aggregates.errors import DomainError
@@ -14,10 +16,6 @@ from events.codec import dump_fields
 __all__ = ["AGGREGATE_TYPES", "HANDLERS", "Aggregate", "CrmEvent", "DomainError", "dump_fields"]
 
 #: The one map from command type to handler.
-HANDLERS: dict[type[Any], Any] = {
-    **customer.HANDLERS,
-    **opportunity.HANDLERS,
-    **interaction.HANDLERS,
-    **service_request.HANDLERS,
-    **task.HANDLERS,
-}
+HANDLERS: dict[type[BaseModel], Any] = {}
+for _module in (customer, opportunity, interaction, service_request, task):
+    HANDLERS.update(_module.HANDLERS)

@@ -62,7 +62,7 @@ class CrmApplication(Application[UUID]):
         # Only the composition root reads the process environment; it hands us all.
         return Environment(name, dict(env or {}))
 
-    def construct_mapper(self) -> CrmMapper:  # type: ignore[override]
+    def construct_mapper(self) -> CrmMapper:
         if self._given_keys is not None:
             self.keys = self._given_keys
         elif isinstance(self.factory, PostgresFactory):
@@ -108,7 +108,7 @@ class CrmApplication(Application[UUID]):
         """The aggregate of whatever type the id names."""
         first = self.events.get(aggregate_id, limit=1)
         event = next(iter(first), None)
-        if event is None:
+        if not isinstance(event, CrmEvent):
             raise NotFound(f"no record {aggregate_id}")
         return self.load(AGGREGATE_TYPES[event.aggregate_type], aggregate_id)
 

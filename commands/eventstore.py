@@ -111,7 +111,8 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
 
     def _insert_with_errors_mapped(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         try:
-            return super().insert_events(stored_events, **kwargs)
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return ids
         except IntegrityError as e:
             constraint = getattr(getattr(e.__cause__, "diag", None), "constraint_name", "") or ""
             extras: WriteExtras | None = kwargs.get("extras")

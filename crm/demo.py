@@ -75,14 +75,14 @@ class DemoLoader:
             if rng.random() < 0.4:
                 contacts.append({"kind": "address", "value": f"{rng.randint(1, 200)} Example Street, {rng.choice(COUNTRIES)}"})
             start = self._when(365, 120)
-            c = self._send(cc.RegisterCustomer(
+            c = self._send(cc.RegisterCustomer.model_validate(dict(
                 kind="company" if company else "person", name=name, contacts=contacts,
                 source=rng.choice(SOURCES), owner_id=owner,
                 lifecycle_stage=rng.choice(["lead", "prospect", "customer"]),
                 industry=rng.choice(INDUSTRIES), country=rng.choice(COUNTRIES),
                 preferred_language=rng.choice(["en", "de", "zh", "fr"]),
                 tags=rng.sample(["vip", "newsletter", "trade-fair", "partner", "upsell"], k=rng.randint(0, 2)),
-                occurred_at=start), owner, "sales_rep")
+                occurred_at=start)), owner, "sales_rep")
             cid, version = c.id, c.version
             for channel in ("email", "sms", "phone"):
                 if rng.random() < 0.6:
@@ -94,10 +94,12 @@ class DemoLoader:
                     reason="quarterly review", occurred_at=self._when(100, 30)), "mgr-maria", "manager",
                     cid, version).version
             for _ in range(rng.randint(0, 3)):
-                lines = []
-                for sku, desc, price in rng.sample(PRODUCTS, k=rng.randint(1, 3)):
-                    lines.append({"sku": sku, "description": desc, "quantity": rng.randint(1, 5), "unit_price": price})
-                amount = sum(Decimal(line["quantity"]) * line["unit_price"] for line in lines)
+                lines = [
+                    cc.PurchaseLineIn(sku=sku, description=desc, quantity=Decimal(rng.randint(1, 5)),
+                                      unit_price=price)
+                    for sku, desc, price in rng.sample(PRODUCTS, k=rng.randint(1, 3))
+                ]
+                amount = sum((line.quantity * line.unit_price for line in lines), Decimal(0))
                 version = self._send(cc.RecordPurchase(
                     order_id=f"SO-{i:04d}-{version}", amount=amount, currency="EUR", lines=lines,
                     occurred_at=self._when(110, 1)), "erp", "integration", cid).version
@@ -106,12 +108,12 @@ class DemoLoader:
             for _ in range(rng.randint(1, 3)):
                 channel = rng.choice(["call", "email", "meeting", "note", "sms", "chat"])
                 direction = "internal" if channel == "note" else rng.choice(["inbound", "outbound"])
-                self._send(ci.LogInteraction(
+                self._send(ci.LogInteraction.model_validate(dict(
                     customer_id=cid, channel=channel, direction=direction,
                     subject=f"Follow-up with {first}", body=f"Talked about next steps with {name}.",
                     participants=[owner],
                     duration_minutes=rng.randint(5, 60) if channel in ("call", "meeting") else None,
-                    occurred_at=self._when(100, 1)), owner, "sales_rep")
+                    occurred_at=self._when(100, 1))), owner, "sales_rep")
             if rng.random() < 0.5:
                 self._service_request(cid, i)
             if rng.random() < 0.8:

@@ -18,7 +18,9 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
-    processors = [*shared, structlog.processors.format_exc_info, renderer] if use_json else [*shared, renderer]
+    processors: list[structlog.typing.Processor] = (
+        [*shared, structlog.processors.format_exc_info, renderer] if use_json else [*shared, renderer]
+    )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

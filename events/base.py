@@ -73,7 +73,7 @@ class CrmEvent(DomainEvent):
         skip = {"originator_id", "originator_version", "timestamp", "meta"}
         return {
             f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            for f in dataclasses.fields(self)
             if f.name not in skip
         }
 
@@ -92,7 +92,7 @@ def register(cls: type[CrmEvent]) -> type[CrmEvent]:
     existing = _REGISTRY.get(cls.type_name)
     if existing is not None and existing is not cls:
         raise TypeError(f"event type name {cls.type_name!r} used twice")
-    field_names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    field_names = {f.name for f in dataclasses.fields(cls)}
     missing = [n for n in cls.personal_fields if n not in field_names]
     if missing:
         raise TypeError(f"{cls.__name__}: personal fields {missing} are not fields")

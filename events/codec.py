@@ -48,7 +48,7 @@ def _field_adapters(cls: type[CrmEvent]) -> dict[str, TypeAdapter[Any]]:
     skip = {"originator_id", "originator_version", "timestamp", "meta"}
     return {
         f.name: TypeAdapter(hints[f.name])
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        for f in dataclasses.fields(cls)
         if f.name not in skip
     }
 
