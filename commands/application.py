@@ -37,7 +37,7 @@ from commands.eventstore import (
     WriteExtras,
 )
 from events.base import Actor, CrmEvent
-from events.codec import CrmMapper, EventCodec
+from events.codec import CrmMapper, EventCodec, seals_personal_data
 from events.keys import InMemoryKeyRing, KeyRing, KeyWrapper, PostgresKeyRing, SubjectKeyDestroyed
 
 A = TypeVar("A", bound=Aggregate)
@@ -268,7 +268,7 @@ class CommandService:
                 return WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
                                    position, created=False, result=uow.result)
             uow.extras.sealed_subjects = {
-                e.subject_id() for a in pending for e in a.pending_events if e.personal_fields
+                e.subject_id() for a in pending for e in a.pending_events if seals_personal_data(e)
             }
             result = WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
                                  None, created=created, result=_jsonable(uow.result))

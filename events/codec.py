@@ -76,6 +76,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def seals_personal_data(event: CrmEvent) -> bool:
+    """True if the event's stored form seals personal data with its subject's key."""
+    return any(getattr(event, name) for name in event.personal_fields)
+
+
 class EventCodec:
     """Turns CRM events into stored form and back (sealing personal data)."""
 
@@ -88,6 +93,10 @@ class EventCodec:
         cls = type(event)
         payload = dump_fields(cls, event.payload())
         personal = {k: payload.pop(k) for k in cls.personal_fields}
+        if not any(personal.values()):
+            # Nothing personal in it (null, empty text or list): kept in clear, unsealed.
+            payload.update(personal)
+            personal = {}
         subject_id = event.subject_id()
         meta = event.meta
         doc: dict[str, Any] = {
@@ -155,8 +164,8 @@ class EventCodec:
         values: dict[str, Any] = dict(doc["data"])
         if doc["personal"] is not None:
             values.update(doc["personal"])
-        else:
-            values.update({k: None for k in cls.personal_fields})
+        for name in cls.personal_fields:
+            values.setdefault(name, None)  # erased (or an older version without it)
         stored_version = int(doc.get("version", 1))
         while stored_version < cls.class_version:
             upcast = getattr(cls, f"upcast_v{stored_version}_v{stored_version + 1}")

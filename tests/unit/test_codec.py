@@ -503,3 +503,18 @@ def test_crm_mapper_wraps_the_codec(codec):
         decoded = mapper.to_domain_event(s)
         assert decoded.originator_id == CID
         assert decoded.payload() == event.payload()
+
+
+@pytest.mark.parametrize("empty", [{}, None])
+def test_an_event_with_nothing_personal_is_stored_unsealed_and_survives_erasure(codec, keys, empty):
+    sample = Sample(CustomerDetailsChanged, CID, {
+        "changes": {"industry": {"before": "software", "after": "finance"}},
+        "personal_changes": empty,
+    })
+    event = sample.event()
+    _, state = codec.encode(event)
+    doc = json.loads(state)
+    assert "sealed" not in doc and doc["data"]["personal_changes"] == empty
+    keys.destroy(CID)
+    back = round_trip(codec, event)
+    assert back.payload() == event.payload() and not back.personal_data_erased
