@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from aggregates.base import Aggregate, CommandContext, applies
@@ -24,7 +25,7 @@ class Interaction(Aggregate):
     duration_minutes: int | None
     opportunity_id: UUID | None
     service_request_id: UUID | None
-    occurred_at: object
+    occurred_at: datetime
 
     @classmethod
     def log(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
 from pydantic import BaseModel
@@ -114,10 +114,6 @@ class CrmApplication(Application[UUID]):
 
     def stored_events(self, aggregate_id: UUID) -> Iterator[CrmEvent]:
         return iter(self.events.get(aggregate_id))  # type: ignore[arg-type]
-
-
-def factory_is_postgres(factory: InfrastructureFactory) -> bool:
-    return isinstance(factory, PostgresFactory)
 
 
 @dataclass(frozen=True)

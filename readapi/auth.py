@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,7 +48,6 @@ class JwtSettings:
     public_key: str | None = None
     private_key: str | None = None
     leeway_seconds: int = 30
-    algorithms: tuple[str, ...] = field(default=())
 
     def verification_key(self) -> str:
         if self.algorithm.startswith("RS"):

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Annotated, Any
 from uuid import UUID
 
+import structlog
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -97,8 +98,6 @@ def principal(
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, "use a Bearer token", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
     p = services(request).tokens.verify(token.strip())
-    import structlog
-
     structlog.contextvars.bind_contextvars(actor_id=p.id, actor_role=p.role)
     return p
 
