@@ -1,1 +1,19 @@
-"""Read models built from the event log (read tables, analytics, publishers)."""
+"""Read models built from the event log: PostgreSQL read tables for the UI (and, as
+their issues land, DuckDB analytics, the Kafka publisher and automation).
+
+``ALL`` lists every read model the runners keep up to date.
+"""
+
+from __future__ import annotations
+
+from projections.base import Projection
+from projections.customers import CustomerList
+
+ALL: tuple[type[Projection], ...] = (CustomerList,)
+
+
+def by_name(name: str) -> type[Projection]:
+    for projection in ALL:
+        if projection.name == name:
+            return projection
+    raise KeyError(f"no projection {name!r}; projections: {', '.join(p.name for p in ALL)}")
