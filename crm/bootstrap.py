@@ -14,10 +14,12 @@ from urllib.parse import parse_qs, unquote, urlparse
 import structlog
 from fastapi import FastAPI
 
+import projections
 from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
 from commands.clock import Clock, SystemClock
 from crm.settings import Settings
+from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
 from readapi.routes import Services
@@ -118,15 +120,24 @@ class System:
     commands: CommandService
     tokens: TokenIssuer
     embedded: EmbeddedPostgres | None = None
+    read: ReadSide | None = None
+    database_url: str = ""
     _closed: bool = field(default=False, repr=False)
 
     def http_app(self) -> FastAPI:
-        return create_app(Services(self.app, self.commands, self.tokens))
+        return create_app(Services(self.app, self.commands, self.tokens, self.read))
+
+    def start_projections(self) -> None:
+        """Run the read models' runners as threads of this process."""
+        assert self.read is not None
+        self.read.start()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.read is not None:
+            self.read.stop()
         self.app.close()
         if self.embedded is not None:
             self.embedded.stop()
@@ -153,4 +164,5 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
     email_key = hashlib.sha256(b"crm e-mail reservations|" + kek).digest()
     commands = CommandService(app, HANDLERS, email_key=email_key, clock=clock or SystemClock())
     tokens = TokenIssuer(jwt_settings(settings))
-    return System(settings, app, commands, tokens, embedded)
+    read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size)
+    return System(settings, app, commands, tokens, embedded, read, url)

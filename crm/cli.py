@@ -35,6 +35,7 @@ def serve(
     try:
         if demo:
             _load_demo(system)
+        system.start_projections()
         host = host or settings.host
         port = port or settings.port
         base = f"http://{host}:{port}"

@@ -232,7 +232,7 @@ class BatchRunner:
             for table in self.projection.tables:
                 dirty = view.dirty[table.name]
                 if dirty:
-                    live = [view.rows[table.name][k] for k in dirty if view.rows[table.name][k] is not None]
+                    live = [r for k in dirty if (r := view.rows[table.name][k]) is not None]
                     gone = [k for k in dirty if view.rows[table.name][k] is None]
                     if gone:
                         cur.execute(

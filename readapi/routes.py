@@ -28,6 +28,7 @@ from commands import service_request as cs
 from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request as CommandRequest
 from commands.application import WriteResult
+from projections.service import ReadSide
 from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -42,6 +43,7 @@ class Services:
     app: CrmApplication
     commands: CommandService
     tokens: TokenIssuer
+    read: ReadSide | None = None
 
 
 class WriteResponse(BaseModel):

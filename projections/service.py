@@ -1,0 +1,97 @@
+"""The read side as one object: store, one runner thread per read model, read pool."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from events.codec import EventCodec
+from projections.base import Projection
+from projections.runner import BatchRunner, RunnerStats
+from projections.store import ProjectionStore, Status
+
+log = structlog.get_logger("crm.projections")
+
+
+@dataclass
+class ReadSide:
+    """Keeps every read model up to date (runner threads) and serves reads (pool)."""
+
+    store: ProjectionStore
+    projections: tuple[type[Projection], ...]
+    codec: EventCodec
+    pool: ConnectionPool[Any]
+    batch_size: int = 2000
+    runners: dict[str, BatchRunner] = field(default_factory=dict)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def build(cls, conninfo: str, projections: tuple[type[Projection], ...], codec: EventCodec,
+              *, pool_size: int = 10, batch_size: int = 2000) -> ReadSide:
+        store = ProjectionStore(conninfo)
+        store.setup()
+        for p in projections:
+            store.ensure_active(p)
+        pool: ConnectionPool[Any] = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=True,
+                              kwargs={"row_factory": dict_row, "autocommit": True})
+        return cls(store, projections, codec, pool, batch_size)
+
+    def runner(self, projection: type[Projection]) -> BatchRunner:
+        if projection.name not in self.runners:
+            schema = self.store.ensure_active(projection)
+            self.runners[projection.name] = BatchRunner(
+                projection, schema, self.store.conninfo, self.codec, batch_size=self.batch_size
+            )
+        return self.runners[projection.name]
+
+    def start(self) -> None:
+        """Run every read model's runner in a thread of this process (embedded default)."""
+        for p in self.projections:
+            runner = self.runner(p)
+            t = threading.Thread(
+                target=runner.run,
+                args=(self._stop,),
+                kwargs={"follow_active": lambda p=p: self.store.active_schema(p)},
+                name=f"projection-{p.name}",
+                daemon=True,
+            )
+            t.start()
+            self._threads.append(t)
+        log.info("projection runners started", projections=[p.name for p in self.projections])
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+        self._threads.clear()
+        self.pool.close()
+
+    def stats(self) -> dict[str, RunnerStats]:
+        return {name: r.stats for name, r in self.runners.items()}
+
+    def status(self) -> list[Status]:
+        return self.store.status(list(self.projections))
+
+    def wait_for(self, position: int, timeout: float) -> bool:
+        """Wait until every read model has applied ``position`` (read-your-writes)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT min(t.position) AS p FROM crm_projections r"
+                    " JOIN crm_projection_tracking t ON t.schema_name = r.active_schema"
+                ).fetchone()
+            if row and row["p"] is not None and int(row["p"]) >= position:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
