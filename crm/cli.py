@@ -35,7 +35,8 @@ def serve(
     try:
         if demo:
             _load_demo(system)
-        system.start_projections()
+        if settings.run_projections:
+            system.start_projections()
         host = host or settings.host
         port = port or settings.port
         base = f"http://{host}:{port}"

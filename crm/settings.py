@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     host: str = "127.0.0.1"
     port: int = 8000
+    run_projections: bool = Field(
+        default=True,
+        description="Run the read models' runners as threads of `crm serve`. Turn off when "
+        "`crm projections run` workers keep them up to date (the at-scale shape).",
+    )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
