@@ -6,10 +6,22 @@ their issues land, DuckDB analytics, the Kafka publisher and automation).
 
 from __future__ import annotations
 
+from projections.activity import ActivityFeed
 from projections.base import Projection
 from projections.customers import CustomerList
+from projections.interactions import InteractionTimeline
+from projections.pipeline import PipelineBoard
+from projections.service_queue import ServiceQueue
+from projections.tasks import TaskList
 
-ALL: tuple[type[Projection], ...] = (CustomerList,)
+ALL: tuple[type[Projection], ...] = (
+    CustomerList,
+    PipelineBoard,
+    ActivityFeed,
+    ServiceQueue,
+    TaskList,
+    InteractionTimeline,
+)
 
 
 def by_name(name: str) -> type[Projection]:

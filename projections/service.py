@@ -71,6 +71,8 @@ class ReadSide:
         for t in self._threads:
             t.join(10)
         self._threads.clear()
+        for runner in self.runners.values():
+            runner.close()
         self.pool.close()
 
     def stats(self) -> dict[str, RunnerStats]:

@@ -107,10 +107,18 @@ def _existing_crm_tables(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 def truncate_crm_tables(database_url: str) -> None:
+    """Empty the event store and forget every read model (schemas, views, registry):
+    a read model left from another test would be ahead of the restarted log."""
     with connect(database_url) as conn:
         tables = _existing_crm_tables(conn)
         if tables:
             conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+        schemas = [r[0] for r in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rm\\_%' OR nspname = 'crm_read'"
+        ).fetchall()]
+        for schema in schemas:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.execute("DROP TABLE IF EXISTS crm_projections, crm_projection_tracking, crm_parked_events")
 
 
 @pytest.fixture
