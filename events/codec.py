@@ -137,10 +137,17 @@ class EventCodec:
     # -- reading ---------------------------------------------------------------
     def decode_document(self, originator_id: UUID, version: int, state: bytes) -> dict[str, Any]:
         """The stored document with its sealed part opened (or marked erased)."""
+        return self._open(originator_id, version, self._parse(originator_id, version, state))
+
+    @staticmethod
+    def _parse(originator_id: UUID, version: int, state: bytes) -> dict[str, Any]:
         try:
             doc: dict[str, Any] = json.loads(state)
         except ValueError as e:
             raise EventDecodeError(f"event {originator_id}@{version}: not JSON: {e}") from e
+        return doc
+
+    def _open(self, originator_id: UUID, version: int, doc: dict[str, Any]) -> dict[str, Any]:
         sealed = doc.get("sealed")
         doc["personal"] = None
         doc["personal_data_erased"] = False
@@ -159,7 +166,34 @@ class EventCodec:
         return doc
 
     def decode(self, originator_id: UUID, version: int, topic: str, state: bytes) -> CrmEvent:
-        doc = self.decode_document(originator_id, version, state)
+        return self._build(originator_id, version, topic, self.decode_document(originator_id, version, state))
+
+    def decode_many(
+        self, stored: list[tuple[UUID, int, str, bytes]]
+    ) -> list[CrmEvent | Exception]:
+        """Decode a batch: the keys of all its subjects are fetched together. A stored
+        event that cannot be decoded gives its exception in its place."""
+        docs: list[dict[str, Any] | Exception] = []
+        for originator_id, version, _, state in stored:
+            try:
+                docs.append(self._parse(originator_id, version, state))
+            except EventDecodeError as e:
+                docs.append(e)
+        prefetch = getattr(self.keys, "prefetch", None)
+        if prefetch is not None:
+            prefetch({UUID(d["subject_id"]) for d in docs if isinstance(d, dict) and d.get("sealed")})
+        out: list[CrmEvent | Exception] = []
+        for (originator_id, version, topic, _), doc in zip(stored, docs, strict=True):
+            if isinstance(doc, Exception):
+                out.append(doc)
+                continue
+            try:
+                out.append(self._build(originator_id, version, topic, self._open(originator_id, version, doc)))
+            except Exception as e:  # noqa: BLE001 -- handed back for the caller to park
+                out.append(e)
+        return out
+
+    def _build(self, originator_id: UUID, version: int, topic: str, doc: dict[str, Any]) -> CrmEvent:
         cls = event_type(doc.get("type", topic))
         values: dict[str, Any] = dict(doc["data"])
         if doc["personal"] is not None:

@@ -201,6 +201,23 @@ class PostgresKeyRing:
         self._cache.put(subject_id, key)
         return key
 
+    def prefetch(self, subjects: set[UUID]) -> None:
+        """Load (into the cache) the keys of these subjects not cached yet, in one query."""
+        wanted = [s for s in subjects if self._cache.get(s) is None]
+        if not wanted:
+            return
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT subject_id, wrapped_key FROM {self.TABLE} WHERE subject_id = ANY(%s)",
+                (wanted,),
+            ).fetchall()
+        for row in rows:
+            wrapped = _col(row, "wrapped_key", 1)
+            if wrapped is not None:
+                subject = _col(row, "subject_id", 0)
+                self._cache.put(subject, SubjectKey(
+                    kid=subject.hex, key=self._wrapper.unwrap(subject, bytes(wrapped))))
+
     def pending_subjects(self) -> set[UUID]:
         with self._pending_lock:
             return set(self._pending)

@@ -25,7 +25,6 @@ import structlog
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from events.base import UnknownEventType
 from events.codec import EventCodec
 from projections.base import BatchResult, BatchView, ParkedEvent, Projection, Row, Table
 
@@ -179,17 +178,16 @@ class BatchRunner:
     def _apply(self, conn: psycopg.Connection[Any], stored: list[dict[str, Any]], result: BatchResult) -> None:
         events: list[tuple[int, Any]] = []
         result.events = len(stored)
-        for row in stored:
-            if row["topic"] not in self._topics:
-                continue
-            originator_id = row["originator_id"]
-            if not isinstance(originator_id, UUID):
-                originator_id = UUID(str(originator_id))
-            try:
-                event = self.codec.decode(originator_id, row["originator_version"], row["topic"], bytes(row["state"]))
-            except (UnknownEventType, ValueError) as e:
-                result.parked.append(ParkedEvent(row["notification_id"], "", row["topic"], str(originator_id),
-                                                 f"cannot decode: {e}"))
+        wanted_rows = [row for row in stored if row["topic"] in self._topics]
+        decoded = self.codec.decode_many([
+            (r["originator_id"] if isinstance(r["originator_id"], UUID) else UUID(str(r["originator_id"])),
+             r["originator_version"], r["topic"], bytes(r["state"]))
+            for r in wanted_rows
+        ])
+        for row, event in zip(wanted_rows, decoded, strict=True):
+            if isinstance(event, Exception):
+                result.parked.append(ParkedEvent(row["notification_id"], "", row["topic"],
+                                                 str(row["originator_id"]), f"cannot decode: {event}"))
                 continue
             events.append((int(row["notification_id"]), event))
 
