@@ -1,12 +1,13 @@
-"""The FastAPI application: routes, problem+json errors, correlation ids."""
+"""The FastAPI application: routes, problem+json errors, correlation ids, metrics."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
 from readapi import problems
+from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
+from readapi.queries import build_read_router
 from readapi.routes import Services, build_router
 
 
@@ -20,13 +21,12 @@ def create_app(services: Services, *, title: str = "CRM core API") -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.services = services
+    metrics = HttpMetrics()
+    app.state.http_metrics = metrics
     problems.install(app)
+    app.include_router(build_ops_router(metrics))
     app.include_router(build_router())
-
-    @app.get("/health", tags=["ops"], summary="Liveness and event-store reachability")
-    def health() -> JSONResponse:
-        position = services.app.recorder.max_notification_id() or 0
-        return JSONResponse({"status": "ok", "event_log_position": position})
-
+    app.include_router(build_read_router())
     app.add_middleware(CorrelationMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     return app

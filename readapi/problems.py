@@ -17,6 +17,21 @@ MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger("crm.http")
 
 
+class Problem(Exception):
+    """Raised by a route to answer with this problem (status, code, field, extras)."""
+
+    def __init__(self, status: int, detail: str, *, code: str, title: str | None = None,
+                 field: str | None = None, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code
+        self.title = title
+        self.field = field
+        self.headers = headers
+        self.extra = extra
+
+
 def problem(
     status: int,
     title: str,
@@ -51,6 +66,7 @@ _TITLES = {
     422: "Unprocessable content",
     428: "Precondition required",
     500: "Internal server error",
+    503: "Service unavailable",
 }
 
 
@@ -78,6 +94,18 @@ def install(app: FastAPI) -> None:
             field=exc.field,
             headers=headers,
             **{k: v for k, v in exc.extra.items()},
+        )
+
+    @app.exception_handler(Problem)
+    async def route_problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem(
+            exc.status,
+            exc.title or _TITLES.get(exc.status, "Error"),
+            exc.detail,
+            code=exc.code,
+            field=exc.field,
+            headers=exc.headers,
+            **exc.extra,
         )
 
     @app.exception_handler(RequestValidationError)

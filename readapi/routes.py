@@ -5,12 +5,9 @@ body (unknown fields refused), run it with the caller's If-Match and Idempotency
 answer with the record's id, new version (also as ETag) and log position.
 """
 
-import dataclasses
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
-from enum import Enum
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -30,10 +27,12 @@ from commands.application import CommandService, CrmApplication, Principal, Requ
 from commands.application import WriteResult
 from projections.service import ReadSide
 from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
+from readapi.consistency import OPENAPI_PARAMETERS, read_after
+from readapi.encoding import MASK, jsonable
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
-MASK = "***"
+__all__ = ["MASK", "Services", "build_router", "jsonable"]
 
 
 @dataclass
@@ -238,22 +237,6 @@ PERSONAL_STATE: dict[str, tuple[str, ...]] = {
 }
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, UUID | Decimal):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def record_view(aggregate: Aggregate, principal: Principal) -> dict[str, Any]:
     state = aggregate.state()
     state.pop("id", None)
@@ -300,17 +283,19 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
     cls = AGGREGATE_TYPES[aggregate_type]
 
     def get_record(id: UUID, caller: Caller, request: Request) -> Any:
+        read_after(request)  # checked, never waited for: the event store has every position
         aggregate = services(request).app.load(cls, id)
         return JSONResponse(record_view(aggregate, caller), headers={"ETag": f'"{aggregate.version}"'})
 
-    get_record.__name__ = f"get_{aggregate_type}"
+    get_record.__name__ = f"get_current_{aggregate_type}"
     router.add_api_route(
-        f"{base}/{{id}}",
+        f"{base}/{{id}}/current",
         get_record,
         methods=["GET"],
         response_model=RecordOut,
         summary=f"The {aggregate_type.replace('_', ' ')} as it is now, rebuilt from its events",
-        operation_id=f"get_{aggregate_type}",
+        operation_id=f"get_current_{aggregate_type}",
+        openapi_extra={"parameters": OPENAPI_PARAMETERS},
         responses={404: {"description": "No such record"}},
     )
 
@@ -321,6 +306,7 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
         after_version: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Any:
+        read_after(request)  # checked, never waited for: the event store has every position
         svc = services(request)
         aggregate = svc.app.load(cls, id)  # 404 for absent ids and other types
         stored = list(svc.app.events.get(id, gt=after_version, limit=limit))
@@ -341,6 +327,7 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
         response_model=EventPage,
         summary=f"The stored events of one {aggregate_type.replace('_', ' ')}, with their metadata",
         operation_id=f"list_{aggregate_type}_events",
+        openapi_extra={"parameters": OPENAPI_PARAMETERS},
         responses={404: {"description": "No such record"}},
     )
 

@@ -124,7 +124,7 @@ def api(system: Any) -> Iterator[Api]:
 
 
 def event_log_position(api: Api) -> int:
-    return int(api.client.get("/health").json()["event_log_position"])
+    return int(api.client.get("/ready").json()["event_log_position"])
 
 
 # -- authentication and permissions ------------------------------------------------
@@ -213,7 +213,7 @@ def test_register_then_change_with_if_match(api: Api) -> None:
     r = api.patch(f"{C}/{cid}", {"industry": "Computing"}, **{"If-Match": "not-an-etag"})
     assert_problem(r, 422, "If-Match")
 
-    r = api.get(f"{C}/{cid}")
+    r = api.get(f"{C}/{cid}/current")
     assert r.status_code == 200
     assert r.headers["etag"] == '"2"'
     record = r.json()
@@ -300,7 +300,7 @@ def test_an_analyst_sees_personal_fields_masked(api: Api) -> None:
     assert events[0]["data"]["contacts"] == "***"
     assert events[0]["data"]["industry"] == "Retail"
     assert events[1]["data"]["personal_changes"] == "***"
-    r = api.get(f"{C}/{cid}", role="analyst")
+    r = api.get(f"{C}/{cid}/current", role="analyst")
     assert r.status_code == 200
     assert r.json()["data"]["name"] == "***" and r.json()["data"]["contacts"] == "***"
     assert "masked@example.com" not in r.text and "Masked Person" not in r.text
@@ -316,7 +316,7 @@ def test_an_analyst_sees_personal_fields_masked(api: Api) -> None:
     (event,) = api.events(f"{I}/{iid}", role="analyst")
     assert (event["data"]["subject"], event["data"]["body"], event["data"]["participants"]) == ("***",) * 3
     assert event["data"]["channel"] == "email" and event["data"]["customer_id"] == cid
-    r = api.get(f"{I}/{iid}", role="analyst")
+    r = api.get(f"{I}/{iid}/current", role="analyst")
     assert "Secret" not in r.text and r.json()["data"]["body"] == "***"
 
 
@@ -354,7 +354,7 @@ def test_an_opportunity_walks_to_won_and_then_refuses_stage_changes(api: Api) ->
     assert r.status_code == 200, r.text
     version += 1
 
-    record = api.get(f"{O}/{oid}").json()
+    record = api.get(f"{O}/{oid}/current").json()
     assert record["data"]["status"] == "won"
     assert record["data"]["probability"] == 100
     assert record["data"]["amount"] == "1000.00"
@@ -393,7 +393,7 @@ def test_a_service_request_from_opening_to_rating(api: Api) -> None:
     r = api.post(f"{S}/{sid}/rating", {"rating": 1}, **agent)
     assert_problem(r, 409, "rating")
 
-    data = api.get(f"{S}/{sid}").json()["data"]
+    data = api.get(f"{S}/{sid}/current").json()["data"]
     assert (data["status"], data["assignee_id"], data["rating"]) == ("resolved", "agent-7", 5)
     assert data["resolution"] == "Fixed it"
     assert [c["comment_id"] for c in data["comments"]] == [comment_id]
@@ -410,7 +410,7 @@ def test_a_task_is_created_and_completed_once(api: Api) -> None:
     r = api.post(f"{T}/{tid}/complete", None, **if_match(1))
     assert r.status_code == 200, r.text
     assert r.headers["etag"] == '"2"'
-    data = api.get(f"{T}/{tid}").json()["data"]
+    data = api.get(f"{T}/{tid}/current").json()["data"]
     assert data["status"] == "completed"
     assert data["assignee_id"] == "rep-1" and data["customer_id"] == cid
     r = api.post(f"{T}/{tid}/complete", None, **if_match(2))
@@ -418,10 +418,10 @@ def test_a_task_is_created_and_completed_once(api: Api) -> None:
 
 
 def test_an_unknown_id_is_404_problem(api: Api) -> None:
-    assert_problem(api.get(f"{C}/{uuid.uuid4()}"), 404)
+    assert_problem(api.get(f"{C}/{uuid.uuid4()}/current"), 404)
     assert_problem(api.get(f"{T}/{uuid.uuid4()}/events"), 404)
     cid = api.register().json()["id"]
-    assert_problem(api.get(f"{O}/{cid}"), 404)  # a customer is not an opportunity
+    assert_problem(api.get(f"{O}/{cid}/current"), 404)  # a customer is not an opportunity
     assert_problem(api.post(f"{T}/{uuid.uuid4()}/comments", {"body": "x"}), 404)
     r = api.get(f"{C}/not-a-uuid")
     assert_problem(r, 422)
@@ -502,7 +502,7 @@ def test_crm_serve_answers_and_stops_on_sigterm(database_url: str, pg_env: dict[
         headers = {"Authorization": f"Bearer {issuer.issue('rep-1', 'sales_rep')}"}
         r = httpx.post(f"{base}{C}", json={"kind": "person", "name": "Served"}, headers=headers, timeout=10)
         assert r.status_code == 201, r.text
-        r = httpx.get(f"{base}{C}/{r.json()['id']}", headers=headers, timeout=10)
+        r = httpx.get(f"{base}{C}/{r.json()['id']}/current", headers=headers, timeout=10)
         assert r.json()["data"]["name"] == "Served"
     finally:
         proc.send_signal(signal.SIGTERM)

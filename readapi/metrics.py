@@ -1,0 +1,253 @@
+"""Operations endpoints: ``/health`` (liveness), ``/ready`` (readiness), ``/metrics``
+(Prometheus text exposition format 0.0.4, written by hand).
+
+HTTP metrics are collected by ``MetricsMiddleware``, labelled with the matched route's
+path *template* (``/api/v1/customers/{id}``), never the raw path, so ids do not make new
+series; requests that match no route are counted under ``route="<unmatched>"``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from readapi.problems import problem
+
+log = structlog.get_logger("crm.http")
+
+#: Upper bounds (milliseconds) of the request-latency histogram's buckets.
+BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+#: Readiness bounds (fixed on purpose: no setting to get wrong). A projection is not
+#: ready when it is more than this many events behind the log, OR its oldest unapplied
+#: event has waited longer than this: either means reads are noticeably stale (a stuck
+#: runner shows as time, a burst as count).
+MAX_LAG_EVENTS = 1000
+MAX_LAG_SECONDS = 30.0
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNMATCHED = "<unmatched>"
+
+
+@dataclass
+class _Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS_MS))
+    count: int = 0
+    total_ms: float = 0.0
+
+
+class HttpMetrics:
+    """Request counts and latencies by method, route template and status."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str, str], _Histogram] = {}
+
+    def observe(self, method: str, route: str, status: int, elapsed_ms: float) -> None:
+        with self._lock:
+            h = self._series.setdefault((method, route, str(status)), _Histogram())
+            h.count += 1
+            h.total_ms += elapsed_ms
+            for i, bound in enumerate(BUCKETS_MS):
+                if elapsed_ms <= bound:
+                    h.buckets[i] += 1
+                    break
+
+    def snapshot(self) -> dict[tuple[str, str, str], _Histogram]:
+        with self._lock:
+            return {k: _Histogram(list(h.buckets), h.count, h.total_ms) for k, h in self._series.items()}
+
+    def exposition(self) -> list[str]:
+        series = sorted(self.snapshot().items())
+        lines = [
+            "# HELP crm_http_requests_total HTTP requests answered, by method, route template and status.",
+            "# TYPE crm_http_requests_total counter",
+        ]
+        for (method, route, status), h in series:
+            lines.append(sample("crm_http_requests_total", h.count, method=method, route=route, status=status))
+        lines += [
+            "# HELP crm_http_request_duration_milliseconds Time to answer a request, in milliseconds.",
+            "# TYPE crm_http_request_duration_milliseconds histogram",
+        ]
+        for (method, route, status), h in series:
+            running = 0
+            for bound, n in zip(BUCKETS_MS, h.buckets, strict=True):
+                running += n
+                lines.append(sample("crm_http_request_duration_milliseconds_bucket", running,
+                                    method=method, route=route, status=status, le=str(bound)))
+            lines.append(sample("crm_http_request_duration_milliseconds_bucket", h.count,
+                                method=method, route=route, status=status, le="+Inf"))
+            lines.append(sample("crm_http_request_duration_milliseconds_sum", h.total_ms,
+                                method=method, route=route, status=status))
+            lines.append(sample("crm_http_request_duration_milliseconds_count", h.count,
+                                method=method, route=route, status=status))
+        return lines
+
+
+class MetricsMiddleware:
+    """Times every HTTP request and records it under its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_and_see(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED
+            self.metrics.observe(scope.get("method", "?"), template, status["code"],
+                                 (time.perf_counter() - started) * 1000)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float | int | bool) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def sample(name: str, value: float | int | bool, **labels: str) -> str:
+    if not labels:
+        return f"{name} {_number(value)}"
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{text}}} {_number(value)}"
+
+
+def family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+
+
+# -- the routes ----------------------------------------------------------------------------
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+def _projection_metrics(read: Any) -> list[str]:
+    statuses = read.status()
+    stats = read.stats()
+    per: dict[str, list[tuple[str, float | int | bool]]] = {}
+    for s in statuses:
+        st = stats.get(s.name)
+        per[s.name] = [
+            ("position", s.position),
+            ("head", s.head),
+            ("lag_events", s.lag_events),
+            ("lag_seconds", s.lag_seconds),
+            ("last_batch_size", st.last_batch_size if st else 0),
+            ("events_applied_total", st.events if st else 0),
+            ("batches_total", st.batches if st else 0),
+            ("parked_events", s.parked),
+            ("leader", st.is_leader if st else False),
+        ]
+    described = {
+        "position": ("gauge", "Event-log position the read model's active generation has applied."),
+        "head": ("gauge", "Event-log head (highest position) when the status was read."),
+        "lag_events": ("gauge", "Events in the log not yet applied."),
+        "lag_seconds": ("gauge", "How long the oldest unapplied event has waited, in seconds."),
+        "last_batch_size": ("gauge", "Events read by this process's runner in its last batch."),
+        "events_applied_total": ("counter", "Events this process's runner has read and applied."),
+        "batches_total": ("counter", "Batches this process's runner has committed."),
+        "parked_events": ("gauge", "Events parked (not applicable) in the active generation."),
+        "leader": ("gauge", "1 when this process's runner leads the projection's active generation."),
+    }
+    lines: list[str] = []
+    for metric, (kind, help_text) in described.items():
+        name = f"crm_projection_{metric}"
+        lines += family(name, kind, help_text,
+                        (sample(name, dict(values)[metric], projection=p) for p, values in sorted(per.items())))
+    return lines
+
+
+def build_ops_router(metrics: HttpMetrics) -> APIRouter:
+    r = APIRouter(tags=["ops"])
+
+    @r.get("/health", summary="Liveness: the process answers (no database call)")
+    def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @r.get("/ready", summary="Readiness: event store reachable, read models current, nothing parked",
+           responses={503: {"description": "Not ready; `reasons` says why"}})
+    def ready(request: Request) -> JSONResponse:
+        svc = _services(request)
+        reasons: list[str] = []
+        position: int | None = None
+        try:
+            position = int(svc.app.recorder.max_notification_id() or 0)
+        except Exception as e:  # noqa: BLE001 -- a reason, not a crash
+            reasons.append(f"event store unreachable: {type(e).__name__}: {e}")
+        projections: list[dict[str, Any]] = []
+        if svc.read is not None and position is not None:
+            try:
+                statuses = svc.read.status()
+            except Exception as e:  # noqa: BLE001
+                reasons.append(f"read-model status unavailable: {type(e).__name__}: {e}")
+                statuses = []
+            for s in statuses:
+                projections.append({"name": s.name, "position": s.position, "lag_events": s.lag_events,
+                                    "lag_seconds": round(s.lag_seconds, 3), "parked": s.parked})
+                if not s.schema:
+                    reasons.append(f"{s.name}: not built")
+                if s.lag_events > MAX_LAG_EVENTS:
+                    reasons.append(f"{s.name}: {s.lag_events} events behind (at most {MAX_LAG_EVENTS})")
+                if s.lag_seconds > MAX_LAG_SECONDS:
+                    reasons.append(f"{s.name}: {s.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
+                if s.parked:
+                    reasons.append(f"{s.name}: {s.parked} parked event(s)")
+        if reasons:
+            return problem(503, "Not ready", "; ".join(reasons), code="not-ready", reasons=reasons,
+                           event_log_position=position, projections=projections)
+        return JSONResponse({"status": "ready", "event_log_position": position, "projections": projections})
+
+    @r.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse)
+    def metrics_endpoint(request: Request) -> PlainTextResponse:
+        svc = _services(request)
+        lines: list[str] = []
+        up = True
+        try:
+            head = int(svc.app.recorder.max_notification_id() or 0)
+            lines += family("crm_event_log_head", "gauge", "Highest position in the event log.",
+                            [sample("crm_event_log_head", head)])
+        except Exception as e:  # noqa: BLE001 -- reported as a metric
+            up = False
+            log.warning("metrics: event store unreachable", error=str(e))
+        if svc.read is not None and up:
+            try:
+                lines += _projection_metrics(svc.read)
+            except Exception as e:  # noqa: BLE001
+                up = False
+                log.warning("metrics: read-model status unavailable", error=str(e))
+        lines += family("crm_event_store_up", "gauge", "1 when the event store answered this scrape.",
+                        [sample("crm_event_store_up", up)])
+        lines += metrics.exposition()
+        return PlainTextResponse("\n".join(lines) + "\n", media_type=CONTENT_TYPE)
+
+    return r

@@ -1,0 +1,370 @@
+"""The read routes of /api/v1, served from the read models in ``crm_read``.
+
+Lists (``GET /customers``, ``/opportunities``, ``/interactions``, ``/service-requests``,
+``/tasks``, ``/activity``, ``/customers/{id}/activity``) are declared as ``ListSpec``s
+and served by ``readapi.listing``; records (``GET /{collection}/{id}``) are the read
+model's row with the aggregate's version as ETag; ``GET /opportunities/board`` sums the
+pipeline per stage. Every route takes ``min_position`` / ``X-Min-Position`` and
+``wait_ms`` (``readapi.consistency``). Personal columns are masked for roles outside
+``PERSONAL_DATA_ROLES``; searching or sorting by personal data is refused to them (its
+results, and a name-sorted cursor, would reveal what the mask hides).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from commands.application import Principal
+from projections.service import ReadSide
+from readapi.consistency import OPENAPI_PARAMETERS, ReadAfter, ensure, invalid, read_after, require_read
+from readapi.listing import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Filter,
+    ListSpec,
+    Sort,
+    SortKey,
+    col,
+    parse_query,
+    run_query,
+)
+from readapi.problems import Problem
+from readapi.routes import Caller, services
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_RANGE = "inclusive"
+_UNTIL = "exclusive"
+
+CUSTOMERS = ListSpec(
+    name="customers",
+    view="customers",
+    filters=(
+        Filter("owner_id", "owner_id", repeatable=True),
+        Filter("lifecycle_stage", "lifecycle_stage", repeatable=True),
+        Filter("segment", "segment", repeatable=True),
+        Filter("tag", "tags", op="contains", repeatable=True,
+               description="Repeatable: customers carrying every given tag."),
+        Filter("created_from", "created_at", "datetime", ">=", description=f"created_at, {_RANGE}"),
+        Filter("created_to", "created_at", "datetime", "<", description=f"created_at, {_UNTIL}"),
+        Filter("active_from", "last_activity_at", "datetime", ">=", description=f"last_activity_at, {_RANGE}"),
+        Filter("active_to", "last_activity_at", "datetime", "<", description=f"last_activity_at, {_UNTIL}"),
+        Filter("q", "search_text", op="search", personal=True,
+               description="A fragment of the name, an e-mail, a phone number (any punctuation) "
+                           "or a contact person's name; case-insensitive."),
+    ),
+    sorts=(
+        Sort("name", (col("name", "text", nullable=True),), personal=True),
+        Sort("created_at", (col("created_at", "timestamptz"),)),
+        Sort("last_activity_at", (col("last_activity_at", "timestamptz"),)),
+    ),
+    default_sort="-last_activity_at",
+    personal=("name", "emails", "phones", "contacts"),
+    hidden=("search_text",),
+)
+
+OPPORTUNITIES = ListSpec(
+    name="opportunities",
+    view="opportunities",
+    filters=(
+        Filter("pipeline", "pipeline", repeatable=True),
+        Filter("stage", "stage", repeatable=True),
+        Filter("status", "status", repeatable=True, description="open, won or lost"),
+        Filter("owner_id", "owner_id", repeatable=True),
+        Filter("customer_id", "customer_id", "uuid"),
+    ),
+    sorts=(
+        Sort("updated_at", (col("updated_at", "timestamptz"),)),
+        Sort("amount", (col("amount", "numeric"),)),
+        Sort("expected_close", (col("expected_close", "date", nullable=True),)),
+    ),
+    default_sort="-updated_at",
+    personal=("title", "customer_name"),
+)
+
+INTERACTIONS = ListSpec(
+    name="interactions",
+    view="interactions",
+    filters=(
+        Filter("customer_id", "customer_id", "uuid"),
+        Filter("channel", "channel", repeatable=True),
+        Filter("from", "occurred_at", "datetime", ">=", description=f"occurred_at, {_RANGE}"),
+        Filter("to", "occurred_at", "datetime", "<", description=f"occurred_at, {_UNTIL}"),
+    ),
+    sorts=(Sort("occurred_at", (col("occurred_at", "timestamptz"),)),),
+    default_sort="-occurred_at",
+    personal=("subject", "body", "participants"),
+)
+
+#: Most urgent first; an unknown priority after the known ones.
+_PRIORITY_RANK = SortKey(
+    "coalesce(array_position(ARRAY['urgent','high','normal','low']::text[], \"priority\"), 99)", "int"
+)
+SERVICE_REQUESTS = ListSpec(
+    name="service requests",
+    view="service_requests",
+    filters=(
+        Filter("status", "status", repeatable=True),
+        Filter("priority", "priority", repeatable=True),
+        Filter("assignee_id", "assignee_id", repeatable=True),
+        Filter("customer_id", "customer_id", "uuid"),
+    ),
+    sorts=(
+        Sort("priority", (_PRIORITY_RANK, col("opened_at", "timestamptz"))),
+        Sort("opened_at", (col("opened_at", "timestamptz"),)),
+        Sort("updated_at", (col("updated_at", "timestamptz"),)),
+    ),
+    default_sort="priority",
+    personal=("subject", "customer_name"),
+)
+
+TASKS = ListSpec(
+    name="tasks",
+    view="tasks",
+    filters=(
+        Filter("assignee_id", "assignee_id", repeatable=True),
+        Filter("mine", "assignee_id", "bool", "caller", description="true: the caller's tasks"),
+        Filter("status", "status", repeatable=True, description="open, completed or cancelled"),
+        Filter("due_before", "due_at", "datetime", "<"),
+        Filter("customer_id", "customer_id", "uuid"),
+        Filter("related_id", "related_id", "uuid"),
+    ),
+    sorts=(
+        Sort("due_at", (col("due_at", "timestamptz", nullable=True),)),
+        Sort("created_at", (col("created_at", "timestamptz"),)),
+        Sort("updated_at", (col("updated_at", "timestamptz"),)),
+    ),
+    default_sort="due_at",
+    personal=("title", "description"),
+)
+
+ACTIVITY = ListSpec(
+    name="activity",
+    view="activities",
+    key="event_id",
+    filters=(
+        Filter("owner_id", "owner_id"),
+        Filter("customer_id", "customer_id", "uuid"),
+        Filter("aggregate_type", "aggregate_type", repeatable=True),
+        Filter("event_type", "event_type", repeatable=True),
+        Filter("actor_id", "actor_id"),
+        Filter("from", "occurred_at", "datetime", ">=", description=f"occurred_at, {_RANGE}"),
+        Filter("to", "occurred_at", "datetime", "<", description=f"occurred_at, {_UNTIL}"),
+    ),
+    sorts=(Sort("occurred_at", (col("occurred_at", "timestamptz"),)),),
+    default_sort="-occurred_at",
+)
+CUSTOMER_ACTIVITY = ListSpec(
+    name="customer activity",
+    view="activities",
+    key="event_id",
+    filters=tuple(f for f in ACTIVITY.filters if f.param not in ("customer_id", "owner_id")),
+    sorts=ACTIVITY.sorts,
+    default_sort=ACTIVITY.default_sort,
+)
+
+#: collection path -> (list spec, aggregate type) of the records served from read models
+RECORDS: tuple[tuple[str, ListSpec, str], ...] = (
+    ("/customers", CUSTOMERS, "customer"),
+    ("/opportunities", OPPORTUNITIES, "opportunity"),
+    ("/interactions", INTERACTIONS, "interaction"),
+    ("/service-requests", SERVICE_REQUESTS, "service_request"),
+    ("/tasks", TASKS, "task"),
+)
+LISTS: tuple[tuple[str, ListSpec, str], ...] = (
+    *((path, spec, f"List {spec.name}") for path, spec, _ in RECORDS),
+    ("/activity", ACTIVITY, "The activity feed, newest first (e.g. ?owner_id= for my customers)"),
+)
+
+
+@contextmanager
+def reading(read: ReadSide | None, after: ReadAfter) -> Iterator[psycopg.Connection[Any]]:
+    """A read-pool connection once the read models reflect ``after`` (else 503)."""
+    side = require_read(read)
+    ensure(side, after)
+    try:
+        with side.pool.connection() as conn:
+            yield conn
+    except psycopg.errors.UndefinedTable as e:
+        raise Problem(503, f"a read model is not built yet: {e.diag.message_primary}",
+                      code="read-model-missing", headers={"Retry-After": "5"}) from None
+
+
+def _openapi(spec: ListSpec) -> dict[str, Any]:
+    params: list[dict[str, Any]] = []
+    for f in spec.filters:
+        schema: dict[str, Any] = {"type": "string"}
+        if f.kind == "uuid":
+            schema = {"type": "string", "format": "uuid"}
+        elif f.kind == "datetime":
+            schema = {"type": "string", "format": "date-time"}
+        elif f.kind == "bool":
+            schema = {"type": "boolean"}
+        if f.repeatable:
+            schema = {"type": "array", "items": schema}
+        params.append({"name": f.param, "in": "query", "required": False, "schema": schema,
+                       "description": f.description or f.column})
+    sorts = [n for s in spec.sorts for n in (s.name, "-" + s.name)]
+    params += [
+        {"name": "sort", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": sorts, "default": spec.default_sort}},
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "The next_cursor of the previous page."},
+        {"name": "include_total", "in": "query", "required": False,
+         "schema": {"type": "boolean", "default": False}},
+        *OPENAPI_PARAMETERS,
+    ]
+    return {"parameters": params}
+
+
+_PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No or bad token"},
+    403: {"description": "The role may not search or sort by personal data"},
+    422: {"description": "A bad query parameter (named in `field`)"},
+    503: {"description": "The read models are behind min_position, or not built"},
+}
+
+
+def _page(spec: ListSpec, request: Request, caller: Principal, fixed: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    after = read_after(request)
+    q = parse_query(spec, request.query_params.multi_items(), caller, fixed)
+    with reading(services(request).read, after) as conn:
+        return run_query(conn, q, caller).body()
+
+
+def add_list_route(router: APIRouter, path: str, spec: ListSpec, summary: str) -> None:
+    def endpoint(request: Request, caller: Caller) -> JSONResponse:
+        return JSONResponse(_page(spec, request, caller))
+
+    endpoint.__name__ = "list_" + spec.view
+    router.add_api_route(path, endpoint, methods=["GET"], summary=summary, operation_id=endpoint.__name__,
+                         openapi_extra=_openapi(spec), responses=_PAGE_RESPONSES)
+
+
+def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_type: str) -> None:
+    label = aggregate_type.replace("_", " ")
+
+    def get_row(id: UUID, caller: Caller, request: Request) -> JSONResponse:
+        after = read_after(request)
+        with reading(services(request).read, after) as conn:
+            row = conn.execute(f'SELECT * FROM {spec.table} WHERE "{spec.key}" = %s', (id,)).fetchone()
+        if row is None:
+            raise Problem(404, f"no {label} {id} in the read model", code="not-found")
+        return JSONResponse(spec.row(row, caller), headers={"ETag": f'"{row["version"]}"'})
+
+    get_row.__name__ = f"get_{aggregate_type}"
+    router.add_api_route(
+        f"{path}/{{id}}", get_row, methods=["GET"], operation_id=get_row.__name__,
+        summary=f"The {label} as the read model has it (ETag: its version); "
+                f"{path}/{{id}}/current rebuilds it from its events",
+        openapi_extra={"parameters": OPENAPI_PARAMETERS},
+        responses={404: {"description": "No such record (yet: see min_position)"}},
+    )
+
+
+def _customer_activity(id: UUID, caller: Caller, request: Request) -> JSONResponse:
+    body = _page(CUSTOMER_ACTIVITY, request, caller, {"customer_id": id})
+    if not body["items"] and "cursor" not in request.query_params:
+        with reading(services(request).read, ReadAfter(None, 0)) as conn:
+            known = conn.execute(f"SELECT 1 FROM {CUSTOMERS.table} WHERE id = %s", (id,)).fetchone()
+        if known is None:
+            raise Problem(404, f"no customer {id} in the read model", code="not-found")
+    return JSONResponse(body)
+
+
+# -- the pipeline board -------------------------------------------------------------------
+
+
+def _money(totals: dict[str, Decimal]) -> dict[str, str]:
+    return {currency: str(amount) for currency, amount in sorted(totals.items())}
+
+
+def _board(request: Request, caller: Caller) -> JSONResponse:
+    """Per stage of one pipeline: how many deals, their amounts and weighted amounts per
+    currency. Open stages come in the pipeline's order (by their win probability), then
+    won and lost (always listed). A stage without deals is not listed: the read API may
+    not import the pipeline definitions (aggregates), so it knows only stages in use."""
+    after = read_after(request)
+    given: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in ("pipeline", "owner_id", "min_position", "wait_ms"):
+            raise invalid(name, "unknown parameter; the board takes pipeline, owner_id, min_position, wait_ms")
+        if name in given:
+            raise invalid(name, "give it once")
+        given[name] = value.strip()
+    pipeline = given.get("pipeline", "default")
+    if not _SLUG.match(pipeline):
+        raise invalid("pipeline", "must be a pipeline name like default")
+    sql = ("SELECT stage, status, currency, count(*) AS n, sum(amount) AS total,"
+           " sum(weighted_amount) AS weighted, min(probability) AS probability"
+           f" FROM {OPPORTUNITIES.table} WHERE pipeline = %s")
+    params: list[Any] = [pipeline]
+    owner = given.get("owner_id")
+    if owner:
+        sql += " AND owner_id = %s"
+        params.append(owner)
+    with reading(services(request).read, after) as conn:
+        rows = conn.execute(sql + " GROUP BY stage, status, currency", params).fetchall()
+
+    columns: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (r["status"] != "open", r["probability"], r["stage"])):
+        closed = r["status"] != "open"
+        c = columns.setdefault(r["stage"], {"stage": r["stage"], "probability": int(r["probability"]),
+                                            "closed": closed, "count": 0, "totals": {}, "weighted_totals": {}})
+        c["count"] += int(r["n"])
+        for key, value in (("totals", r["total"]), ("weighted_totals", r["weighted"])):
+            c[key][r["currency"]] = c[key].get(r["currency"], Decimal(0)) + Decimal(value)
+    for outcome, probability in (("won", 100), ("lost", 0)):
+        columns.setdefault(outcome, {"stage": outcome, "probability": probability, "closed": True,
+                                     "count": 0, "totals": {}, "weighted_totals": {}})
+    board = sorted(columns.values(), key=lambda c: (c["closed"], c["stage"] == "lost", c["probability"]))
+    open_totals: dict[str, Decimal] = {}
+    open_weighted: dict[str, Decimal] = {}
+    for c in board:
+        if not c["closed"]:
+            for cur, amount in c["totals"].items():
+                open_totals[cur] = open_totals.get(cur, Decimal(0)) + amount
+            for cur, amount in c["weighted_totals"].items():
+                open_weighted[cur] = open_weighted.get(cur, Decimal(0)) + amount
+    return JSONResponse({
+        "pipeline": pipeline,
+        "owner_id": owner or None,
+        "stages": [{**c, "totals": _money(c["totals"]), "weighted_totals": _money(c["weighted_totals"])}
+                   for c in board],
+        "open": {"count": sum(c["count"] for c in board if not c["closed"]),
+                 "totals": _money(open_totals), "weighted_totals": _money(open_weighted)},
+    })
+
+
+def build_read_router() -> APIRouter:
+    r = APIRouter(prefix="/api/v1", tags=["read"])
+    # Fixed paths before /{collection}/{id}, or "board" would be taken for an id.
+    r.add_api_route("/opportunities/board", _board, methods=["GET"], operation_id="pipeline_board",
+                    summary="The pipeline board: count, totals and weighted totals per stage",
+                    openapi_extra={"parameters": [
+                        {"name": "pipeline", "in": "query", "required": False,
+                         "schema": {"type": "string", "default": "default"}},
+                        {"name": "owner_id", "in": "query", "required": False, "schema": {"type": "string"}},
+                        *OPENAPI_PARAMETERS,
+                    ]},
+                    responses=_PAGE_RESPONSES)
+    for path, spec, summary in LISTS:
+        add_list_route(r, path, spec, summary)
+    for path, spec, aggregate_type in RECORDS:
+        add_record_route(r, path, spec, aggregate_type)
+    r.add_api_route("/customers/{id}/activity", _customer_activity, methods=["GET"],
+                    operation_id="list_customer_activity",
+                    summary="What happened around one customer, newest first",
+                    openapi_extra=_openapi(CUSTOMER_ACTIVITY), responses=_PAGE_RESPONSES)
+    return r
