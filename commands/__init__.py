@@ -9,11 +9,12 @@ from pydantic import BaseModel
 from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate
 from aggregates.errors import DomainError
+from aggregates.pipeline import PIPELINES
 from commands import customer, interaction, opportunity, service_request, task
 from events.base import CrmEvent
 from events.codec import dump_fields
 
-__all__ = ["AGGREGATE_TYPES", "HANDLERS", "Aggregate", "CrmEvent", "DomainError", "dump_fields"]
+__all__ = ["AGGREGATE_TYPES", "HANDLERS", "PIPELINES", "Aggregate", "CrmEvent", "DomainError", "dump_fields"]
 
 #: The one map from command type to handler.
 HANDLERS: dict[type[BaseModel], Any] = {}

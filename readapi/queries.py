@@ -23,6 +23,7 @@ import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from commands import PIPELINES
 from commands.application import Principal
 from projections.service import ReadSide
 from readapi.consistency import OPENAPI_PARAMETERS, ReadAfter, ensure, invalid, read_after, require_read
@@ -292,9 +293,8 @@ def _money(totals: dict[str, Decimal]) -> dict[str, str]:
 
 def _board(request: Request, caller: Caller) -> JSONResponse:
     """Per stage of one pipeline: how many deals, their amounts and weighted amounts per
-    currency. Open stages come in the pipeline's order (by their win probability), then
-    won and lost (always listed). A stage without deals is not listed: the read API may
-    not import the pipeline definitions (aggregates), so it knows only stages in use."""
+    currency. Every stage of the pipeline is listed in its order (empty ones too), then
+    won and lost."""
     after = read_after(request)
     given: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
@@ -304,8 +304,8 @@ def _board(request: Request, caller: Caller) -> JSONResponse:
             raise invalid(name, "give it once")
         given[name] = value.strip()
     pipeline = given.get("pipeline", "default")
-    if not _SLUG.match(pipeline):
-        raise invalid("pipeline", "must be a pipeline name like default")
+    if pipeline not in PIPELINES:
+        raise invalid("pipeline", f"no such pipeline; pipelines: {', '.join(sorted(PIPELINES))}")
     sql = ("SELECT stage, status, currency, count(*) AS n, sum(amount) AS total,"
            " sum(weighted_amount) AS weighted, min(probability) AS probability"
            f" FROM {OPPORTUNITIES.table} WHERE pipeline = %s")
@@ -317,7 +317,11 @@ def _board(request: Request, caller: Caller) -> JSONResponse:
     with reading(services(request).read, after) as conn:
         rows = conn.execute(sql + " GROUP BY stage, status, currency", params).fetchall()
 
-    columns: dict[str, dict[str, Any]] = {}
+    columns: dict[str, dict[str, Any]] = {
+        stage.name: {"stage": stage.name, "probability": stage.probability, "closed": False,
+                     "count": 0, "totals": {}, "weighted_totals": {}}
+        for stage in PIPELINES[pipeline].stages
+    }
     for r in sorted(rows, key=lambda r: (r["status"] != "open", r["probability"], r["stage"])):
         closed = r["status"] != "open"
         c = columns.setdefault(r["stage"], {"stage": r["stage"], "probability": int(r["probability"]),

@@ -424,7 +424,10 @@ def test_opportunity_lists_and_the_board(live: Api) -> None:
 
     board = live.get(f"{O}/board").json()
     stages = {s["stage"]: s for s in board["stages"]}
-    assert [s["stage"] for s in board["stages"]] == ["qualification", "needs_analysis", "proposal", "won", "lost"]
+    # every stage of the pipeline, empty ones too, then won and lost
+    assert [s["stage"] for s in board["stages"]] == [
+        "qualification", "needs_analysis", "proposal", "negotiation", "won", "lost"]
+    assert stages["negotiation"]["count"] == 0
     assert stages["qualification"]["count"] == 1
     assert _amounts(stages["qualification"]["totals"]) == {"EUR": Decimal("1000")}
     assert _amounts(stages["qualification"]["weighted_totals"]) == {"EUR": Decimal("100")}
@@ -435,9 +438,11 @@ def test_opportunity_lists_and_the_board(live: Api) -> None:
     assert _amounts(board["open"]["totals"]) == {"EUR": Decimal("3000"), "USD": Decimal("500")}
     assert _amounts(board["open"]["weighted_totals"]) == {"EUR": Decimal("600"), "USD": Decimal("250")}
     mine = live.get(f"{O}/board", {"owner_id": "rep-2"}).json()
-    assert [(s["stage"], s["count"]) for s in mine["stages"]] == [("needs_analysis", 1), ("won", 1), ("lost", 0)]
+    assert [(s["stage"], s["count"]) for s in mine["stages"]] == [
+        ("qualification", 0), ("needs_analysis", 1), ("proposal", 0), ("negotiation", 0), ("won", 1), ("lost", 0)]
     renewal = live.get(f"{O}/board", {"pipeline": "renewal"}).json()
-    assert [(s["stage"], s["count"]) for s in renewal["stages"]] == [("review", 1), ("won", 0), ("lost", 0)]
+    assert [(s["stage"], s["count"]) for s in renewal["stages"]] == [
+        ("review", 1), ("offer", 0), ("commitment", 0), ("won", 0), ("lost", 0)]
 
 
 def _amounts(totals: dict[str, str]) -> dict[str, Decimal]:
