@@ -1,7 +1,7 @@
-"""Run the benchmarks and write a report: ``.venv/bin/python -m bench.run [--quick]``.
+"""Run the benchmarks and write a report: ``.venv/bin/python -m bench.run [--quick] [--only NAME]``.
 
-The report goes to ``bench/reports/`` (git-ignored) as Markdown and JSON, and the
-Markdown is printed. Progress goes to stderr.
+Each benchmark's report goes to ``bench/reports/`` (git-ignored) as Markdown and JSON,
+and the Markdown is printed. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import write_throughput
+from bench import projection_catchup, write_throughput
 
 REPORTS = Path(__file__).resolve().parent / "reports"
+#: --only names -> (report file stem, what it measures)
+BENCHMARKS = {
+    "write": ("write_throughput", "commands/s of the write side"),
+    "catchup": ("projection_catchup", "read-model catch-up events/s and projection lag"),
+}
 
 
 def _terminate(signum: int, frame: Any) -> NoReturn:
@@ -25,11 +30,27 @@ def _terminate(signum: int, frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
+def _write_report(stem_name: str, quick: bool, doc: dict[str, Any], md: str) -> None:
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stem = REPORTS / f"{stem_name}-{stamp}{'-quick' if quick else ''}"
+    stem.with_suffix(".md").write_text(md)
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(md)
+    print(f"report: {stem.with_suffix('.md')} and .json", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS),
+                        help="run only this benchmark (repeatable); default: all of them: "
+                        + "; ".join(f"{k}: {v[1]}" for k, v in BENCHMARKS.items()))
     parser.add_argument("--quick", action="store_true",
-                        help="300 commands per case instead of 3,000 (a smoke run)")
-    parser.add_argument("--commands", type=int, help="commands per case (overrides --quick)")
+                        help="a smoke run: 300 commands per write case instead of 3,000; "
+                        "50,000 events instead of 1,000,000 for the catch-up")
+    parser.add_argument("--commands", type=int, help="write: commands per case (overrides --quick)")
+    parser.add_argument("--events", type=int,
+                        help="catchup: events in the generated log (overrides --quick)")
     parser.add_argument("--reps", type=int, help="repetitions (median is reported; >= 3)")
     parser.add_argument("--server", help="maintenance URL of the PostgreSQL server to create the "
                         f"throw-away database in (default {write_throughput.DEFAULT_SERVER}, "
@@ -37,35 +58,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedded", action="store_true",
                         help="use an embedded server even if one answers at 127.0.0.1:5432")
     args = parser.parse_args(argv)
+    only = args.only or list(BENCHMARKS)
 
     settings = write_throughput.QUICK if args.quick else write_throughput.FULL
     if args.commands is not None:
         if args.commands < 3 * max(settings.clients):
             parser.error(f"--commands must be at least {3 * max(settings.clients)}")
         settings = dataclasses.replace(settings, commands=args.commands)
+    catchup = projection_catchup.QUICK if args.quick else projection_catchup.FULL
+    if args.events is not None:
+        if args.events < 1000:
+            parser.error("--events must be at least 1000")
+        catchup = dataclasses.replace(catchup, events=args.events)
     if args.reps is not None:
         if args.reps < 3:
             parser.error("--reps must be at least 3")
         settings = dataclasses.replace(settings, reps=args.reps)
+        catchup = dataclasses.replace(catchup, reps=args.reps)
     if args.server and args.embedded:
         parser.error("--server and --embedded exclude each other")
     if args.server:
         settings = dataclasses.replace(settings, server=args.server)
+        catchup = dataclasses.replace(catchup, server=args.server)
     if args.embedded:
         settings = dataclasses.replace(settings, embedded=True)
+        catchup = dataclasses.replace(catchup, embedded=True)
 
     signal.signal(signal.SIGTERM, _terminate)
-    doc = write_throughput.measure(settings)
-    doc["settings"]["quick"] = args.quick
-    md = write_throughput.markdown(doc)
-
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    stem = REPORTS / f"write_throughput-{stamp}{'-quick' if args.quick else ''}"
-    stem.with_suffix(".md").write_text(md)
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(md)
-    print(f"report: {stem.with_suffix('.md')} and .json", file=sys.stderr)
+    if "write" in only:
+        doc = write_throughput.measure(settings)
+        doc["settings"]["quick"] = args.quick
+        _write_report(BENCHMARKS["write"][0], args.quick, doc, write_throughput.markdown(doc))
+    if "catchup" in only:
+        doc = projection_catchup.measure(catchup)
+        doc["settings"]["quick"] = args.quick
+        _write_report(BENCHMARKS["catchup"][0], args.quick, doc, projection_catchup.markdown(doc))
     return 0
 
 

@@ -60,7 +60,7 @@ class BatchRunner:
         poll_seconds: float = 1.0,
     ):
         self.projection = projection
-        self.schema = schema
+        self._schema = schema
         self.conninfo = conninfo
         self.codec = codec
         self.events_table = events_table
@@ -77,6 +77,17 @@ class BatchRunner:
             t.name: {c for c, typ in t.columns.items() if typ.lower().startswith("jsonb")}
             for t in projection.tables
         }
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    @schema.setter
+    def schema(self, schema: str) -> None:
+        """Move to another generation: statements naming the old schema are forgotten."""
+        self._schema = schema
+        self._upserts.clear()
+        self._inserts.clear()
 
     # -- connection and leadership ---------------------------------------------
     def connect(self) -> psycopg.Connection[dict[str, Any]]:
@@ -307,9 +318,9 @@ class BatchRunner:
                     while not stop.is_set() and time.monotonic() < deadline:
                         if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
                             break
-                except psycopg.OperationalError as e:
-                    log.warning("projection runner lost its database; retrying",
-                                projection=self.projection.name, error=str(e))
+                except Exception as e:  # noqa: BLE001 -- logged; the runner must not die
+                    log.exception("projection runner failed; retrying",
+                                  projection=self.projection.name, schema=self.schema, error=str(e))
                     self.close()
                     if listener is not None:
                         listener.close()

@@ -126,8 +126,9 @@ class ProjectionStore:
                 "SELECT max(generation) AS g FROM crm_projections WHERE name = %s", (projection.name,)
             ).fetchone()
             used = conn.execute(
-                "SELECT schema_name FROM crm_projection_tracking WHERE projection = %s",
-                (projection.name,),
+                "SELECT schema_name FROM crm_projection_tracking"
+                " WHERE projection = %s OR projection = %s",
+                (projection.name, projection.name + ":scratch"),
             ).fetchall()
             generation = max([(row or {}).get("g") or 0]
                              + [int(r["schema_name"].rsplit("_g", 1)[1]) for r in used if "_g" in r["schema_name"]]) + 1
