@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import platform
 import random
 import secrets
 import signal
@@ -48,7 +47,6 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -62,7 +60,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 import projections
-from bench.write_throughput import log, percentile, throwaway_database
+from bench.write_throughput import environment, log, percentile, throwaway_database
 from commands import HANDLERS
 from commands.application import CommandService, CrmApplication, Principal, Request
 from commands.customer import ContactIn, RecordPurchase, RegisterCustomer, TagCustomer
@@ -786,15 +784,7 @@ def _document(settings: Settings, gen: Generated, runs: list[Run], full: Run,
         "started_at": started_at.isoformat(timespec="seconds"),
         "duration_seconds": round(seconds, 1),
         "settings": asdict(settings) | {"server": None},
-        "environment": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "eventsourcing": dist_version("eventsourcing"),
-            "psycopg": dist_version("psycopg"),
-            "postgres": server,
-            "limit_batch_rows": LIMIT_BATCH,
-        },
+        "environment": environment(server, limit_batch_rows=LIMIT_BATCH),
         "log": asdict(gen) | {"seconds": round(gen.seconds, 1),
                               "avg_state_bytes": round(gen.avg_state_bytes, 1)},
         "subset": {

@@ -444,6 +444,19 @@ def _table_stats(url: str, table: str) -> dict[str, float]:
     }
 
 
+def environment(server: Any, **extra: Any) -> dict[str, Any]:
+    """Where a report was measured: Python, platform, CPUs, library and server versions."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "eventsourcing": dist_version("eventsourcing"),
+        "psycopg": dist_version("psycopg"),
+        "postgres": server,
+        **extra,
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100)."""
     ordered = sorted(values)
@@ -555,16 +568,7 @@ def _document(settings: Settings, runs: list[CaseRun], ours_stats: dict[str, flo
         "started_at": started_at.isoformat(timespec="seconds"),
         "duration_seconds": round(seconds, 1),
         "settings": asdict(settings) | {"server": None},  # the URL may hold a password
-        "environment": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "eventsourcing": dist_version("eventsourcing"),
-            "psycopg": dist_version("psycopg"),
-            "postgres": server,
-            "pool_size": POOL_SIZE,
-            "limit_batch_rows": LIMIT_BATCH,
-        },
+        "environment": environment(server, pool_size=POOL_SIZE, limit_batch_rows=LIMIT_BATCH),
         "stored": {
             "ours": ours_stats,
             "baseline": baseline_stats,

@@ -54,33 +54,10 @@ def at(hours: float) -> datetime:
 
 
 # -- fixtures and helpers ---------------------------------------------------------
-def _drop_read_side(database_url: str) -> None:
-    """Forget every read model (schemas, views, registry): conftest only empties the
-    event tables, and a read model left from another test would be ahead of the log."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        schemas = [r[0] for r in conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rm\\_%' OR nspname = 'crm_read'"
-        ).fetchall()]
-        for schema in schemas:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.execute("DROP TABLE IF EXISTS crm_projections, crm_projection_tracking, crm_parked_events")
-
-
 @pytest.fixture
-def fresh_read_side(database_url: str, pg_env: dict[str, str]) -> Iterator[None]:
-    _drop_read_side(database_url)
-    yield
-    _drop_read_side(database_url)
-
-
-@pytest.fixture
-def system(fresh_read_side: None, make_system: Callable[..., Any]) -> Iterator[Any]:
-    """The CRM on an empty event log and empty read models."""
-    built = make_system()
-    yield built
-    # ReadSide.stop closes its pool and the runner threads, not runners used directly.
-    for runner in built.read.runners.values():
-        runner.close()
+def system(make_system: Callable[..., Any]) -> Any:
+    """The CRM on an empty event log and empty read models (see tests/conftest.py)."""
+    return make_system()
 
 
 @pytest.fixture
