@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+import psycopg
 import structlog
 from fastapi import FastAPI
 
@@ -152,11 +153,16 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         url = embedded.start()
     kek = master_key(settings)
     try:
-        app = CrmApplication(
-            postgres_env(url, settings.db_pool_size),
-            kek=kek,
-            key_cache_seconds=settings.key_cache_seconds,
-        )
+        # Processes starting together (API workers, projection workers, a restarted
+        # standby) would race on CREATE ... IF NOT EXISTS; one sets up at a time.
+        with psycopg.connect(url, autocommit=True) as lock:
+            lock.execute("SELECT pg_advisory_lock(hashtext('crm_schema_setup'))")
+            app = CrmApplication(
+                postgres_env(url, settings.db_pool_size),
+                kek=kek,
+                key_cache_seconds=settings.key_cache_seconds,
+            )
+            read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size)
     except Exception:
         if embedded is not None:
             embedded.stop()
@@ -164,5 +170,4 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
     email_key = hashlib.sha256(b"crm e-mail reservations|" + kek).digest()
     commands = CommandService(app, HANDLERS, email_key=email_key, clock=clock or SystemClock())
     tokens = TokenIssuer(jwt_settings(settings))
-    read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size)
     return System(settings, app, commands, tokens, embedded, read, url)
