@@ -309,13 +309,22 @@ def _strings(payload: dict[str, Any], names: tuple[str, ...]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def _current_version_files() -> list[Path]:
+    """Fixtures of each type's current version (older ones only need to decode)."""
+    out = []
+    for path in FILES:
+        match = NAME.match(path.name)
+        assert match
+        if int(match["version"]) == all_event_types()[match["type"]].class_version:
+            out.append(path)
+    return out
+
+
+CURRENT_FILES = _current_version_files()
+
+
+@pytest.mark.parametrize("path", CURRENT_FILES, ids=[p.stem for p in CURRENT_FILES])
 def test_fixture_of_the_current_version_is_what_the_codec_writes_today(path):
-    match = NAME.match(path.name)
-    assert match
-    cls = all_event_types()[match["type"]]
-    if int(match["version"]) != cls.class_version:
-        pytest.skip("an older version: only decoding it matters")
     fixture = _load(path)
     event = _decode(fixture)
     sealed = fixture["state"].get("sealed")
