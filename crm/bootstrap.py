@@ -69,6 +69,11 @@ def master_key(settings: Settings) -> bytes:
     return _local_secret(settings.data_dir, "master.key", 32)
 
 
+def email_key(settings: Settings) -> bytes:
+    """The key of the e-mail reservations' HMAC, derived from the master key."""
+    return hashlib.sha256(b"crm e-mail reservations|" + master_key(settings)).digest()
+
+
 def jwt_settings(settings: Settings) -> JwtSettings:
     secret = (
         settings.jwt_secret.get_secret_value()
@@ -167,7 +172,6 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         if embedded is not None:
             embedded.stop()
         raise
-    email_key = hashlib.sha256(b"crm e-mail reservations|" + kek).digest()
-    commands = CommandService(app, HANDLERS, email_key=email_key, clock=clock or SystemClock())
+    commands = CommandService(app, HANDLERS, email_key=email_key(settings), clock=clock or SystemClock())
     tokens = TokenIssuer(jwt_settings(settings))
     return System(settings, app, commands, tokens, embedded, read, url)

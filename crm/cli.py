@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sys
@@ -63,15 +62,14 @@ def serve(
 
 def _load_demo(system: object) -> None:
     from commands.clock import SystemClock
-    from crm.bootstrap import System, master_key
+    from crm.bootstrap import System, email_key
     from crm.demo import DemoLoader
 
     assert isinstance(system, System)
     if (system.app.recorder.max_notification_id() or 0) > 0:
         typer.echo("Demo data: the event store already has events; not loading again.", err=True)
         return
-    email_key = hashlib.sha256(b"crm e-mail reservations|" + master_key(system.settings)).digest()
-    loader = DemoLoader(system.app, email_key, SystemClock())
+    loader = DemoLoader(system.app, email_key(system.settings), SystemClock())
     sent = loader.load()
     last = system.app.recorder.max_notification_id()
     typer.echo(f"Demo data: {sent} commands, event log at position {last}.", err=True)

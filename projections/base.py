@@ -147,6 +147,17 @@ class BatchView:
         self.dirty[table].add(key)
         return new
 
+    def change_record(self, table: str, event: Any, **changes: Any) -> Row | None:
+        """Apply an event to its aggregate's row (one row per aggregate, keyed by its id,
+        with ``version`` and ``updated_at``): once, as older versions are ignored."""
+        row = self.get(table, event.originator_id)
+        if row is None or row["version"] >= event.originator_version:
+            return None
+        new: Row = {**row, **changes, "version": event.originator_version,
+                    "updated_at": event.meta.recorded_at}
+        self.put(table, new)
+        return new
+
     def delete(self, table: str, key: Any) -> None:
         self._remember(table, key)
         self.rows[table][key] = None

@@ -67,27 +67,6 @@ def _exclusive(conninfo: str, projection: type[Projection]) -> Iterator[None]:
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
-# -- following the active generation ------------------------------------------------
-def follower(store: ProjectionStore, projection: type[Projection],
-             runner: BatchRunner) -> Callable[[], str | None]:
-    """``follow_active`` for ``runner.run``: the read model's active schema.
-
-    Also makes the runner forget the statements it prepared for its old schema when the
-    active schema changes: ``BatchRunner`` keeps its INSERT/UPSERT statements (which
-    name the schema) across a switch and would otherwise go on writing rows into the
-    old generation while tracking the new one.
-    """
-
-    def active() -> str | None:
-        schema = store.active_schema(projection)
-        if schema and schema != runner.schema:
-            runner._upserts.clear()
-            runner._inserts.clear()
-        return schema
-
-    return active
-
-
 def run_projections(store: ProjectionStore, projections: Sequence[type[Projection]],
                     codec: EventCodec, conninfo: str, stop: threading.Event, *,
                     batch_size: int = 2000, poll_seconds: float = 1.0) -> bool:
@@ -102,7 +81,7 @@ def run_projections(store: ProjectionStore, projections: Sequence[type[Projectio
 
     def target(runner: BatchRunner, projection: type[Projection]) -> None:
         try:
-            runner.run(stop, follow_active=follower(store, projection, runner))
+            runner.run(stop, follow_active=runner.active_schema)
         except BaseException as e:  # noqa: BLE001 -- logged, and ends the process's runners
             log.error("projection runner failed", projection=projection.name,
                       error=f"{type(e).__name__}: {e}")

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from events import opportunity as oe
-from projections.base import BatchView, Projection, Row, Table
+from projections.base import BatchView, Projection, Table
 from projections.customer_names import attach, keep_customer_names, names_table
 
 OPPORTUNITIES = Table(
@@ -57,13 +57,11 @@ def _opp(e: Any) -> list[tuple[str, Any]]:
 
 
 def _change(view: BatchView, e: Any, **changes: Any) -> None:
-    """Apply an event to its opportunity's row (once: older versions are ignored)."""
-    row = view.get("opportunities", e.originator_id)
-    if row is None or row["version"] >= e.originator_version:
-        return
-    new: Row = {**row, **changes, "version": e.originator_version, "updated_at": e.meta.recorded_at}
-    new["weighted_amount"] = _weighted(new["amount"], new["probability"])
-    view.put("opportunities", new)
+    """Apply an event to its opportunity's row, keeping the weighted amount in step."""
+    new = view.change_record("opportunities", e, **changes)
+    if new is not None:
+        view.update("opportunities", e.originator_id,
+                    weighted_amount=_weighted(new["amount"], new["probability"]))
 
 
 @PipelineBoard.handles(

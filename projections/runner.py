@@ -114,6 +114,18 @@ class BatchRunner:
         self.stats.is_leader = bool(row and row["ok"])
         return self.stats.is_leader
 
+    def active_schema(self) -> str | None:
+        """The read model's live generation (it moves on a blue/green switch); read on
+        the runner's own connection, as ``follow_active`` for ``run``."""
+        conn = self.connect()
+        row = conn.execute(
+            "SELECT active_schema FROM crm_projections WHERE name = %s",
+            (self.projection.name,),
+            prepare=True,
+        ).fetchone()
+        conn.commit()
+        return str(row["active_schema"]) if row else None
+
     def position(self) -> int:
         conn = self.connect()
         row = conn.execute(

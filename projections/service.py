@@ -58,7 +58,7 @@ class ReadSide:
             t = threading.Thread(
                 target=runner.run,
                 args=(self._stop,),
-                kwargs={"follow_active": lambda p=p: self.store.active_schema(p)},
+                kwargs={"follow_active": runner.active_schema},
                 name=f"projection-{p.name}",
                 daemon=True,
             )

@@ -53,13 +53,8 @@ def _sr(e: Any) -> list[tuple[str, Any]]:
 
 
 def _change(view: BatchView, e: Any, **changes: Any) -> Row | None:
-    """Apply an event to its request's row (once: older versions are ignored)."""
-    row = view.get("service_requests", e.originator_id)
-    if row is None or row["version"] >= e.originator_version:
-        return None
-    new: Row = {**row, **changes, "version": e.originator_version, "updated_at": e.meta.recorded_at}
-    view.put("service_requests", new)
-    return new
+    """Apply an event to its request's row."""
+    return view.change_record("service_requests", e, **changes)
 
 
 def _responded(row: Row | None, e: Any) -> dict[str, Any]:

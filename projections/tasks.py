@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from events import task as te
-from projections.base import BatchView, Projection, Row, Table
+from projections.base import BatchView, Projection, Table
 
 TASKS = Table(
     "tasks",
@@ -42,12 +42,8 @@ def _task(e: Any) -> list[tuple[str, Any]]:
 
 
 def _change(view: BatchView, e: Any, **changes: Any) -> None:
-    """Apply an event to its task's row (once: older versions are ignored)."""
-    row = view.get("tasks", e.originator_id)
-    if row is None or row["version"] >= e.originator_version:
-        return
-    new: Row = {**row, **changes, "version": e.originator_version, "updated_at": e.meta.recorded_at}
-    view.put("tasks", new)
+    """Apply an event to its task's row."""
+    view.change_record("tasks", e, **changes)
 
 
 @TaskList.handles(te.TaskCreated, needs=_task)

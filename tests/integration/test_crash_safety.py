@@ -19,7 +19,7 @@ import pytest
 
 import projections
 from projections.customers import CustomerList
-from projections.operations import follower, leadership_key, verify_detailed
+from projections.operations import leadership_key, verify_detailed
 from projections.runner import BatchRunner
 from projections.store import ProjectionStore
 from tests.integration.test_projection_ops import (
@@ -189,7 +189,7 @@ def test_eight_writers_every_event_applied_exactly_once(
     runner_stop, writers_stop = threading.Event(), threading.Event()
     follower_thread = threading.Thread(
         target=runner.run, args=(runner_stop,),
-        kwargs={"follow_active": follower(store, CustomerList, runner)}, daemon=True)
+        kwargs={"follow_active": runner.active_schema}, daemon=True)
     follower_thread.start()
     writers = [Writer(system, f"w{i}", 100 + i) for i in range(8)]
     threads = [threading.Thread(target=w.run, args=(writers_stop,), daemon=True)

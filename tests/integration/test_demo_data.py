@@ -11,18 +11,15 @@ import pytest
 
 from aggregates import AGGREGATE_TYPES
 from commands.clock import FixedClock
-from crm.bootstrap import master_key
+from crm.bootstrap import email_key
 from crm.demo import DemoLoader
 
 pytestmark = pytest.mark.postgres
 
 
 def _load(system: Any, customers: int) -> int:
-    import hashlib
-
-    email_key = hashlib.sha256(b"crm e-mail reservations|" + master_key(system.settings)).digest()
     clock = FixedClock(datetime(2026, 6, 1, 12, tzinfo=UTC))
-    return DemoLoader(system.app, email_key, clock, customers=customers).load()
+    return DemoLoader(system.app, email_key(system.settings), clock, customers=customers).load()
 
 
 def _records(db: psycopg.Connection[Any], system: Any) -> dict[str, list[Any]]:
