@@ -79,7 +79,8 @@ class ReadSide:
         return {name: r.stats for name, r in self.runners.items()}
 
     def status(self) -> list[Status]:
-        return self.store.status(list(self.projections))
+        with self.pool.connection() as conn:
+            return self.store.status(list(self.projections), conn)
 
     def wait_for(self, position: int, timeout: float) -> bool:
         """Wait until every read model has applied ``position`` (read-your-writes)."""

@@ -199,28 +199,33 @@ class ProjectionStore:
             row = conn.execute(f'SELECT max(notification_id) AS m FROM "{self.events_table}"').fetchone()
         return int(row["m"] or 0) if row else 0
 
-    def status(self, projections: list[type[Projection]]) -> list[Status]:
+    def status(self, projections: list[type[Projection]],
+               conn: psycopg.Connection[Any] | None = None) -> list[Status]:
+        """Position, lag and parked events of each read model (on ``conn`` if given,
+        e.g. a pooled connection, else on a new one)."""
+        if conn is None:
+            with self.connect() as own:
+                return self.status(projections, own)
         out = []
-        with self.connect() as conn:
-            head_row = conn.execute(f'SELECT max(notification_id) AS m FROM "{self.events_table}"').fetchone()
-            head = int((head_row or {}).get("m") or 0)
-            for p in projections:
-                reg = conn.execute(
-                    "SELECT r.active_schema, t.position, t.updated_at,"
-                    " (SELECT count(*) FROM crm_parked_events e WHERE e.schema_name = r.active_schema) AS parked"
-                    " FROM crm_projections r JOIN crm_projection_tracking t ON t.schema_name = r.active_schema"
-                    " WHERE r.name = %s",
-                    (p.name,),
-                ).fetchone()
-                if reg is None:
-                    out.append(Status(p.name, p.version, "", 0, head, head, 0.0, 0, None))
-                    continue
-                position = int(reg["position"])
-                lag_seconds = 0.0
-                if position < head:
-                    lag_seconds = self._lag_seconds(conn, position)
-                out.append(Status(p.name, p.version, reg["active_schema"], position, head,
-                                  head - position, lag_seconds, int(reg["parked"]), reg["updated_at"]))
+        head_row = conn.execute(f'SELECT max(notification_id) AS m FROM "{self.events_table}"').fetchone()
+        head = int((head_row or {}).get("m") or 0)
+        for p in projections:
+            reg = conn.execute(
+                "SELECT r.active_schema, t.position, t.updated_at,"
+                " (SELECT count(*) FROM crm_parked_events e WHERE e.schema_name = r.active_schema) AS parked"
+                " FROM crm_projections r JOIN crm_projection_tracking t ON t.schema_name = r.active_schema"
+                " WHERE r.name = %s",
+                (p.name,),
+            ).fetchone()
+            if reg is None:
+                out.append(Status(p.name, p.version, "", 0, head, head, 0.0, 0, None))
+                continue
+            position = int(reg["position"])
+            lag_seconds = 0.0
+            if position < head:
+                lag_seconds = self._lag_seconds(conn, position)
+            out.append(Status(p.name, p.version, reg["active_schema"], position, head,
+                              head - position, lag_seconds, int(reg["parked"]), reg["updated_at"]))
         return out
 
     def _lag_seconds(self, conn: psycopg.Connection[Any], position: int) -> float:
