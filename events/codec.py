@@ -25,11 +25,13 @@ import typing
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
+import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, StoredEvent
 from pydantic import TypeAdapter
+from typing_extensions import TypedDict
 
 from events.base import Actor, CrmEvent, EventMeta, event_type
 from events.keys import KeyRing
@@ -59,13 +61,35 @@ def dump_fields(cls: type[CrmEvent], values: dict[str, Any]) -> dict[str, Any]:
     return {k: adapters[k].dump_python(v, mode="json") for k, v in values.items()}
 
 
+@lru_cache(maxsize=None)
+def _fields_adapter(cls: type[CrmEvent]) -> tuple[tuple[str, ...], TypeAdapter[Any]]:
+    """One validator for all of an event type's fields (one call per event, not one
+    per field: decoding is the hot path of every projection)."""
+    hints = typing.get_type_hints(cls)
+    names = tuple(_field_adapters(cls))
+    shape = TypedDict(f"{cls.__name__}Fields", {n: hints[n] for n in names})  # type: ignore[misc]
+    return names, TypeAdapter(shape)
+
+
 def load_fields(cls: type[CrmEvent], values: dict[str, Any]) -> dict[str, Any]:
-    """Typed values of event fields from their JSON form."""
-    adapters = _field_adapters(cls)
-    out: dict[str, Any] = {}
-    for name, adapter in adapters.items():
-        out[name] = adapter.validate_python(values.get(name))
+    """Typed values of event fields from their JSON form (absent fields are None)."""
+    names, adapter = _fields_adapter(cls)
+    out: dict[str, Any] = adapter.validate_python({n: values.get(n) for n in names})
     return out
+
+
+_UNKNOWN_SAFETY = SafeUUID.unknown
+
+
+def _uuid(text: str) -> UUID:
+    """A UUID from its canonical 36-character form, without ``UUID.__init__``'s
+    general parsing (several per decoded event)."""
+    if len(text) != 36:
+        return UUID(text)
+    u = object.__new__(UUID)
+    object.__setattr__(u, "int", int(text.replace("-", ""), 16))
+    object.__setattr__(u, "is_safe", _UNKNOWN_SAFETY)
+    return u
 
 
 def _aad(subject_id: UUID, originator_id: UUID, version: int, type_name: str) -> bytes:
@@ -120,7 +144,7 @@ class EventCodec:
             assert key is not None  # create=True either returns a key or raises
             nonce = os.urandom(12)
             plaintext = json.dumps(personal, sort_keys=True, separators=(",", ":"))
-            ciphertext = AESGCM(key.key).encrypt(
+            ciphertext = key.aead.encrypt(
                 nonce,
                 plaintext.encode(),
                 _aad(subject_id, event.originator_id, event.originator_version, cls.type_name),
@@ -142,8 +166,8 @@ class EventCodec:
     @staticmethod
     def _parse(originator_id: UUID, version: int, state: bytes) -> dict[str, Any]:
         try:
-            doc: dict[str, Any] = json.loads(state)
-        except ValueError as e:
+            doc: dict[str, Any] = orjson.loads(state)
+        except orjson.JSONDecodeError as e:
             raise EventDecodeError(f"event {originator_id}@{version}: not JSON: {e}") from e
         return doc
 
@@ -152,17 +176,17 @@ class EventCodec:
         doc["personal"] = None
         doc["personal_data_erased"] = False
         if sealed is not None:
-            subject_id = UUID(doc["subject_id"])
+            subject_id = _uuid(doc["subject_id"])
             key = self.keys.key_for(subject_id, create=False)
             if key is None:
                 doc["personal_data_erased"] = True
             else:
-                plaintext = AESGCM(key.key).decrypt(
+                plaintext = key.aead.decrypt(
                     base64.b64decode(sealed["nonce"]),
                     base64.b64decode(sealed["ciphertext"]),
                     _aad(subject_id, originator_id, version, doc["type"]),
                 )
-                doc["personal"] = json.loads(plaintext)
+                doc["personal"] = orjson.loads(plaintext)
         return doc
 
     def decode(self, originator_id: UUID, version: int, topic: str, state: bytes) -> CrmEvent:
@@ -181,7 +205,7 @@ class EventCodec:
                 docs.append(e)
         prefetch = getattr(self.keys, "prefetch", None)
         if prefetch is not None:
-            prefetch({UUID(d["subject_id"]) for d in docs if isinstance(d, dict) and d.get("sealed")})
+            prefetch({_uuid(d["subject_id"]) for d in docs if isinstance(d, dict) and d.get("sealed")})
         out: list[CrmEvent | Exception] = []
         for (originator_id, version, topic, _), doc in zip(stored, docs, strict=True):
             if isinstance(doc, Exception):
@@ -207,13 +231,13 @@ class EventCodec:
             stored_version += 1
         fields = load_fields(cls, values)
         meta = EventMeta(
-            event_id=UUID(doc["event_id"]),
+            event_id=_uuid(doc["event_id"]),
             occurred_at=datetime.fromisoformat(doc["occurred_at"]),
             recorded_at=datetime.fromisoformat(doc["recorded_at"]),
             actor=Actor(id=doc["actor"]["id"], role=doc["actor"]["role"]),
             correlation_id=doc["correlation_id"],
             causation_id=doc["causation_id"],
-            command_id=UUID(doc["command_id"]),
+            command_id=_uuid(doc["command_id"]),
             reason=doc.get("reason"),
         )
         event = object.__new__(cls)

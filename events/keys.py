@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -31,6 +32,11 @@ class SubjectKeyDestroyed(Exception):
 class SubjectKey:
     kid: str
     key: bytes
+
+    @cached_property
+    def aead(self) -> AESGCM:
+        """The key's cipher, made once (decoding a batch opens many events per key)."""
+        return AESGCM(self.key)
 
 
 class KeyRing(Protocol):
@@ -76,7 +82,7 @@ class _Cache:
     event store checks the key in the events' own transaction).
     """
 
-    def __init__(self, ttl: float, maxsize: int = 10_000):
+    def __init__(self, ttl: float, maxsize: int = 250_000):
         self._data: OrderedDict[UUID, tuple[float, SubjectKey]] = OrderedDict()
         self._lock = threading.Lock()
         self._maxsize = maxsize
