@@ -62,6 +62,7 @@ class Projection:
     version: ClassVar[int]
     tables: ClassVar[tuple[Table, ...]]
     _on: ClassVar[dict[str, list[On]]]
+    _tables_by_name: ClassVar[dict[str, Table]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,7 +83,11 @@ class Projection:
 
     @classmethod
     def table(cls, name: str) -> Table:
-        return next(t for t in cls.tables if t.name == name)
+        by_name: dict[str, Table] | None = cls.__dict__.get("_tables_by_name")
+        if by_name is None:
+            by_name = {t.name: t for t in cls.tables}
+            cls._tables_by_name = by_name
+        return by_name[name]
 
     @classmethod
     def topics(cls) -> list[str]:
@@ -110,6 +115,8 @@ class BatchView:
         self.rows: dict[str, dict[Any, Row | None]] = {t.name: {} for t in projection.tables}
         self.dirty: dict[str, set[Any]] = {t.name: set() for t in projection.tables}
         self.appended: dict[str, list[Row]] = {t.name: [] for t in projection.tables}
+        #: keys read from the database and found absent: their rows are new (inserted, not merged)
+        self.absent: dict[str, set[Any]] = {t.name: set() for t in projection.tables}
         self._undo: list[tuple[str, Any, Any, bool]] | None = None
         self._appended_mark: dict[str, int] = {}
 
@@ -121,8 +128,11 @@ class BatchView:
             if not missing:
                 continue
             found = {row[table.key]: row for row in self._loader(table, missing)}
+            rows, absent = self.rows[table_name], self.absent[table_name]
             for k in missing:
-                self.rows[table_name][k] = found.get(k)
+                row = rows[k] = found.get(k)
+                if row is None:
+                    absent.add(k)
 
     # -- handler API -----------------------------------------------------------
     def get(self, table: str, key: Any) -> Row | None:

@@ -87,6 +87,10 @@ def _contacts_columns(contacts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: The columns the search text is made of.
+_SEARCHED = frozenset({"name", "emails", "phones", "contacts"})
+
+
 def _search_text(row: Row) -> str:
     parts = [row.get("name") or "", *row.get("emails", []), *row.get("phones", [])]
     parts += ["".join(ch for ch in p if ch.isdigit()) for p in row.get("phones", [])]
@@ -101,7 +105,8 @@ def _touch(view: BatchView, event: CrmEvent, **changes: Any) -> None:
     at = event.meta.occurred_at
     new = {**row, **changes, "version": event.originator_version, "updated_at": event.meta.recorded_at,
            "last_activity_at": max(row["last_activity_at"], at)}
-    new["search_text"] = _search_text(new)
+    if not _SEARCHED.isdisjoint(changes):
+        new["search_text"] = _search_text(new)
     view.put("customers", new)
 
 

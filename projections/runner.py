@@ -7,28 +7,121 @@ handlers need, apply them in memory, then write the changed rows, the parked eve
 the new position in ONE transaction. A crash before the commit loses nothing (the batch
 is read again); after it, nothing is applied twice (the position moved with the rows).
 
+Writes go by binary COPY: rows new to the table straight into it, changed rows into a
+temporary staging table merged with one ``INSERT … SELECT … ON CONFLICT``.
+
+Catching up a long log, a second thread reads and decodes the next batches on its own
+connection while the runner applies and writes the current one (the stored events
+after the tracked position never change, so reading them ahead is safe; a batch read
+ahead is used only if it starts exactly at the position the transaction locks).
+
 Leadership: a runner holds a session advisory lock on its generation's schema; a second
 runner for the same schema waits, and takes over when the first one's connection dies.
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import orjson
 import psycopg
 import structlog
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import set_json_dumps, set_json_loads
 
 from events.codec import EventCodec
 from projections.base import BatchResult, BatchView, ParkedEvent, Projection, Row, Table
 
 log = structlog.get_logger("crm.projections")
+
+_SELECT_AFTER = ("SELECT notification_id, originator_id, originator_version, topic, state"
+                 ' FROM "{table}" WHERE notification_id > %s ORDER BY notification_id LIMIT %s')
+
+
+def _json_dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass
+class _Decoded:
+    """Stored events read after ``start``, decoded (those the projection handles)."""
+
+    start: int
+    count: int
+    last: int
+    events: list[tuple[int, Any]]
+    parked: list[ParkedEvent] = field(default_factory=list)
+
+
+class _StaleReadAhead(Exception):
+    """The batch read ahead does not start at the tracked position."""
+
+
+class _ReadAhead:
+    """Reads and decodes the batches after ``position`` on its own thread and
+    connection, a couple of batches ahead of the runner that applies them."""
+
+    _END = object()
+
+    def __init__(self, runner: BatchRunner, position: int, stop_at: int | None):
+        self.runner = runner
+        self.position = position
+        self.stop_at = stop_at
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"read-ahead {runner.schema}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.runner.conninfo, autocommit=True) as conn:
+                sql = _SELECT_AFTER.format(table=self.runner.events_table)
+                position = self.position
+                while not self.stopping.is_set():
+                    limit = self.runner.catchup_batch_size
+                    if self.stop_at is not None:
+                        limit = min(limit, self.stop_at - position)
+                    stored = conn.execute(sql, (position, limit), prepare=True).fetchall() if limit > 0 else []
+                    if not stored:
+                        self._put(self._END)
+                        return
+                    batch = self.runner.decode(stored, start=position)
+                    if not self._put(batch):
+                        return
+                    position = batch.last
+        except BaseException as e:  # noqa: BLE001 -- handed to the runner's thread
+            self._put(e)
+
+    def next(self) -> _Decoded | None:
+        """The next batch; None at the end of the log (or ``stop_at``)."""
+        item = self.queue.get()
+        if item is self._END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        assert isinstance(item, _Decoded)
+        return item
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
 
 
 @dataclass
@@ -58,6 +151,8 @@ class BatchRunner:
         batch_size: int = 2000,
         max_batch_seconds: float = 1.0,
         poll_seconds: float = 1.0,
+        catchup_batch_size: int | None = None,
+        cache_rows: int = 200_000,
     ):
         self.projection = projection
         self._schema = schema
@@ -65,18 +160,24 @@ class BatchRunner:
         self.codec = codec
         self.events_table = events_table
         self.batch_size = batch_size
+        #: events per batch when catching up a long way (read ahead): larger batches
+        #: write a busy customer's row once for several of its events
+        self.catchup_batch_size = catchup_batch_size or 5 * batch_size
         self.max_batch_seconds = max_batch_seconds
         self.poll_seconds = poll_seconds
         self.stats = RunnerStats()
         self._limit = batch_size  # shrinks when a batch takes longer than max_batch_seconds
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._topics = set(projection.topics())
-        self._upserts: dict[str, str] = {}
-        self._inserts: dict[str, str] = {}
-        self._jsonb: dict[str, set[str]] = {
-            t.name: {c for c, typ in t.columns.items() if typ.lower().startswith("jsonb")}
-            for t in projection.tables
-        }
+        self._merges: dict[str, str] = {}
+        self._copy_types: dict[str, list[int]] = {}
+        self._stages: set[str] = set()
+        #: Rows as committed, by table and key (None: known absent), kept across
+        #: batches: the leader is the only writer of its schema. Dropped whenever
+        #: that might not hold (a failed batch, a new connection or leadership, a switch).
+        self.cache_rows = cache_rows
+        self._cache: dict[str, dict[Any, Row | None]] = {
+            t.name: {} for t in projection.tables if not t.append_only}
 
     @property
     def schema(self) -> str:
@@ -86,14 +187,19 @@ class BatchRunner:
     def schema(self, schema: str) -> None:
         """Move to another generation: statements naming the old schema are forgotten."""
         self._schema = schema
-        self._upserts.clear()
-        self._inserts.clear()
+        self._merges.clear()
+        self._copy_types.clear()
+        self._forget()
 
     # -- connection and leadership ---------------------------------------------
     def connect(self) -> psycopg.Connection[dict[str, Any]]:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.conninfo, row_factory=dict_row, autocommit=False)
+            set_json_dumps(_json_dumps, self._conn)
+            set_json_loads(orjson.loads, self._conn)
             self.stats.is_leader = False
+            self._stages.clear()
+            self._forget()
         return self._conn
 
     def close(self) -> None:
@@ -112,6 +218,7 @@ class BatchRunner:
         ).fetchone()
         conn.commit()
         self.stats.is_leader = bool(row and row["ok"])
+        self._forget()  # another leader may have written meanwhile
         return self.stats.is_leader
 
     def active_schema(self) -> str | None:
@@ -135,8 +242,9 @@ class BatchRunner:
         return int(row["position"]) if row else 0
 
     # -- one batch ---------------------------------------------------------------
-    def run_batch(self, *, stop_at: int | None = None) -> BatchResult:
-        """Apply the next batch (if any); returns what it did."""
+    def run_batch(self, *, stop_at: int | None = None, ahead: _Decoded | None = None) -> BatchResult:
+        """Apply the next batch (if any); returns what it did. ``ahead``: the batch,
+        already read and decoded (it must start at the tracked position)."""
         if not self.try_lead():
             raise RuntimeError(f"another runner leads {self.schema}")
         conn = self.connect()
@@ -147,45 +255,48 @@ class BatchRunner:
                 row = conn.execute(
                     "SELECT position FROM crm_projection_tracking WHERE schema_name = %s FOR UPDATE",
                     (self.schema,),
+                    prepare=True,
                 ).fetchone()
                 if row is None:
                     raise RuntimeError(f"no tracking row for {self.schema}")
                 position = int(row["position"])
-                limit = self._limit
-                if stop_at is not None:
-                    limit = max(0, min(limit, stop_at - position))
-                if limit == 0:
-                    result.position = position
-                    return result
-                stored = conn.execute(
-                    f'SELECT notification_id, originator_id, originator_version, topic, state'
-                    f' FROM "{self.events_table}" WHERE notification_id > %s'
-                    " ORDER BY notification_id LIMIT %s",
-                    (position, limit),
-                    prepare=True,
-                ).fetchall()
-                if not stored:
-                    result.position = position
-                    return result
-                self._apply(conn, stored, result)
-                last = int(stored[-1]["notification_id"])
+                if ahead is not None:
+                    if ahead.start != position:
+                        raise _StaleReadAhead(f"read from {ahead.start}, tracked at {position}")
+                    batch = ahead
+                else:
+                    limit = self._limit
+                    if stop_at is not None:
+                        limit = max(0, min(limit, stop_at - position))
+                    stored = conn.execute(
+                        _SELECT_AFTER.format(table=self.events_table), (position, limit), prepare=True,
+                    ).fetchall() if limit else []
+                    if not stored:
+                        result.position = position
+                        return result
+                    batch = self.decode(stored, start=position)
+                view = self._apply(conn, batch, result)
                 conn.execute(
                     "UPDATE crm_projection_tracking SET position = %s, updated_at = now()"
                     " WHERE schema_name = %s",
-                    (last, self.schema),
+                    (batch.last, self.schema),
                     prepare=True,
                 )
-                result.position = last
+                result.position = batch.last
+            self._remember(view)
         except BaseException:
+            self._stages.clear()  # temporary tables made in the rolled-back transaction are gone
+            self._forget()
             # A lost connection also loses leadership; the next batch re-checks.
             if conn.closed:
                 self.stats.is_leader = False
             raise
         elapsed = time.perf_counter() - started
-        if elapsed > self.max_batch_seconds and self._limit > 50:
-            self._limit = max(50, self._limit // 2)
-        elif elapsed < self.max_batch_seconds / 4 and self._limit < self.batch_size:
-            self._limit = min(self.batch_size, self._limit * 2)
+        if ahead is None:
+            if elapsed > self.max_batch_seconds and self._limit > 50:
+                self._limit = max(50, self._limit // 2)
+            elif elapsed < self.max_batch_seconds / 4 and self._limit < self.batch_size:
+                self._limit = min(self.batch_size, self._limit * 2)
         self.stats.batches += 1
         self.stats.events += result.events
         self.stats.parked += len(result.parked)
@@ -198,30 +309,40 @@ class BatchRunner:
                           position=p.position, event_type=p.event_type, error=p.error)
         return result
 
-    def _apply(self, conn: psycopg.Connection[Any], stored: list[dict[str, Any]], result: BatchResult) -> None:
-        events: list[tuple[int, Any]] = []
-        result.events = len(stored)
-        wanted_rows = [row for row in stored if row["topic"] in self._topics]
-        decoded = self.codec.decode_many([
-            (r["originator_id"] if isinstance(r["originator_id"], UUID) else UUID(str(r["originator_id"])),
-             r["originator_version"], r["topic"], bytes(r["state"]))
-            for r in wanted_rows
-        ])
-        for row, event in zip(wanted_rows, decoded, strict=True):
-            if isinstance(event, Exception):
-                result.parked.append(ParkedEvent(row["notification_id"], "", row["topic"],
-                                                 str(row["originator_id"]), f"cannot decode: {event}"))
-                continue
-            events.append((int(row["notification_id"]), event))
+    def decode(self, stored: list[Any], *, start: int) -> _Decoded:
+        """Decode the stored events (rows or tuples in ``_SELECT_AFTER``'s column order)
+        this projection handles; one that cannot be decoded is parked."""
+        def col(r: Any, i: int, name: str) -> Any:
+            return r[name] if isinstance(r, dict) else r[i]
 
+        wanted = [r for r in stored if col(r, 3, "topic") in self._topics]
+        ids = [col(r, 1, "originator_id") for r in wanted]
+        decoded = self.codec.decode_many([
+            (oid if isinstance(oid, UUID) else UUID(str(oid)), col(r, 2, "originator_version"),
+             col(r, 3, "topic"), bytes(col(r, 4, "state")))
+            for r, oid in zip(wanted, ids, strict=True)
+        ])
+        batch = _Decoded(start, len(stored), int(col(stored[-1], 0, "notification_id")), [])
+        for r, event in zip(wanted, decoded, strict=True):
+            position = int(col(r, 0, "notification_id"))
+            if isinstance(event, Exception):
+                batch.parked.append(ParkedEvent(position, "", col(r, 3, "topic"),
+                                                str(col(r, 1, "originator_id")), f"cannot decode: {event}"))
+            else:
+                batch.events.append((position, event))
+        return batch
+
+    def _apply(self, conn: psycopg.Connection[Any], batch: _Decoded, result: BatchResult) -> BatchView:
+        result.events = batch.count
+        result.parked.extend(batch.parked)
         view = BatchView(self.projection, lambda table, keys: self._load(conn, table, keys))
         wanted: dict[str, set[Any]] = {}
-        for _, event in events:
+        for _, event in batch.events:
             for on in self.projection.handlers_for(event.type_name):
                 for table, key in on.needs(event):
                     wanted.setdefault(table, set()).add(key)
         view.prefetch(wanted)
-        for position, event in events:
+        for position, event in batch.events:
             view.begin_event()
             try:
                 for on in self.projection.handlers_for(event.type_name):
@@ -233,6 +354,7 @@ class BatchRunner:
                                                  str(event.originator_id), f"{type(e).__name__}: {e}"))
         self._flush(conn, view)
         if result.parked:
+            result.parked.sort(key=lambda p: p.position)
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO crm_parked_events (schema_name, projection, position, event_id,"
@@ -240,64 +362,146 @@ class BatchRunner:
                     [(self.schema, self.projection.name, p.position, p.event_id, p.event_type,
                       p.aggregate_id, p.error[:2000]) for p in result.parked],
                 )
+        return view
 
     def _load(self, conn: psycopg.Connection[Any], table: Table, keys: list[Any]) -> list[Row]:
+        cache = self._cache.get(table.name)
+        if cache is None:
+            return self._select(conn, table, keys)
+        out: list[Row] = []
+        missing: list[Any] = []
+        for k in keys:
+            if k in cache:
+                row = cache[k]
+                if row is not None:
+                    out.append(row)
+            else:
+                missing.append(k)
+        if missing:
+            loaded = self._select(conn, table, missing)
+            out.extend(loaded)
+            for row in loaded:
+                cache[row[table.key]] = row
+            for k in missing:
+                cache.setdefault(k, None)
+        return out
+
+    def _select(self, conn: psycopg.Connection[Any], table: Table, keys: list[Any]) -> list[Row]:
         rows = conn.execute(
             f'SELECT * FROM "{self.schema}"."{table.name}" WHERE "{table.key}" = ANY(%s)',
             (keys,),
         ).fetchall()
         return list(rows)
 
+    def _remember(self, view: BatchView) -> None:
+        """After a commit: the rows the batch wrote are what the tables hold."""
+        for name, cache in self._cache.items():
+            rows = view.rows[name]
+            for k in view.dirty[name]:
+                cache.pop(k, None)  # re-inserted last: the oldest entries go first
+                cache[k] = rows[k]
+            excess = len(cache) - self.cache_rows
+            if excess > 0:
+                for k in list(itertools.islice(cache, excess + self.cache_rows // 4)):
+                    del cache[k]
+
+    def _forget(self) -> None:
+        for cache in self._cache.values():
+            cache.clear()
+
     def _flush(self, conn: psycopg.Connection[Any], view: BatchView) -> None:
+        """Write the batch's changes: deletions, new rows by COPY into the table, changed
+        rows by COPY into a staging table and one merge, appended rows by COPY."""
         with conn.cursor() as cur:
             for table in self.projection.tables:
+                target = f'"{self.schema}"."{table.name}"'
                 dirty = view.dirty[table.name]
                 if dirty:
-                    live = [r for k in dirty if (r := view.rows[table.name][k]) is not None]
-                    gone = [k for k in dirty if view.rows[table.name][k] is None]
+                    rows, absent = view.rows[table.name], view.absent[table.name]
+                    gone = [k for k in dirty if rows[k] is None]
+                    new: list[Row] = []
+                    changed: list[Row] = []
+                    for k in dirty:
+                        r = rows[k]
+                        if r is not None:
+                            (new if k in absent else changed).append(r)
                     if gone:
-                        cur.execute(
-                            f'DELETE FROM "{self.schema}"."{table.name}" WHERE "{table.key}" = ANY(%s)',
-                            (gone,),
-                        )
-                    if live:
-                        cur.executemany(self._upsert_sql(table), [self._params(table, r) for r in live])
+                        cur.execute(f'DELETE FROM {target} WHERE "{table.key}" = ANY(%s)', (gone,))
+                    if new:
+                        self._copy(cur, table, target, new)
+                    if changed:
+                        stage = self._stage(cur, table, target)
+                        self._copy(cur, table, f'"{stage}"', changed)
+                        cur.execute(self._merge_sql(table, target, stage))
                 appended = view.appended[table.name]
                 if appended:
-                    cur.executemany(self._insert_sql(table), [self._params(table, r) for r in appended])
+                    self._copy(cur, table, target, appended)
 
-    def _params(self, table: Table, row: Row) -> list[Any]:
-        jsonb = self._jsonb[table.name]
-        return [Jsonb(row.get(c)) if c in jsonb and row.get(c) is not None else row.get(c)
-                for c in table.columns]
+    def _copy(self, cur: psycopg.Cursor[Any], table: Table, into: str, rows: list[Row]) -> None:
+        types = self._copy_types.get(table.name)
+        if types is None:
+            cur.execute(f'SELECT * FROM "{self.schema}"."{table.name}" LIMIT 0')
+            by_name = {d.name: d.type_code for d in cur.description or ()}
+            types = self._copy_types[table.name] = [by_name[c] for c in table.columns]
+        columns = list(table.columns)
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        with cur.copy(f"COPY {into} ({quoted}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for r in rows:
+                copy.write_row([r.get(c) for c in columns])
 
-    def _insert_sql(self, table: Table) -> str:
-        sql = self._inserts.get(table.name)
+    def _stage(self, cur: psycopg.Cursor[Any], table: Table, target: str) -> str:
+        """This connection's staging table for ``table`` (emptied at every commit)."""
+        stage = f"stage_{self.schema}_{table.name}"[:63]
+        if stage not in self._stages:
+            cur.execute(f'CREATE TEMPORARY TABLE IF NOT EXISTS "{stage}"'
+                        f" (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            self._stages.add(stage)
+        return stage
+
+    def _merge_sql(self, table: Table, target: str, stage: str) -> str:
+        sql = self._merges.get(table.name)
         if sql is None:
             cols = ", ".join(f'"{c}"' for c in table.columns)
-            marks = ", ".join(["%s"] * len(table.columns))
-            sql = f'INSERT INTO "{self.schema}"."{table.name}" ({cols}) VALUES ({marks})'
-            self._inserts[table.name] = sql
-        return sql
-
-    def _upsert_sql(self, table: Table) -> str:
-        sql = self._upserts.get(table.name)
-        if sql is None:
             sets = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in table.columns if c != table.key)
-            sql = self._insert_sql(table) + f' ON CONFLICT ("{table.key}") DO UPDATE SET {sets}'
-            self._upserts[table.name] = sql
+            sql = self._merges[table.name] = (
+                f'INSERT INTO {target} ({cols}) SELECT {cols} FROM "{stage}"'
+                f' ON CONFLICT ("{table.key}") DO UPDATE SET {sets}')
         return sql
 
     # -- loops ------------------------------------------------------------------
     def catch_up(self, *, stop_at: int | None = None,
-                 on_batch: Callable[[BatchResult], None] | None = None) -> int:
-        """Apply batches until the log (or ``stop_at``) is reached; the position."""
-        while True:
-            result = self.run_batch(stop_at=stop_at)
+                 on_batch: Callable[[BatchResult], None] | None = None,
+                 stop: threading.Event | None = None) -> int:
+        """Apply batches until the log (or ``stop_at``) is reached; the position.
+
+        After a full first batch (a long way to go), the following batches are read
+        and decoded ahead, on a second thread, while each one is applied.
+        """
+        def done(result: BatchResult) -> bool:
             if on_batch is not None:
                 on_batch(result)
-            if result.events == 0 or (stop_at is not None and (result.position or 0) >= stop_at):
+            return (result.events == 0 or (stop_at is not None and (result.position or 0) >= stop_at)
+                    or (stop is not None and stop.is_set()))
+
+        while True:
+            result = self.run_batch(stop_at=stop_at)
+            if done(result):
                 return result.position or 0
+            if result.events < self._limit:
+                continue
+            ahead = _ReadAhead(self, result.position or 0, stop_at)
+            try:
+                while (batch := ahead.next()) is not None:
+                    result = self.run_batch(stop_at=stop_at, ahead=batch)
+                    if done(result):
+                        return result.position or 0
+            except _StaleReadAhead as e:
+                log.warning("read-ahead discarded", projection=self.projection.name, reason=str(e))
+                continue
+            finally:
+                ahead.stop()
+            return result.position or 0
 
     def run(self, stop: threading.Event, *, follow_active: Callable[[], str | None] | None = None) -> None:
         """Lead (or wait to lead), then follow the log until ``stop`` is set.
@@ -325,7 +529,8 @@ class BatchRunner:
                         listener.execute(f'LISTEN "{self.events_table}"')
                     result = self.run_batch()
                     if result.events >= self._limit:
-                        continue  # more waiting: no need to sleep
+                        self.catch_up(stop=stop)  # a long way behind: read ahead
+                        continue
                     deadline = time.monotonic() + self.poll_seconds
                     while not stop.is_set() and time.monotonic() < deadline:
                         if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):

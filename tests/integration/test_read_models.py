@@ -546,3 +546,42 @@ def test_a_failing_handler_parks_its_event_and_the_rest_of_the_batch_applies(
     assert one(read, "SELECT count(*) AS n FROM crm_read.activities")["n"] == head - 1
     status = {s.name: s for s in system.read.status()}
     assert (status["pipeline"].parked, status["pipeline"].position, status["customers"].parked) == (1, head, 0)
+
+
+def test_reading_ahead_applies_each_event_once_and_a_stale_batch_is_refused(
+    system: Any, read: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """Catching up a long way, batches are read and decoded ahead on a second thread;
+    a batch read ahead is applied only at the position it was read from."""
+    for i in range(12):
+        acme = register(system, f"Customer {i}").id
+        open_opportunity(system, acme, str(100 * (i + 1)))
+    head = system.read.store.head()
+    store = system.read.store
+    serial, ahead = store.new_generation(CustomerList), store.new_generation(CustomerList)
+    one_batch = BatchRunner(CustomerList, serial, store.conninfo, system.app.codec)
+    small = BatchRunner(CustomerList, ahead, store.conninfo, system.app.codec, batch_size=2,
+                        catchup_batch_size=3)
+    try:
+        results: list[BatchResult] = []
+        assert one_batch.catch_up() == head
+        assert small.catch_up(on_batch=results.append) == head
+        # The first batch is read by the runner, the rest by the read-ahead thread.
+        assert [r.events for r in results] == [2] + [3] * ((head - 2) // 3) + (
+            [(head - 2) % 3] if (head - 2) % 3 else [])
+        assert _table_rows(read, serial, CustomerList) == _table_rows(read, ahead, CustomerList)
+
+        # A batch read ahead from another position than the tracked one is refused,
+        # and the runner forgets the rows it remembered.
+        register(system, "Late Ltd")
+        stale = small.decode(
+            read.execute("SELECT notification_id, originator_id, originator_version, topic, state"
+                         " FROM crm_events WHERE notification_id > %s", (head - 1,)).fetchall(),
+            start=head - 1)
+        with pytest.raises(Exception, match="read from"):
+            small.run_batch(ahead=stale)
+        assert small.position() == head
+        assert small.catch_up() == head + 1
+    finally:
+        one_batch.close()
+        small.close()
