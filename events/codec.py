@@ -28,7 +28,6 @@ from typing import Any
 from uuid import UUID, SafeUUID
 
 import orjson
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Mapper, StoredEvent
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict
@@ -230,21 +229,27 @@ class EventCodec:
             upcast(values)
             stored_version += 1
         fields = load_fields(cls, values)
-        meta = EventMeta(
-            event_id=_uuid(doc["event_id"]),
-            occurred_at=datetime.fromisoformat(doc["occurred_at"]),
-            recorded_at=datetime.fromisoformat(doc["recorded_at"]),
-            actor=Actor(id=doc["actor"]["id"], role=doc["actor"]["role"]),
-            correlation_id=doc["correlation_id"],
-            causation_id=doc["causation_id"],
-            command_id=_uuid(doc["command_id"]),
-            reason=doc.get("reason"),
-        )
+        # Frozen dataclasses, filled without their __init__ (a call per field): this
+        # runs for every event every projection reads.
+        actor = object.__new__(Actor)
+        object.__setattr__(actor, "__dict__", {"id": doc["actor"]["id"], "role": doc["actor"]["role"]})
+        recorded_at = datetime.fromisoformat(doc["recorded_at"])
+        meta = object.__new__(EventMeta)
+        object.__setattr__(meta, "__dict__", {
+            "event_id": _uuid(doc["event_id"]),
+            "occurred_at": datetime.fromisoformat(doc["occurred_at"]),
+            "recorded_at": recorded_at,
+            "actor": actor,
+            "correlation_id": doc["correlation_id"],
+            "causation_id": doc["causation_id"],
+            "command_id": _uuid(doc["command_id"]),
+            "reason": doc.get("reason"),
+        })
         event = object.__new__(cls)
         state_dict = {
             "originator_id": originator_id,
             "originator_version": version,
-            "timestamp": meta.recorded_at,
+            "timestamp": recorded_at,
             "meta": meta,
             **fields,
         }

@@ -33,7 +33,7 @@ from uuid import UUID
 import orjson
 import psycopg
 import structlog
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from events.codec import EventCodec
@@ -92,13 +92,12 @@ class _ReadAhead:
     def _run(self) -> None:
         try:
             with psycopg.connect(self.runner.conninfo, autocommit=True) as conn:
-                sql = _SELECT_AFTER.format(table=self.runner.events_table)
                 position = self.position
                 while not self.stopping.is_set():
                     limit = self.runner.catchup_batch_size
                     if self.stop_at is not None:
                         limit = min(limit, self.stop_at - position)
-                    stored = conn.execute(sql, (position, limit), prepare=True).fetchall() if limit > 0 else []
+                    stored = self.runner._read(conn, position, limit) if limit > 0 else []
                     if not stored:
                         self._put(self._END)
                         return
@@ -268,9 +267,7 @@ class BatchRunner:
                     limit = self._limit
                     if stop_at is not None:
                         limit = max(0, min(limit, stop_at - position))
-                    stored = conn.execute(
-                        _SELECT_AFTER.format(table=self.events_table), (position, limit), prepare=True,
-                    ).fetchall() if limit else []
+                    stored = self._read(conn, position, limit) if limit else []
                     if not stored:
                         result.position = position
                         return result
@@ -309,28 +306,28 @@ class BatchRunner:
                           position=p.position, event_type=p.event_type, error=p.error)
         return result
 
-    def decode(self, stored: list[Any], *, start: int) -> _Decoded:
-        """Decode the stored events (rows or tuples in ``_SELECT_AFTER``'s column order)
-        this projection handles; one that cannot be decoded is parked."""
-        def col(r: Any, i: int, name: str) -> Any:
-            return r[name] if isinstance(r, dict) else r[i]
-
-        wanted = [r for r in stored if col(r, 3, "topic") in self._topics]
-        ids = [col(r, 1, "originator_id") for r in wanted]
+    def decode(self, stored: list[tuple[Any, ...]], *, start: int) -> _Decoded:
+        """Decode the stored events (tuples in ``_SELECT_AFTER``'s column order) this
+        projection handles; one that cannot be decoded is parked."""
+        topics = self._topics
+        wanted = [r for r in stored if r[3] in topics]
         decoded = self.codec.decode_many([
-            (oid if isinstance(oid, UUID) else UUID(str(oid)), col(r, 2, "originator_version"),
-             col(r, 3, "topic"), bytes(col(r, 4, "state")))
-            for r, oid in zip(wanted, ids, strict=True)
+            (r[1] if isinstance(r[1], UUID) else UUID(str(r[1])), r[2], r[3], r[4]) for r in wanted
         ])
-        batch = _Decoded(start, len(stored), int(col(stored[-1], 0, "notification_id")), [])
+        batch = _Decoded(start, len(stored), int(stored[-1][0]), [])
         for r, event in zip(wanted, decoded, strict=True):
-            position = int(col(r, 0, "notification_id"))
             if isinstance(event, Exception):
-                batch.parked.append(ParkedEvent(position, "", col(r, 3, "topic"),
-                                                str(col(r, 1, "originator_id")), f"cannot decode: {event}"))
+                batch.parked.append(ParkedEvent(r[0], "", r[3], str(r[1]), f"cannot decode: {event}"))
             else:
-                batch.events.append((position, event))
+                batch.events.append((r[0], event))
         return batch
+
+    def _read(self, conn: psycopg.Connection[Any], position: int, limit: int) -> list[tuple[Any, ...]]:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            rows: list[tuple[Any, ...]] = cur.execute(
+                _SELECT_AFTER.format(table=self.events_table), (position, limit), prepare=True
+            ).fetchall()
+        return rows
 
     def _apply(self, conn: psycopg.Connection[Any], batch: _Decoded, result: BatchResult) -> BatchView:
         result.events = batch.count

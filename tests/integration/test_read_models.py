@@ -13,7 +13,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from pydantic import BaseModel
 
 import projections
@@ -574,10 +574,11 @@ def test_reading_ahead_applies_each_event_once_and_a_stale_batch_is_refused(
         # A batch read ahead from another position than the tracked one is refused,
         # and the runner forgets the rows it remembered.
         register(system, "Late Ltd")
-        stale = small.decode(
-            read.execute("SELECT notification_id, originator_id, originator_version, topic, state"
-                         " FROM crm_events WHERE notification_id > %s", (head - 1,)).fetchall(),
-            start=head - 1)
+        with read.cursor(row_factory=tuple_row) as cur:
+            stale = small.decode(
+                cur.execute("SELECT notification_id, originator_id, originator_version, topic, state"
+                            " FROM crm_events WHERE notification_id > %s", (head - 1,)).fetchall(),
+                start=head - 1)
         with pytest.raises(Exception, match="read from"):
             small.run_batch(ahead=stale)
         assert small.position() == head

@@ -250,6 +250,7 @@ def test_round_trip_gives_an_equal_event(codec, sample):
     assert type(decoded) is type(event)
     assert decoded.payload() == event.payload()
     assert decoded.meta == event.meta
+    assert vars(decoded.meta) == vars(event.meta) and vars(decoded.meta.actor) == vars(event.meta.actor)
     assert decoded.meta.occurred_at.utcoffset() == timedelta(hours=2)
     assert (decoded.originator_id, decoded.originator_version, decoded.timestamp) == (
         event.originator_id, event.originator_version, RECORDED
