@@ -9,6 +9,7 @@ table. Tracking positions and parked events are kept per generation.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,24 +155,45 @@ class ProjectionStore:
         )
         return schema
 
-    def switch(self, projection: type[Projection], schema: str) -> str:
-        """Point the read views at ``schema`` (atomically); the old schema's name."""
-        with self.connect() as conn, conn.transaction():
-            row = conn.execute(
-                "SELECT active_schema FROM crm_projections WHERE name = %s FOR UPDATE",
-                (projection.name,),
-            ).fetchone()
-            old = row["active_schema"] if row else ""
-            generation = int(schema.rsplit("_g", 1)[1])
-            conn.execute(
-                "INSERT INTO crm_projections (name, version, active_schema, generation)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
-                " version = EXCLUDED.version, active_schema = EXCLUDED.active_schema,"
-                " generation = EXCLUDED.generation, switched_at = now()",
-                (projection.name, projection.version, schema, generation),
-            )
-            self._point_views(conn, projection, schema)
-            return str(old)
+    def switch(self, projection: type[Projection], schema: str, *, attempts: int = 40) -> str:
+        """Point the read views at ``schema`` (atomically); the old schema's name.
+
+        All the projection's views are locked first, in one statement that gives up
+        after a short wait (and is retried): the switch never holds one view while
+        waiting for another, so a reader joining them cannot deadlock with it.
+        """
+        for attempt in range(attempts):
+            try:
+                with self.connect() as conn, conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '250ms'")
+                    views = [r["name"] for r in conn.execute(
+                        "SELECT format('%%I.%%I', table_schema, table_name) AS name"
+                        " FROM information_schema.views WHERE table_schema = %s"
+                        " AND table_name = ANY(%s) ORDER BY table_name",
+                        (READ_SCHEMA, [t.name for t in projection.tables]),
+                    ).fetchall()]
+                    if views:
+                        conn.execute(f"LOCK TABLE {', '.join(views)} IN ACCESS EXCLUSIVE MODE")
+                    row = conn.execute(
+                        "SELECT active_schema FROM crm_projections WHERE name = %s FOR UPDATE",
+                        (projection.name,),
+                    ).fetchone()
+                    old = row["active_schema"] if row else ""
+                    generation = int(schema.rsplit("_g", 1)[1])
+                    conn.execute(
+                        "INSERT INTO crm_projections (name, version, active_schema, generation)"
+                        " VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
+                        " version = EXCLUDED.version, active_schema = EXCLUDED.active_schema,"
+                        " generation = EXCLUDED.generation, switched_at = now()",
+                        (projection.name, projection.version, schema, generation),
+                    )
+                    self._point_views(conn, projection, schema)
+                    return str(old)
+            except psycopg.errors.LockNotAvailable:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.05 * (attempt + 1), 0.5))
+        raise AssertionError("unreachable")
 
     def _point_views(self, conn: psycopg.Connection[Any], projection: type[Projection], schema: str) -> None:
         for table in projection.tables:

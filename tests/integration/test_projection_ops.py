@@ -461,3 +461,33 @@ def test_the_projections_commands(ops_system: Any, database_url: str, tmp_path: 
     unknown = crm("verify", "nonesuch")
     assert unknown.returncode == 2 and "no projection 'nonesuch'" in unknown.stderr
     assert crm("run").returncode == 2
+
+
+def test_a_switch_waits_for_a_reader_of_both_views_without_deadlocking(
+    ops_system: Any, database_url: str
+) -> None:
+    """A reader that has read one view of a read model and then reads the other one
+    while a switch is under way is not chosen as a deadlock victim, and the switch
+    completes once the reader is done."""
+    store = store_of(ops_system)
+    store.ensure_active(CustomerList)
+    new = store.new_generation(CustomerList)
+    errors: list[BaseException] = []
+    with psycopg.connect(database_url) as reader:
+        reader.execute("SELECT count(*) FROM crm_read.customer_deals").fetchone()
+
+        def switch() -> None:
+            try:
+                store.switch(CustomerList, new)
+            except BaseException as e:  # noqa: BLE001 -- asserted below
+                errors.append(e)
+
+        thread = threading.Thread(target=switch)
+        thread.start()
+        time.sleep(0.3)
+        reader.execute("SELECT count(*) FROM crm_read.customers").fetchone()
+        assert store.active_schema(CustomerList) != new  # still waiting for the reader
+        reader.commit()
+        thread.join(timeout=30)
+    assert not thread.is_alive() and errors == []
+    assert store.active_schema(CustomerList) == new
