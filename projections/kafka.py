@@ -90,10 +90,10 @@ def new_producer(config: FeedConfig) -> Any:
         "client_id": config.client_id,
         "acks": "all",
         "enable_idempotence": True,
-        "max_in_flight_requests_per_connection": 5,
+        # kafka-python's idempotent producer allows one request in flight per broker.
+        "max_in_flight_requests_per_connection": 1,
         "linger_ms": 10,
         "batch_size": 512 * 1024,
-        "buffer_memory": 128 * 1024 * 1024,
         "max_request_size": 8 * 1024 * 1024,
         # A 30 s request timeout: with short ones kafka-python was seen re-sending
         # hundreds of records after a broker stall.
@@ -494,6 +494,7 @@ class KafkaFeed:
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
+        self.publisher.close()  # also when this process only used it directly
 
     def status(self, conn: psycopg.Connection[Any] | None = None) -> FeedStatus:
         if conn is None:

@@ -89,7 +89,9 @@ def consume(bootstrap_servers: str, topics: Iterable[str], group_id: str,
         while not should_stop():
             polled = consumer.poll(timeout_ms=500, max_records=2000)
             if not polled:
-                if idle_seconds is not None and time.monotonic() - last_record >= idle_seconds:
+                if not consumer.assignment():
+                    last_record = time.monotonic()  # still joining the group: not idle
+                elif idle_seconds is not None and time.monotonic() - last_record >= idle_seconds:
                     break
                 continue
             last_record = time.monotonic()
