@@ -92,8 +92,8 @@ def new_producer(config: FeedConfig) -> Any:
         "enable_idempotence": True,
         # kafka-python's idempotent producer allows one request in flight per broker.
         "max_in_flight_requests_per_connection": 1,
-        "linger_ms": 10,
-        "batch_size": 512 * 1024,
+        "linger_ms": 5,
+        "batch_size": 256 * 1024,
         "max_request_size": 8 * 1024 * 1024,
         # A 30 s request timeout: with short ones kafka-python was seen re-sending
         # hundreds of records after a broker stall.
