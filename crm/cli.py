@@ -330,6 +330,19 @@ def kafka_publish() -> None:
         system.close()
 
 
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """The publisher's position, lag and parked events (exit 1 if any are parked)."""
+    system = _kafka_system()
+    try:
+        status = system.kafka.status()
+    finally:
+        system.close()
+    _print_kafka_status(status)
+    if status.parked:
+        raise typer.Exit(1)
+
+
 @kafka_app.command("republish")
 def kafka_republish(
     from_: Annotated[int, typer.Option("--from", min=1, help="First event-log position to publish.")],

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +82,29 @@ class FeedConfig:
         return [self.topic_for(t) for t in types]
 
 
+class KeyPartitioner:
+    """kafka-python's default partitioner (murmur2 of the key, as the Java client), with
+    each key's partition remembered: an aggregate's events repeat its key, and the pure
+    Python murmur2 is a noticeable part of a send."""
+
+    def __init__(self, size: int = 500_000):
+        from kafka.partitioner.default import DefaultPartitioner
+
+        self._default = DefaultPartitioner()
+        self._known: dict[tuple[bytes, int], Any] = {}
+        self._size = size
+
+    def __call__(self, key: bytes | None, all_partitions: list[Any], available: list[Any]) -> Any:
+        if key is None:
+            return self._default(key, all_partitions, available)
+        hit = self._known.get((key, len(all_partitions)))
+        if hit is None:
+            if len(self._known) >= self._size:
+                self._known.clear()
+            hit = self._known[(key, len(all_partitions))] = self._default(key, all_partitions, available)
+        return hit
+
+
 def new_producer(config: FeedConfig) -> Any:
     """A kafka-python producer: idempotent, ``acks=all``, batching with a short linger."""
     from kafka import KafkaProducer
@@ -90,6 +114,7 @@ def new_producer(config: FeedConfig) -> Any:
         "client_id": config.client_id,
         "acks": "all",
         "enable_idempotence": True,
+        "partitioner": KeyPartitioner(),
         # kafka-python's idempotent producer allows one request in flight per broker.
         "max_in_flight_requests_per_connection": 1,
         "linger_ms": 5,
@@ -102,6 +127,16 @@ def new_producer(config: FeedConfig) -> Any:
     }
     options.update(config.producer_options)
     return KafkaProducer(**options)
+
+
+@dataclass
+class _Pending:
+    """A batch sent and not yet recorded."""
+
+    position: int  # its last event's position
+    events: int
+    futures: list[Any]
+    failed: list[tuple[dict[str, Any], str]]
 
 
 class PublishFailed(RuntimeError):
@@ -254,7 +289,7 @@ class KafkaPublisher:
 
     def __init__(self, conninfo: str, codec: EventCodec, config: FeedConfig, *,
                  name: str = "kafka", batch_size: int = 5000, poll_seconds: float = 1.0,
-                 events_table: str = "crm_events",
+                 events_table: str = "crm_events", max_pending: int = 3,
                  producer_factory: Callable[[FeedConfig], Any] = new_producer):
         self.conninfo = conninfo
         self.config = config
@@ -268,6 +303,11 @@ class KafkaPublisher:
         self._producer: Any = None
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._ready = False
+        #: batches sent and not yet recorded, oldest first; ``_sent_to`` the last sent
+        self._pending: deque[_Pending] = deque()
+        self._sent_to = 0
+        self.max_pending = max_pending
+        self.flush_timeout = 150.0  # longer than the producer's delivery timeout
 
     # -- connection, leadership, producer -------------------------------------------
     def connect(self) -> psycopg.Connection[dict[str, Any]]:
@@ -303,6 +343,7 @@ class KafkaPublisher:
             self._producer = None
 
     def close(self) -> None:
+        self._pending.clear()  # not recorded: whoever leads next sends them again
         self.drop_producer()
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
@@ -316,35 +357,88 @@ class KafkaPublisher:
 
     # -- one batch ------------------------------------------------------------------
     def run_batch(self) -> int:
-        """Publish the next batch; the number of stored events it covered."""
+        """Send the next batch; the number of stored events it covered.
+
+        Batches are pipelined: while the broker acknowledges one, the next is read and
+        sent. A batch's position is recorded once every record of it (and of every
+        batch before it) is acknowledged; at most ``max_pending`` batches wait for
+        that. When the log is read to its end, everything sent is flushed and recorded.
+        A failed acknowledgement drops the producer and everything not yet recorded:
+        the next batch starts again from the recorded position (at-least-once).
+        """
         if not self.try_lead():
             raise RuntimeError(f"another publisher leads {self.name}")
         started = time.perf_counter()
         conn = self.connect()
-        position = self.position()
-        rows = read_events(conn, position, self.batch_size, self.events_table)
-        if not rows:
-            self.stats.position = position
-            return 0
-        messages, failed = self.envelopes.messages(rows)
-        try:
-            send(self.producer(), messages)
-        except Exception:
-            self.stats.failures += 1
-            self.drop_producer()
-            raise
-        last = int(rows[-1]["notification_id"])
+        if not self._pending:
+            self._sent_to = self.position()
+        rows = read_events(conn, self._sent_to, self.batch_size, self.events_table)
+        if rows:
+            messages, failed = self.envelopes.messages(rows)
+            try:
+                futures = [self.producer().send(m.topic, value=m.value, key=m.key, headers=_HEADERS)
+                           for m in messages]
+            except Exception as e:
+                self._abandon()
+                raise PublishFailed(f"send failed: {type(e).__name__}: {e}") from e
+            last = int(rows[-1]["notification_id"])
+            self._pending.append(_Pending(last, len(rows), futures, failed))
+            self._sent_to = last
+        if len(rows) < self.batch_size:
+            self._settle(conn, everything=True)  # at the end of the log: record it all
+        else:
+            self._settle(conn, everything=False)
+        if rows:
+            self.stats.last_batch_size = len(rows)
+            self.stats.last_batch_seconds = time.perf_counter() - started
+        return len(rows)
+
+    def _abandon(self) -> None:
+        self.stats.failures += 1
+        self._pending.clear()
+        self.drop_producer()
+
+    def _settle(self, conn: psycopg.Connection[Any], *, everything: bool) -> None:
+        """Record the position of the oldest batches whose records are all acknowledged;
+        waits for them if ``everything`` or if too many batches are pending."""
+        if everything and self._pending:
+            try:
+                self.producer().flush(timeout=self.flush_timeout)
+            except Exception as e:  # noqa: BLE001 -- kafka-python raises its own timeout types
+                self._abandon()
+                raise PublishFailed(f"flush failed: {type(e).__name__}: {e}") from e
+        done: list[_Pending] = []
+        while self._pending:
+            batch = self._pending[0]
+            must_wait = everything or len(self._pending) > self.max_pending
+            if not must_wait and not (batch.futures[-1].is_done
+                                      and all(f.is_done for f in batch.futures)):
+                break
+            for f in batch.futures:
+                if not f.is_done:
+                    try:
+                        f.get(timeout=self.flush_timeout)
+                    except Exception:  # noqa: BLE001 -- checked below
+                        pass
+            bad = [f for f in batch.futures if not f.is_done or f.failed()]
+            if bad:
+                first = bad[0].exception if bad[0].is_done else "not acknowledged in time"
+                self._abandon()
+                raise PublishFailed(f"{len(bad)} of {len(batch.futures)} records not "
+                                    f"acknowledged: {first}")
+            done.append(self._pending.popleft())
+        if not done:
+            return
+        last = done[-1].position
+        failed = [f for b in done for f in b.failed]
         with conn.transaction():
             if failed:
                 self._park(conn, failed)
             conn.execute("UPDATE crm_kafka_tracking SET position = GREATEST(position, %s),"
                          " updated_at = now() WHERE name = %s", (last, self.name), prepare=True)
-        self.stats.batches += 1
-        self.stats.events += len(messages)
+        self.stats.batches += len(done)
+        self.stats.events += sum(len(b.futures) for b in done)
         self.stats.position = last
-        self.stats.last_batch_size = len(rows)
-        self.stats.last_batch_seconds = time.perf_counter() - started
-        return len(rows)
 
     def _park(self, conn: psycopg.Connection[Any], failed: list[tuple[dict[str, Any], str]]) -> None:
         """An event that cannot be published is recorded (and the feed goes on): it is
@@ -362,10 +456,10 @@ class KafkaPublisher:
                       topic=r["topic"], error=error)
 
     def catch_up(self) -> int:
-        """Publish until the log's head; the position reached."""
+        """Publish until the log's head; the position reached (recorded)."""
         while self.run_batch() > 0:
             pass
-        return self.stats.position
+        return self.position()
 
     def run(self, stop: threading.Event) -> None:
         """Lead (or wait to lead), then follow the log until ``stop`` is set; woken by
