@@ -7,6 +7,7 @@ lag in /metrics and `crm projections status`."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,8 +25,8 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
+from psycopg.rows import dict_row
 from jsonschema import Draft202012Validator
-from typer.testing import CliRunner
 
 from bench.projection_catchup import generate
 from commands import customer as cc
@@ -35,7 +36,7 @@ from crm.bootstrap import email_key
 from crm.demo import DemoLoader
 from events import all_event_types
 from events.public import load_schema
-from projections.kafka import FeedConfig, republish
+from projections.kafka import Envelopes, FeedConfig, read_events, republish
 from projections.kafka_consumer import SeenIds, consume
 from tests.conftest import JWT_SECRET, MASTER_KEY
 from tests.kafka_broker import MockBroker, Record, read_all
@@ -159,6 +160,12 @@ def publisher_env(database_url: str, broker: MockBroker, tmp_path: Path, **extra
     return env
 
 
+def crm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `crm` command line in a process of its own (it configures logging)."""
+    return subprocess.run([sys.executable, "-m", "crm.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
 # -- delivery and the public contract -------------------------------------------------
 @pytest.mark.slow
 def test_every_event_is_delivered_in_order_and_valid_against_its_schema(
@@ -211,6 +218,27 @@ def test_a_personal_data_topic_carries_personal_fields(
     assert e["personaldata"] == "included"
     assert e["data"]["name"] == "Mia Berg"
     assert e["data"]["contacts"][0]["value"] == "mia@example.org"
+
+
+@pytest.mark.slow
+def test_envelopes_built_by_postgresql_equal_those_built_in_python(
+        broker: MockBroker, make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    load_demo(system, customers=10)
+    codec = system.app.codec
+    for personal in (frozenset(), frozenset({"crm.opportunity.v1"})):
+        envelopes = Envelopes(FeedConfig("unused:9092", personal_topics=personal), codec)
+        with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+            rows = read_events(conn, 0, 100_000)
+            by_python, failed = envelopes.messages(rows)
+            count, last, by_sql, failed_sql = envelopes.read(conn, 0, 100_000)
+        assert not failed and not failed_sql
+        assert (count, last) == (len(rows), rows[-1]["notification_id"])
+        assert [(m.position, m.topic, m.key) for m in by_sql] == \
+            [(m.position, m.topic, m.key) for m in by_python]
+        for a, b in zip(by_sql, by_python, strict=True):
+            assert json.loads(a.value) == json.loads(b.value)
+            validate(json.loads(a.value))
 
 
 # -- faults ---------------------------------------------------------------------------
@@ -295,21 +323,20 @@ def test_a_publisher_killed_mid_run_and_restarted_loses_nothing(
 @pytest.mark.slow
 def test_republish_from_a_position_and_the_consumer_hands_each_event_on_once(
         broker: MockBroker, make_system: Callable[..., Any], database_url: str,
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
     system = make_system(kafka_bootstrap_servers=broker.address)
     load_demo(system, customers=10)
     expected = stored(database_url)
     last = system.kafka.publisher.catch_up()
     start = expected[len(expected) // 2][0]
 
-    for key, value in publisher_env(database_url, broker, tmp_path).items():
-        monkeypatch.setenv(key, value)
-    from crm.cli import app
-
-    result = CliRunner().invoke(app, ["kafka", "republish", "--from", str(start),
-                                      "--topic", "crm.customer.v1"])
-    assert result.exit_code == 0, result.output
-    assert "republished" in result.output
+    result = crm(publisher_env(database_url, broker, tmp_path), "kafka", "republish",
+                 "--from", str(start), "--topic", "crm.customer.v1")
+    assert result.returncode == 0, result.stderr
+    assert "republished" in result.stdout
+    refused = crm(publisher_env(database_url, broker, tmp_path), "kafka", "republish",
+                  "--from", "1", "--topic", "no.such.topic")
+    assert refused.returncode == 2 and "unknown topic" in refused.stderr
     assert tracked(database_url) == last, "republish moved the live publisher's position"
 
     records = read_all(broker.address, TOPICS)
@@ -379,7 +406,7 @@ def serve(app: Any) -> Iterator[httpx.Client]:
 # -- operations: schemas over HTTP, lag in /metrics and status --------------------------
 @pytest.mark.slow
 def test_schemas_metrics_and_status(broker: MockBroker, make_system: Callable[..., Any],
-                                    database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                    database_url: str,
                                     tmp_path: Path) -> None:
     system = make_system(kafka_bootstrap_servers=broker.address)
     load_demo(system, customers=3)
@@ -411,15 +438,11 @@ def test_schemas_metrics_and_status(broker: MockBroker, make_system: Callable[..
         assert f'crm_kafka_publisher_position{{publisher="kafka"}} {total}' in metrics
         assert f'crm_kafka_publisher_events_published_total{{publisher="kafka"}} {total}' in metrics
 
-    for key, value in publisher_env(database_url, broker, tmp_path).items():
-        monkeypatch.setenv(key, value)
-    from crm.cli import app
-
-    result = CliRunner().invoke(app, ["projections", "status"])
-    assert "Kafka publisher" in result.output
-    assert f"{total}" in result.output
-    schemas = CliRunner().invoke(app, ["kafka", "schemas"])
-    assert schemas.exit_code == 0, schemas.output
+    env = publisher_env(database_url, broker, tmp_path)
+    status = crm(env, "projections", "status")
+    assert "Kafka publisher" in status.stdout and f"{total}" in status.stdout, status.stdout
+    schemas = crm(env, "kafka", "schemas")
+    assert schemas.returncode == 0 and "match" in schemas.stdout, schemas.stderr
 
 
 def test_feed_config_topics() -> None:
