@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -165,6 +166,10 @@ class Message:
     value: bytes
 
 
+#: (events read, last position read, messages, rows not publishable)
+_Read = tuple[int, int, list[Message], list[tuple[dict[str, Any], str]]]
+
+
 @dataclass(frozen=True)
 class FeedStatus:
     name: str
@@ -189,6 +194,7 @@ class Envelopes:
         self._types = all_event_types()
         self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._sql: str | None = None
+        self.server_side = True
         self._types_param = ""
 
     def messages(self, rows: list[dict[str, Any]],
@@ -269,6 +275,10 @@ class Envelopes:
         envelope as ``EnvelopeWriter``, its keys in jsonb order), which parses and
         writes the JSON on another core than this process's. Every other event comes
         back in stored form and goes through ``messages``."""
+        if not self.server_side:
+            stored = read_events(conn, after, limit, events_table)
+            built, unpublishable = self.messages(stored, topics)
+            return len(stored), int(stored[-1]["notification_id"]) if stored else after, built, unpublishable
         if self._sql is None:
             self._sql = self._envelope_sql(events_table)
             self._types_param = self._type_table()
@@ -411,6 +421,9 @@ class KafkaPublisher:
         self._pending: deque[_Pending] = deque()
         self._sent_to = 0
         self.max_pending = max_pending
+        self._ahead: tuple[int, Future[_Read]] | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._reader_conn: psycopg.Connection[dict[str, Any]] | None = None
         self.flush_timeout = 150.0  # longer than the producer's delivery timeout
 
     # -- connection, leadership, producer -------------------------------------------
@@ -448,6 +461,15 @@ class KafkaPublisher:
 
     def close(self) -> None:
         self._pending.clear()  # not recorded: whoever leads next sends them again
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+            self._ahead = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+        if self._reader_conn is not None:
+            self._reader_conn.close()
+            self._reader_conn = None
         self.drop_producer()
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
@@ -476,8 +498,9 @@ class KafkaPublisher:
         conn = self.connect()
         if not self._pending:
             self._sent_to = self.position()
-        count, last, messages, failed = self.envelopes.read(conn, self._sent_to, self.batch_size,
-                                                            events_table=self.events_table)
+        count, last, messages, failed = self._read(conn, self._sent_to)
+        if count == self.batch_size:
+            self._read_ahead(last)  # catching up: the next batch is read while this one is sent
         if count:
             try:
                 futures = [self.producer().send(m.topic, value=m.value, key=m.key, headers=_HEADERS)
@@ -495,6 +518,27 @@ class KafkaPublisher:
             self.stats.last_batch_size = count
             self.stats.last_batch_seconds = time.perf_counter() - started
         return count
+
+    def _read(self, conn: psycopg.Connection[Any], after: int) -> _Read:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            start, future = ahead
+            result: _Read = future.result()
+            # Used only if it follows on and is a full batch (at the log's end, read again).
+            if start == after and result[0] == self.batch_size:
+                return result
+        return self.envelopes.read(conn, after, self.batch_size, events_table=self.events_table)
+
+    def _read_ahead(self, after: int) -> None:
+        """Read (and build) the batch after ``after`` on a second connection, in a thread:
+        the database server builds its envelopes on another core meanwhile."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-read-{self.name}")
+        if self._reader_conn is None or self._reader_conn.closed:
+            self._reader_conn = psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row)
+        conn = self._reader_conn
+        self._ahead = (after, self._reader.submit(
+            self.envelopes.read, conn, after, self.batch_size, events_table=self.events_table))
 
     def _abandon(self) -> None:
         self.stats.failures += 1
