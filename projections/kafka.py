@@ -4,12 +4,15 @@ One topic per aggregate type (``crm.customer.v1`` unless configured otherwise), 
 message key the aggregate id (so one aggregate's events stay in order on one
 partition), the value the CloudEvents envelope of ``events.public``.
 
-One batch = read up to ``batch_size`` stored events after the tracked position, build
-their envelopes, send them with an idempotent producer (``acks=all``), flush, check
-that the broker acknowledged every record, and only then record the new position in
-``crm_kafka_tracking``. A crash or a broker failure before that point sends the batch
-again: delivery is at-least-once, and consumers dedupe by the envelope's ``id`` (the
-event id), see ``projections.kafka_consumer``.
+One batch = read up to ``batch_size`` stored events after the last one sent, with their
+envelopes (built by PostgreSQL for the common case, see ``Envelopes.read``), and send
+them with an idempotent producer (``acks=all``). A batch's position is recorded in
+``crm_kafka_tracking`` only once the broker acknowledged every record of it and of all
+batches before it; up to ``max_pending`` batches are in flight meanwhile, and while
+catching up the next batch is read on a second connection as the current one is sent.
+A crash or a broker failure before a position is recorded sends those events again:
+delivery is at-least-once, and consumers dedupe by the envelope's ``id`` (the event
+id), see ``projections.kafka_consumer``.
 
 Leadership: the publisher holds a session advisory lock; a second publisher waits and
 takes over when the first one's connection dies, so two never publish at once.
@@ -194,6 +197,7 @@ class Envelopes:
         self._types = all_event_types()
         self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         self._sql: str | None = None
+        #: build the common envelopes in PostgreSQL (False: all in Python, as ``messages``)
         self.server_side = True
         self._types_param = ""
 

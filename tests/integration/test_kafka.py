@@ -372,6 +372,14 @@ def test_republish_from_a_position_and_the_consumer_hands_each_event_on_once(
         seen.close()
     assert again_summary.handed_on == 0 and again_summary.duplicates == len(records) + 5
 
+    # The command line: each event once, as JSON lines on stdout.
+    out = crm(publisher_env(database_url, broker, tmp_path), "kafka", "consume", "--group", "cli",
+              "--idle-timeout", "3")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert sorted(e["logposition"] for e in lines) == [e[0] for e in expected]
+    assert f"duplicates {len(want) + 5}" in out.stderr
+
 
 def test_seen_ids_keep_a_bounded_window(tmp_path: Path) -> None:
     seen = SeenIds(tmp_path / "s.sqlite", window=3)
