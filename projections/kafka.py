@@ -562,8 +562,8 @@ class KafkaPublisher:
         while self._pending:
             batch = self._pending[0]
             must_wait = everything or len(self._pending) > self.max_pending
-            if not must_wait and not (batch.futures[-1].is_done
-                                      and all(f.is_done for f in batch.futures)):
+            if not must_wait and batch.futures and not (batch.futures[-1].is_done
+                                                        and all(f.is_done for f in batch.futures)):
                 break
             for f in batch.futures:
                 if not f.is_done:

@@ -241,6 +241,25 @@ def test_envelopes_built_by_postgresql_equal_those_built_in_python(
             validate(json.loads(a.value))
 
 
+@pytest.mark.slow
+def test_an_event_that_cannot_be_published_is_parked_and_the_feed_goes_on(
+        broker: MockBroker, make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system(kafka_bootstrap_servers=broker.address)
+    who = Request(Principal("rep-1", "sales_rep"), correlation_id="corr-parked")
+    system.commands.execute(cc.RegisterCustomer(kind="company", name="Before"), who)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO crm_events (originator_id, originator_version, topic, state)"
+                     " VALUES (gen_random_uuid(), 1, 'NoSuchEvent', '{}'::bytea)")
+    system.commands.execute(cc.RegisterCustomer(kind="company", name="After"), who)
+    publisher = system.kafka.publisher
+    publisher.batch_size = 1  # the bad event is a batch of its own, with nothing to send
+    assert publisher.catch_up() == 3
+    status = system.kafka.status()
+    assert (status.position, status.lag_events, status.parked) == (3, 0, 1)
+    records = read_all(broker.address, TOPICS)
+    assert sorted(r.envelope["logposition"] for r in records) == [1, 3]
+
+
 # -- faults ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_broker_stalled_for_30_seconds_under_load_loses_nothing(
