@@ -15,13 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import projection_catchup, write_throughput
+from bench import kafka_publish, projection_catchup, write_throughput
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 #: --only names -> (report file stem, what it measures)
 BENCHMARKS = {
     "write": ("write_throughput", "commands/s of the write side"),
     "catchup": ("projection_catchup", "read-model catch-up events/s and projection lag"),
+    "kafka": ("kafka_publish", "Kafka publication events/s and lag drain after a broker stall"),
 }
 
 
@@ -93,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         doc = projection_catchup.measure(catchup)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["catchup"][0], args.quick, doc, projection_catchup.markdown(doc))
+    if "kafka" in only:
+        kafka = kafka_publish.QUICK if args.quick else kafka_publish.FULL
+        kafka = dataclasses.replace(kafka, server=args.server, embedded=args.embedded)
+        doc = kafka_publish.measure(kafka)
+        doc["settings"]["quick"] = args.quick
+        _write_report(BENCHMARKS["kafka"][0], args.quick, doc, kafka_publish.markdown(doc))
     return 0
 
 

@@ -20,6 +20,7 @@ from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
 from commands.clock import Clock, SystemClock
 from crm.settings import Settings
+from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
 from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
@@ -128,20 +129,29 @@ class System:
     embedded: EmbeddedPostgres | None = None
     read: ReadSide | None = None
     database_url: str = ""
+    #: the Kafka publisher, when CRM_KAFKA_BOOTSTRAP_SERVERS is set (started by start_kafka)
+    kafka: KafkaFeed | None = None
     _closed: bool = field(default=False, repr=False)
 
     def http_app(self) -> FastAPI:
-        return create_app(Services(self.app, self.commands, self.tokens, self.read))
+        return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka))
 
     def start_projections(self) -> None:
         """Run the read models' runners as threads of this process."""
         assert self.read is not None
         self.read.start()
 
+    def start_kafka(self) -> None:
+        """Run the Kafka publisher as a thread of this process."""
+        assert self.kafka is not None
+        self.kafka.start()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.kafka is not None:
+            self.kafka.stop()
         if self.read is not None:
             self.read.stop()
         self.app.close()
@@ -174,4 +184,23 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         raise
     commands = CommandService(app, HANDLERS, email_key=email_key(settings), clock=clock or SystemClock())
     tokens = TokenIssuer(jwt_settings(settings))
-    return System(settings, app, commands, tokens, embedded, read, url)
+    kafka = kafka_feed(settings, url, app) if settings.kafka_bootstrap_servers else None
+    return System(settings, app, commands, tokens, embedded, read, url, kafka)
+
+
+# -- Kafka ----------------------------------------------------------------------------
+def feed_config(settings: Settings) -> FeedConfig:
+    base = settings.kafka_schema_base_url or f"http://{settings.host}:{settings.port}/api/v1/schemas"
+    return FeedConfig(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        topics=dict(settings.kafka_topics),
+        personal_topics=frozenset(settings.kafka_personal_topics),
+        source=settings.kafka_source,
+        schema_base_url=base,
+    )
+
+
+def kafka_feed(settings: Settings, url: str, app: CrmApplication) -> KafkaFeed:
+    publisher = KafkaPublisher(url, app.codec, feed_config(settings),
+                               batch_size=settings.kafka_batch_size)
+    return KafkaFeed(publisher)

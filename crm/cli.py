@@ -36,6 +36,8 @@ def serve(
             _load_demo(system)
         if settings.run_projections:
             system.start_projections()
+            if system.kafka is not None:
+                system.start_kafka()
         host = host or settings.host
         port = port or settings.port
         base = f"http://{host}:{port}"
@@ -174,6 +176,7 @@ def projections_status() -> None:
     try:
         assert system.read is not None
         rows = system.read.store.status(list(projections.ALL))
+        kafka = system.kafka.status() if system.kafka is not None else None
     finally:
         system.close()
     table = Table(title="Read models")
@@ -185,7 +188,9 @@ def projections_status() -> None:
                       str(s.lag_events), f"{s.lag_seconds:.1f}", str(s.parked),
                       style="red" if s.parked else None)
     Console(width=160).print(table)
-    if any(s.parked for s in rows):
+    if kafka is not None:
+        _print_kafka_status(kafka)
+    if any(s.parked for s in rows) or (kafka is not None and kafka.parked):
         raise typer.Exit(1)
 
 
@@ -273,6 +278,191 @@ def projections_verify(
         raise typer.Exit(1)
     typer.echo(f"{name} ({result.schema} at position {result.position}): "
                "equal to a fresh build")
+
+
+# -- crm kafka -------------------------------------------------------------------------
+kafka_app = typer.Typer(help="The Kafka feed: publish, republish, consume, schemas.",
+                        no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+
+
+def _print_kafka_status(s: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Kafka publisher")
+    for column in ("name", "position", "head", "lag events", "lag seconds", "parked"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    table.add_row(s.name, str(s.position), str(s.head), str(s.lag_events),
+                  f"{s.lag_seconds:.1f}", str(s.parked), style="red" if s.parked else None)
+    Console(width=160).print(table)
+
+
+def _kafka_system() -> Any:
+    system = _system()
+    if system.kafka is None:
+        system.close()
+        typer.echo("error: set CRM_KAFKA_BOOTSTRAP_SERVERS to publish to Kafka", err=True)
+        raise typer.Exit(2)
+    return system
+
+
+@kafka_app.command("publish")
+def kafka_publish() -> None:
+    """Publish the event log to Kafka, in the foreground, until SIGTERM or SIGINT.
+
+    Run it as its own process when `crm serve` runs with CRM_RUN_PROJECTIONS=false. A
+    second process waits as a standby and takes over when the first one dies.
+    """
+    import threading
+
+    system = _kafka_system()
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        system.kafka.publisher.run(stop)
+    finally:
+        system.close()
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """The publisher's position, lag and parked events (exit 1 if any are parked)."""
+    system = _kafka_system()
+    try:
+        status = system.kafka.status()
+    finally:
+        system.close()
+    _print_kafka_status(status)
+    if status.parked:
+        raise typer.Exit(1)
+
+
+@kafka_app.command("republish")
+def kafka_republish(
+    from_: Annotated[int, typer.Option("--from", min=1, help="First event-log position to publish.")],
+    to: Annotated[int | None, typer.Option("--to", min=1,
+                                           help="Last position (default: the head now).")] = None,
+    topics: Annotated[list[str] | None, typer.Option(
+        "--topic", help="Only to this topic (repeatable); default: every topic.")] = None,
+) -> None:
+    """Publish a range of the log again (to rebuild a downstream system); the live
+    publisher's position is not touched. Consumers dedupe by event id."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    from projections.kafka import republish
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(f"{task.speed or 0:,.0f} events/s")
+
+    system = _kafka_system()
+    try:
+        config = system.kafka.publisher.config
+        unknown = sorted(set(topics or []) - set(config.all_topics()))
+        if unknown:
+            typer.echo(f"error: unknown topic(s) {', '.join(unknown)}; topics: "
+                       f"{', '.join(config.all_topics())}", err=True)
+            raise typer.Exit(2)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      Rate(),
+                      TimeRemainingColumn()) as bar:
+            task = bar.add_task("republishing", total=None)
+
+            def progress(position: int, end: int) -> None:
+                bar.update(task, completed=max(0, position - from_ + 1),
+                           total=max(1, end - from_ + 1))
+
+            summary = republish(system.database_url, system.app.codec, config, start=from_,
+                                end=to, topics=topics, progress=progress,
+                                batch_size=system.kafka.publisher.batch_size)
+    finally:
+        system.close()
+    typer.echo(f"republished positions {from_}..{summary.position}: {summary.events} events read, "
+               f"{summary.published} records acknowledged in {summary.seconds:.1f} s")
+
+
+@kafka_app.command("consume")
+def kafka_consume(
+    group: Annotated[str, typer.Option(help="Consumer group id.")] = "crm-reference-consumer",
+    topics: Annotated[list[str] | None, typer.Option(
+        "--topic", help="Topic to read (repeatable); default: every topic.")] = None,
+    state: Annotated[str | None, typer.Option(
+        help="SQLite file keeping the seen event ids (default: in memory).")] = None,
+    window: Annotated[int, typer.Option(min=1, help="How many recent event ids to keep.")] = 200_000,
+    idle_timeout: Annotated[float | None, typer.Option(
+        help="Stop after this many seconds without records.")] = None,
+    max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")] = None,
+) -> None:
+    """The reference consumer: prints each event's envelope once (JSON lines), whatever
+    the feed delivers twice; a summary goes to stderr."""
+    import json
+    from pathlib import Path
+
+    from crm.settings import Settings
+    from projections.kafka_consumer import SeenIds, consume
+
+    settings = Settings()
+    if not settings.kafka_bootstrap_servers:
+        typer.echo("error: set CRM_KAFKA_BOOTSTRAP_SERVERS", err=True)
+        raise typer.Exit(2)
+    from crm.bootstrap import feed_config
+
+    chosen = topics or feed_config(settings).all_topics()
+    seen = SeenIds(Path(state) if state else None, window)
+    stopping = {"stop": False}
+
+    def _stop(signum: int, frame: Any) -> None:
+        stopping["stop"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        summary = consume(settings.kafka_bootstrap_servers, chosen, group,
+                          lambda e: typer.echo(json.dumps(e, sort_keys=True)), seen=seen,
+                          idle_seconds=idle_timeout, max_events=max_events,
+                          should_stop=lambda: stopping["stop"])
+    finally:
+        seen.close()
+    typer.echo(f"received {summary.received}, handed on {summary.handed_on}, duplicates "
+               f"{summary.duplicates}, invalid {summary.invalid}", err=True)
+
+
+@kafka_app.command("schemas")
+def kafka_schemas(
+    write: Annotated[bool, typer.Option(
+        help="Write the schema of every current event version that has none yet.")] = False,
+) -> None:
+    """Check the public event schemas kept in events/schemas/ against the event classes
+    (exit 1 if one is missing or a class changed without a new class_version)."""
+    from events.public import check_schemas, write_schemas
+
+    if write:
+        for name in write_schemas():
+            typer.echo(f"wrote events/schemas/{name}")
+    result = check_schemas()
+    for name in result.missing:
+        typer.echo(f"missing: {name} (run `crm kafka schemas --write`)", err=True)
+    for name in result.changed:
+        typer.echo(f"changed without a new class_version: {name} (bump class_version, add an "
+                   "upcaster, then `crm kafka schemas --write`)", err=True)
+    if result.missing or result.changed:
+        raise typer.Exit(1)
+    typer.echo("schemas match the event classes")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,3 +44,19 @@ class Settings(BaseSettings):
         default=None,
         description="64 hex digits: wraps the per-customer data keys. Unset: one kept in data_dir.",
     )
+
+    # -- publishing to Kafka (off while kafka_bootstrap_servers is empty) --
+    kafka_bootstrap_servers: str = Field(
+        default="", description="host:port[,host:port...] of the Kafka brokers; empty: no publishing.")
+    kafka_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description='Topic per aggregate type, JSON, e.g. {"customer": "crm.customer.v1"}; '
+        "types not named get crm.<type>.v1.")
+    kafka_personal_topics: list[str] = Field(
+        default_factory=list,
+        description="Topics that carry personal fields (JSON list); all others leave them out.")
+    kafka_source: str = Field(default="/crm-core", description="CloudEvents source of the events.")
+    kafka_schema_base_url: str | None = Field(
+        default=None,
+        description="Base of the envelopes' dataschema URIs; unset: http://HOST:PORT/api/v1/schemas.")
+    kafka_batch_size: int = Field(default=5000, ge=1, le=100_000)

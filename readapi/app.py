@@ -9,6 +9,7 @@ from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
 from readapi.queries import build_read_router
 from readapi.routes import Services, build_router
+from readapi.schemas import build_schemas_router
 
 
 def create_app(services: Services, *, title: str = "CRM core API") -> FastAPI:
@@ -27,6 +28,7 @@ def create_app(services: Services, *, title: str = "CRM core API") -> FastAPI:
     app.include_router(build_ops_router(metrics))
     app.include_router(build_router())
     app.include_router(build_read_router())
+    app.include_router(build_schemas_router())
     app.add_middleware(CorrelationMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     return app

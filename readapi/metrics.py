@@ -187,6 +187,30 @@ def _projection_metrics(read: Any) -> list[str]:
     return lines
 
 
+def _kafka_metrics(kafka: Any) -> list[str]:
+    s = kafka.status()
+    st = kafka.publisher.stats
+    values: list[tuple[str, str, str, float | int | bool]] = [
+        ("position", "gauge", "Event-log position the Kafka publisher has published and recorded.",
+         s.position),
+        ("lag_events", "gauge", "Events in the log not yet published to Kafka.", s.lag_events),
+        ("lag_seconds", "gauge", "How long the oldest unpublished event has waited, in seconds.",
+         s.lag_seconds),
+        ("parked_events", "gauge", "Events the publisher could not publish.", s.parked),
+        ("events_published_total", "counter", "Records this process's publisher had acknowledged.",
+         st.events),
+        ("batches_total", "counter", "Batches this process's publisher completed.", st.batches),
+        ("send_failures_total", "counter", "Batches this process's publisher had to send again.",
+         st.failures),
+        ("leader", "gauge", "1 when this process's publisher leads.", st.is_leader),
+    ]
+    lines: list[str] = []
+    for metric, kind, help_text, value in values:
+        name = f"crm_kafka_publisher_{metric}"
+        lines += family(name, kind, help_text, [sample(name, value, publisher=s.name)])
+    return lines
+
+
 def build_ops_router(metrics: HttpMetrics) -> APIRouter:
     r = APIRouter(tags=["ops"])
 
@@ -245,6 +269,12 @@ def build_ops_router(metrics: HttpMetrics) -> APIRouter:
             except Exception as e:  # noqa: BLE001
                 up = False
                 log.warning("metrics: read-model status unavailable", error=str(e))
+        kafka = getattr(svc, "kafka", None)
+        if kafka is not None and up:
+            try:
+                lines += _kafka_metrics(kafka)
+            except Exception as e:  # noqa: BLE001
+                log.warning("metrics: kafka publisher status unavailable", error=str(e))
         lines += family("crm_event_store_up", "gauge", "1 when the event store answered this scrape.",
                         [sample("crm_event_store_up", up)])
         lines += metrics.exposition()
