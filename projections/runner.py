@@ -325,7 +325,8 @@ class BatchRunner:
     def _read(self, conn: psycopg.Connection[Any], position: int, limit: int) -> list[tuple[Any, ...]]:
         with conn.cursor(row_factory=tuple_row) as cur:
             rows: list[tuple[Any, ...]] = cur.execute(
-                _SELECT_AFTER.format(table=self.events_table), (position, limit), prepare=True
+                _SELECT_AFTER.format(table=self.events_table), (position, limit), prepare=True,
+                binary=True,  # the stored state as raw bytes, not hex to decode
             ).fetchall()
         return rows
 
