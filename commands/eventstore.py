@@ -19,9 +19,11 @@ from eventsourcing.popo import POPOApplicationRecorder
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
 from psycopg.sql import SQL, Identifier, Literal
 
+from events.chain import GENESIS, link_hash, subject_of
 from events.keys import PostgresKeyRing, SubjectKeyDestroyed
 
 KEY_DESTROYED = "crm: personal-data key destroyed"
+CHAIN_TABLE = "crm_event_chain"
 
 
 @dataclass
@@ -84,6 +86,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 " reserved_at timestamptz NOT NULL DEFAULT now())"
             ).format(self.reservations_table)
         )
+        self._add_chain_statements()
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} ("
@@ -157,6 +160,94 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         # The plain insert (the table is locked above, the channel notified).
         PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
 
+    # -- the hash chain ----------------------------------------------------------
+    # Each event's chain link (see events/chain.py) and the columns an audit looks
+    # events up by, written by one statement in the append's own transaction, under
+    # the events table's lock, so "the link before" is well defined.
+    def _add_chain_statements(self) -> None:
+        schema = Identifier(self.datastore.schema)
+        self.chain_table = SQL("{0}.{1}").format(schema, Identifier(CHAIN_TABLE))
+        events = SQL("{0}.{1}").format(schema, Identifier(self.events_table_name))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                " notification_id bigint PRIMARY KEY,"
+                " subject_id uuid,"
+                " occurred_at timestamptz,"
+                " recorded_at timestamptz,"
+                " actor_id text,"
+                " hash bytea NOT NULL)"
+            ).format(self.chain_table)
+        )
+        self.sql_create_statements.append(
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (subject_id, notification_id)").format(
+                Identifier(CHAIN_TABLE + "_subject_idx"), self.chain_table
+            )
+        )
+        # Links every event after the last linked one (normally just this append's),
+        # recursively, in notification order; columns are read from the clear part.
+        self.chain_statement = SQL(
+            "WITH RECURSIVE head AS ("
+            "  SELECT notification_id, hash FROM {chain} ORDER BY notification_id DESC LIMIT 1),"
+            " new AS MATERIALIZED ("
+            "  SELECT row_number() OVER (ORDER BY e.notification_id) AS n, e.notification_id,"
+            "   e.originator_id, e.originator_version, e.topic, e.state"
+            "  FROM {events} e"
+            "  WHERE e.notification_id > COALESCE((SELECT notification_id FROM head), 0)),"
+            " link(n, notification_id, hash) AS ("
+            "  SELECT 0::bigint, 0::bigint, COALESCE((SELECT hash FROM head), {genesis})"
+            "  UNION ALL"
+            "  SELECT new.n, new.notification_id, sha256(link.hash"
+            "   || int8send(new.notification_id::bigint) || uuid_send(new.originator_id)"
+            "   || int8send(new.originator_version::bigint)"
+            "   || int4send(octet_length(convert_to(new.topic, 'UTF8')))"
+            "   || convert_to(new.topic, 'UTF8')"
+            "   || int4send(octet_length(new.state)) || new.state)"
+            "  FROM link JOIN new ON new.n = link.n + 1)"
+            " INSERT INTO {chain} (notification_id, subject_id, occurred_at, recorded_at,"
+            "  actor_id, hash)"
+            " SELECT link.notification_id, (d.doc->>'subject_id')::uuid,"
+            "  (d.doc->>'occurred_at')::timestamptz, (d.doc->>'recorded_at')::timestamptz,"
+            "  d.doc->'actor'->>'id', link.hash"
+            " FROM link JOIN new USING (notification_id)"
+            " CROSS JOIN LATERAL (SELECT convert_from(new.state, 'UTF8')::jsonb AS doc) d"
+            " WHERE link.n > 0"
+        ).format(chain=self.chain_table, events=events, genesis=Literal(GENESIS))
+
+    def link_backlog(self, batch: int = 20_000) -> int:
+        """Link every stored event not linked yet (events loaded in bulk, or stored before
+        the chain existed), under the events table's lock; the number linked."""
+        linked = 0
+        with self.datastore.get_connection() as conn, conn.transaction():
+            conn.execute(SQL("LOCK TABLE {0}.{1} IN EXCLUSIVE MODE").format(
+                Identifier(self.datastore.schema), Identifier(self.events_table_name)))
+            head = conn.execute(SQL(
+                "SELECT notification_id, hash FROM {0} ORDER BY notification_id DESC LIMIT 1"
+            ).format(self.chain_table)).fetchone()
+            position, previous = (head["notification_id"], bytes(head["hash"])) if head else (0, GENESIS)
+            while True:
+                rows = conn.execute(SQL(
+                    "SELECT notification_id, originator_id, originator_version, topic, state"
+                    " FROM {0}.{1} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+                ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
+                    (position, batch)).fetchall()
+                if not rows:
+                    return linked
+                with conn.cursor() as cur, cur.copy(SQL(
+                    "COPY {0} (notification_id, subject_id, occurred_at, recorded_at, actor_id,"
+                    " hash) FROM STDIN"
+                ).format(self.chain_table)) as copy:
+                    for row in rows:
+                        state = bytes(row["state"])
+                        previous = link_hash(previous, row["notification_id"], row["originator_id"],
+                                             row["originator_version"], row["topic"], state)
+                        doc = json.loads(state)
+                        copy.write_row((row["notification_id"], subject_of(state),
+                                        doc.get("occurred_at"), doc.get("recorded_at"),
+                                        (doc.get("actor") or {}).get("id"), previous))
+                position = rows[-1]["notification_id"]
+                linked += len(rows)
+
     def _first_taken(self, extras: WriteExtras) -> bytes | None:
         for email_hmac, customer_id in extras.reserve_emails:
             owner = self.email_owner(email_hmac)
@@ -199,6 +290,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        curs.execute(self.chain_statement, prepare=True)
         extras: WriteExtras | None = kwargs.get("extras")
         if extras is not None and extras.idempotency is not None:
             record = extras.idempotency

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -36,6 +37,7 @@ def serve(
             _load_demo(system)
         if settings.run_projections:
             system.start_projections()
+        system.start_checkpoints()
         host = host or settings.host
         port = port or settings.port
         base = f"http://{host}:{port}"
@@ -273,6 +275,80 @@ def projections_verify(
         raise typer.Exit(1)
     typer.echo(f"{name} ({result.schema} at position {result.position}): "
                "equal to a fresh build")
+
+
+# -- crm audit ------------------------------------------------------------------------
+audit_app = typer.Typer(help="The tamper-evident log: checkpoints, verification, exports.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+def _public_key(path: Any) -> Any:
+    from replay.signing import load_public_key
+
+    try:
+        return load_public_key(path.read_text())
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: cannot read the public key {path}: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@audit_app.command("public-key")
+def audit_public_key() -> None:
+    """Print the public key (PEM) that checks checkpoints and exports."""
+    from crm.bootstrap import audit_signing_key
+    from crm.settings import Settings
+    from replay.signing import public_key_pem
+
+    typer.echo(public_key_pem(audit_signing_key(Settings()).public_key()), nl=False)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the head of the hash chain now."""
+    from replay.audit import write_checkpoint
+
+    system = _system()
+    try:
+        cp = write_checkpoint(system.app.factory.datastore.get_connection, system.audit_key)
+    finally:
+        system.close()
+    if cp is None:
+        typer.echo("the event log is empty: nothing to sign")
+    else:
+        typer.echo(f"checkpoint at position {cp.notification_id}: {cp.hash.hex()} "
+                   f"(key {cp.key_id}, {cp.signed_at})")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    public_key: Annotated[Path | None, typer.Option(
+        help="PEM (or hex) public key to check the checkpoints with; default: this "
+        "installation's own.")] = None,
+) -> None:
+    """Recompute the hash chain and check the signed checkpoints (exit 1 on any finding)."""
+    from replay.audit import verify_chain
+
+    key = _public_key(public_key) if public_key is not None else None
+    system = _system()
+    try:
+        report = verify_chain(system.app.factory.datastore.get_connection,
+                              key or system.audit_key.public_key(),
+                              progress=lambda n: typer.echo(f"  {n:,} events ...", err=True))
+    finally:
+        system.close()
+    typer.echo(f"{report.events:,} events, head {report.head} ({report.head_hash.hex()}), "
+               f"{report.checkpoints} checkpoints, {report.seconds:.1f} s "
+               f"({report.events_per_second:,.0f} events/s)")
+    if report.findings:
+        typer.echo(f"FIRST BROKEN AT POSITION {report.findings[0].position}: "
+                   f"{report.findings[0].kind}")
+        for finding in report.findings:
+            typer.echo(f"  {finding}")
+        if report.truncated:
+            typer.echo("  (more findings not shown)")
+        raise typer.Exit(1)
+    typer.echo("the chain is intact")
 
 
 if __name__ == "__main__":  # pragma: no cover

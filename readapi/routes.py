@@ -43,6 +43,7 @@ class Services:
     commands: CommandService
     tokens: TokenIssuer
     read: ReadSide | None = None
+    audit_key: Any = None  # the Ed25519 key that signs audit exports
 
 
 class WriteResponse(BaseModel):
