@@ -27,6 +27,7 @@ from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
 from readapi.routes import Services
 from replay import audit
+from replay import state as replay_state
 from replay.signing import private_key_from_seed
 
 log = structlog.get_logger("crm")
@@ -202,6 +203,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
             read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size)
             # The audit's tables; events stored before the chain existed get linked.
             audit.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
+            replay_state.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
             app.recorder.link_backlog()  # type: ignore[attr-defined]
     except Exception:
         if embedded is not None:
