@@ -49,6 +49,22 @@ class WriteExtras:
     idempotency: IdempotencyRecord | None = None
 
 
+def _lookup(state: bytes) -> tuple[UUID | None, str | None, str | None, str | None]:
+    """(subject, business time, recording time, actor) of a stored event; None where its
+    state does not say (an event stored by other means may not even be JSON)."""
+    try:
+        doc = json.loads(state)
+        actor = doc.get("actor") or {}
+        return subject_of(state), doc.get("occurred_at"), doc.get("recorded_at"), actor.get("id")
+    except (ValueError, AttributeError):
+        return None, None, None, None
+
+
+def _lookup_columns(ids: Sequence[int], stored_events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
+    rows = [(i, *_lookup(e.state)) for i, e in zip(ids, stored_events, strict=True)]
+    return tuple(list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
+
+
 class EmailTaken(Exception):
     """An e-mail reservation collided with another customer's."""
 
@@ -185,7 +201,9 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             )
         )
         # Links every event after the last linked one (normally just this append's),
-        # recursively, in notification order; columns are read from the clear part.
+        # recursively, in notification order. The look-up columns come from the append
+        # itself (parsed in Python); an event stored by other means gets them NULL here,
+        # and its link all the same (a foreign or undecodable event never blocks writes).
         self.chain_statement = SQL(
             "WITH RECURSIVE head AS ("
             "  SELECT notification_id, hash FROM {chain} ORDER BY notification_id DESC LIMIT 1),"
@@ -206,11 +224,12 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             "  FROM link JOIN new ON new.n = link.n + 1)"
             " INSERT INTO {chain} (notification_id, subject_id, occurred_at, recorded_at,"
             "  actor_id, hash)"
-            " SELECT link.notification_id, (d.doc->>'subject_id')::uuid,"
-            "  (d.doc->>'occurred_at')::timestamptz, (d.doc->>'recorded_at')::timestamptz,"
-            "  d.doc->'actor'->>'id', link.hash"
-            " FROM link JOIN new USING (notification_id)"
-            " CROSS JOIN LATERAL (SELECT convert_from(new.state, 'UTF8')::jsonb AS doc) d"
+            " SELECT link.notification_id, d.subject_id, d.occurred_at, d.recorded_at,"
+            "  d.actor_id, link.hash"
+            " FROM link LEFT JOIN unnest(%s::bigint[], %s::uuid[], %s::timestamptz[],"
+            "  %s::timestamptz[], %s::text[])"
+            "  AS d(notification_id, subject_id, occurred_at, recorded_at, actor_id)"
+            "  USING (notification_id)"
             " WHERE link.n > 0"
         ).format(chain=self.chain_table, events=events, genesis=Literal(GENESIS))
 
@@ -218,6 +237,15 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         """Link every stored event not linked yet (events loaded in bulk, or stored before
         the chain existed), under the events table's lock; the number linked."""
         linked = 0
+        with self.datastore.get_connection() as conn:
+            # Without the lock first: a process starting on a linked log blocks no writer.
+            behind = conn.execute(SQL(
+                "SELECT (SELECT max(notification_id) FROM {0}.{1})"
+                " > COALESCE((SELECT max(notification_id) FROM {2}), 0) AS behind"
+            ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name),
+                     self.chain_table)).fetchone()
+            if not behind or not behind["behind"]:
+                return 0
         with self.datastore.get_connection() as conn, conn.transaction():
             conn.execute(SQL("LOCK TABLE {0}.{1} IN EXCLUSIVE MODE").format(
                 Identifier(self.datastore.schema), Identifier(self.events_table_name)))
@@ -241,10 +269,9 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                         state = bytes(row["state"])
                         previous = link_hash(previous, row["notification_id"], row["originator_id"],
                                              row["originator_version"], row["topic"], state)
-                        doc = json.loads(state)
-                        copy.write_row((row["notification_id"], subject_of(state),
-                                        doc.get("occurred_at"), doc.get("recorded_at"),
-                                        (doc.get("actor") or {}).get("id"), previous))
+                        subject, occurred, recorded, actor = _lookup(state)
+                        copy.write_row((row["notification_id"], subject, occurred, recorded,
+                                        actor, previous))
                 position = rows[-1]["notification_id"]
                 linked += len(rows)
 
@@ -290,7 +317,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        curs.execute(self.chain_statement, prepare=True)
+        curs.execute(self.chain_statement, _lookup_columns(ids or [], stored_events), prepare=True)
         extras: WriteExtras | None = kwargs.get("extras")
         if extras is not None and extras.idempotency is not None:
             record = extras.idempotency

@@ -179,6 +179,8 @@ def verify_chain(connect: Connect, public_key: Ed25519PublicKey, *, max_findings
 
     previous = GENESIS
     with connect() as conn, conn.transaction():
+        # One snapshot for both cursors: appends committing meanwhile are not half seen.
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         events = _stream(conn, "crm_verify_events",
                          f"SELECT notification_id, originator_id, originator_version, topic, state"
                          f" FROM {EVENTS_TABLE} ORDER BY notification_id")

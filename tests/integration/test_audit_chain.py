@@ -3,6 +3,7 @@ tampering found by `crm audit verify` with its position."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -85,6 +86,9 @@ def _cli_env(system: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_JWT_SECRET", s.jwt_secret.get_secret_value())
     monkeypatch.setenv("CRM_DATA_DIR", str(s.data_dir))
     monkeypatch.setenv("CRM_LOG_LEVEL", "error")
+    # In process, the command must not point the test session's logging at the runner's
+    # own (soon closed) output streams.
+    monkeypatch.setattr("crm.logging.configure", lambda *args, **kwargs: None)
 
 
 def _first(system: Any) -> tuple[int, str]:
@@ -192,4 +196,16 @@ def test_events_stored_without_links_are_linked_by_the_backlog(system: Any, db: 
     assert system.app.recorder.link_backlog(batch=2) == 5
     assert _verify(system).ok
     _fill(system, 1)  # appends go on linking after the backlog
+    assert _verify(system).ok
+
+
+def test_a_serving_process_signs_the_head_at_intervals(make_system: Any) -> None:
+    system = make_system(audit_checkpoint_seconds=0.05)
+    _fill(system, 1)
+    system.start_checkpoints()
+    deadline = time.monotonic() + 10
+    while not checkpoints(_connect(system)):
+        assert time.monotonic() < deadline, "no checkpoint was signed"
+        time.sleep(0.05)
+    assert checkpoints(_connect(system))[-1].notification_id == 3
     assert _verify(system).ok
