@@ -159,26 +159,29 @@ def _enc(v: Any) -> Any:
     raise TypeError(f"cannot snapshot a {type(v).__name__}")
 
 
-def _dec(v: Any) -> Any:
-    if isinstance(v, list):
-        return [_dec(x) for x in v]
-    if not isinstance(v, dict):
-        return v
-    if "$d" in v:
-        return Decimal(v["$d"])
-    if "$dt" in v:
-        return datetime.fromisoformat(v["$dt"])
-    if "$date" in v:
-        return date.fromisoformat(v["$date"])
-    if "$u" in v:
-        return UUID(v["$u"])
-    if "$map" in v:
-        return {_dec(k): _dec(x) for k, x in v["$map"]}
-    if "$t" in v:
-        return tuple(_dec(x) for x in v["$t"])
-    if "$v" in v:
-        return _VALUE_TYPES[v["$v"]](**{k: _dec(x) for k, x in v["f"].items()})
-    raise ValueError("not a snapshot value")
+def _dec(d: dict[str, Any]) -> Any:
+    """``json.loads`` object hook: tagged values back to Python, innermost first."""
+    if len(d) == 1:
+        (tag, v), = d.items()
+        if tag == "$d":
+            return Decimal(v)
+        if tag == "$dt":
+            return datetime.fromisoformat(v)
+        if tag == "$date":
+            return date.fromisoformat(v)
+        if tag == "$u":
+            return UUID(v)
+        if tag == "$map":
+            return {_hashable(k): x for k, x in v}
+        if tag == "$t":
+            return tuple(v)
+    elif "$v" in d:
+        return _VALUE_TYPES[d["$v"]](**d["f"])
+    return d
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
 
 
 def _subject(aggregate: Aggregate) -> UUID:
@@ -230,12 +233,12 @@ class Replayer:
                 state = AESGCM(key.key).decrypt(state[:12], state[12:], _aad(aggregate_id, version))
             except InvalidTag:
                 return None
-        doc = json.loads(state)
+        doc = json.loads(state, object_hook=_dec)
         cls = RECORD_TYPES[doc["type"]]
         aggregate = cls.__new__(cls)
         Aggregate.__init__(aggregate, aggregate_id)
         for k, v in doc["state"].items():
-            setattr(aggregate, k, _dec(v))
+            setattr(aggregate, k, v)
         return aggregate
 
     def _best_snapshot(self, aggregate_id: UUID, *, as_of: datetime | None, as_known_at: datetime | None,
@@ -257,8 +260,9 @@ class Replayer:
             rows = conn.cursor(row_factory=tuple_row).execute(
                 f"SELECT version, max_occurred_at, max_recorded_at, subject_id, sealed, state"
                 f" FROM {SNAPSHOTS_TABLE}"
-                f" WHERE {' AND '.join(where)} ORDER BY version DESC LIMIT 3", params).fetchall()
+                f" WHERE {' AND '.join(where)} ORDER BY version DESC LIMIT 1", params).fetchall()
         for version, max_occ, max_rec, subject, sealed, state in rows:
+            # Unopenable (the customer's key was destroyed): rebuild from the events.
             aggregate = self._open(aggregate_id, version, subject, sealed, bytes(state))
             if aggregate is not None:
                 return _Running(aggregate, version, max_occ, max_rec)
