@@ -209,3 +209,11 @@ def test_a_serving_process_signs_the_head_at_intervals(make_system: Any) -> None
         time.sleep(0.05)
     assert checkpoints(_connect(system))[-1].notification_id == 3
     assert _verify(system).ok
+
+
+def test_erasing_a_customer_breaks_no_link(system: Any) -> None:
+    _fill(system, 2)
+    write_checkpoint(_connect(system), system.audit_key)
+    first = system.app.recorder.select_notifications(start=1, limit=1)[0].originator_id
+    assert system.app.keys.destroy(first)
+    assert _verify(system).ok

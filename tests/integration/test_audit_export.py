@@ -139,3 +139,18 @@ def test_the_api_gives_auditors_a_signed_export(system: Any) -> None:
     assert json.loads(manifest)["events"] == 3
     assert json.loads(manifest)["exported_by"] == {"id": "aud-2", "role": "auditor"}
     assert verify_export(events.replace(b"Licence", b"Licenze"), manifest, public) != []
+
+
+def test_the_timeline_command(system: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cid, _ = _related_story(Story(system))
+    _cli_env(system, monkeypatch)
+    result = CliRunner().invoke(cli, ["replay", "timeline", str(cid), "--json", "--type",
+                                      "CustomerDetailsChanged"])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(x) for x in result.output.splitlines()]
+    assert line["changes"] == [{"field": "name", "before": "Mia Berg", "after": "Mia Berg-Lund"}]
+    text = CliRunner().invoke(cli, ["replay", "timeline", str(cid), "--limit", "3"])
+    assert text.exit_code == 0 and text.output.count("\n#") + text.output.startswith("#") == 3
+    assert "CustomerRegistered" in text.output and "name: null -> \"Mia Berg\"" in text.output
+    bad = CliRunner().invoke(cli, ["replay", "timeline", str(cid), "--type", "Nope"])
+    assert bad.exit_code == 2
