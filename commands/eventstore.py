@@ -201,27 +201,28 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             )
         )
         # Links every event after the last linked one (normally just this append's),
-        # recursively, in notification order. The look-up columns come from the append
-        # itself (parsed in Python); an event stored by other means gets them NULL here,
-        # and its link all the same (a foreign or undecodable event never blocks writes).
+        # one after the other in notification order, each found by the index (a backlog
+        # of bulk-loaded events costs one index step each). The look-up columns come from
+        # the append itself (parsed in Python); an event stored by other means gets them
+        # NULL here, and its link all the same: a foreign or undecodable stored event
+        # never blocks writes (``link_backlog`` fills them in at startup).
         self.chain_statement = SQL(
             "WITH RECURSIVE head AS ("
             "  SELECT notification_id, hash FROM {chain} ORDER BY notification_id DESC LIMIT 1),"
-            " new AS MATERIALIZED ("
-            "  SELECT row_number() OVER (ORDER BY e.notification_id) AS n, e.notification_id,"
-            "   e.originator_id, e.originator_version, e.topic, e.state"
-            "  FROM {events} e"
-            "  WHERE e.notification_id > COALESCE((SELECT notification_id FROM head), 0)),"
-            " link(n, notification_id, hash) AS ("
-            "  SELECT 0::bigint, 0::bigint, COALESCE((SELECT hash FROM head), {genesis})"
+            " link(notification_id, hash) AS ("
+            "  SELECT COALESCE((SELECT notification_id FROM head), 0)::bigint,"
+            "   COALESCE((SELECT hash FROM head), {genesis})"
             "  UNION ALL"
-            "  SELECT new.n, new.notification_id, sha256(link.hash"
-            "   || int8send(new.notification_id::bigint) || uuid_send(new.originator_id)"
-            "   || int8send(new.originator_version::bigint)"
-            "   || int4send(octet_length(convert_to(new.topic, 'UTF8')))"
-            "   || convert_to(new.topic, 'UTF8')"
-            "   || int4send(octet_length(new.state)) || new.state)"
-            "  FROM link JOIN new ON new.n = link.n + 1)"
+            "  SELECT e.notification_id, sha256(link.hash"
+            "   || int8send(e.notification_id::bigint) || uuid_send(e.originator_id)"
+            "   || int8send(e.originator_version::bigint)"
+            "   || int4send(octet_length(convert_to(e.topic, 'UTF8')))"
+            "   || convert_to(e.topic, 'UTF8')"
+            "   || int4send(octet_length(e.state)) || e.state)"
+            "  FROM link CROSS JOIN LATERAL ("
+            "   SELECT n.notification_id, n.originator_id, n.originator_version, n.topic, n.state"
+            "   FROM {events} n WHERE n.notification_id > link.notification_id"
+            "   ORDER BY n.notification_id LIMIT 1) e)"
             " INSERT INTO {chain} (notification_id, subject_id, occurred_at, recorded_at,"
             "  actor_id, hash)"
             " SELECT link.notification_id, d.subject_id, d.occurred_at, d.recorded_at,"
@@ -230,7 +231,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             "  %s::timestamptz[], %s::text[])"
             "  AS d(notification_id, subject_id, occurred_at, recorded_at, actor_id)"
             "  USING (notification_id)"
-            " WHERE link.n > 0"
+            " WHERE link.notification_id > COALESCE((SELECT notification_id FROM head), 0)"
         ).format(chain=self.chain_table, events=events, genesis=Literal(GENESIS))
 
     def link_backlog(self, batch: int = 20_000) -> int:

@@ -199,6 +199,14 @@ def test_events_stored_without_links_are_linked_by_the_backlog(system: Any, db: 
     assert _verify(system).ok
 
 
+def test_an_append_links_a_backlog_before_its_own_events(system: Any, db: psycopg.Connection[Any]) -> None:
+    _fill(system)
+    db.execute("DELETE FROM crm_event_chain WHERE notification_id > 2")
+    _fill(system, 1)
+    assert _verify(system).ok
+    assert db.execute("SELECT count(*) FROM crm_event_chain").fetchone()[0] == 12
+
+
 def test_a_serving_process_signs_the_head_at_intervals(make_system: Any) -> None:
     system = make_system(audit_checkpoint_seconds=0.05)
     _fill(system, 1)
