@@ -1,5 +1,6 @@
 """The CRM's aggregates: the rules that decide which events happen."""
 
+from aggregates.audit_export import AuditExport
 from aggregates.customer import Customer
 from aggregates.interaction import Interaction
 from aggregates.opportunity import Opportunity
@@ -10,4 +11,7 @@ AGGREGATE_TYPES = {
     cls.type_name: cls for cls in (Customer, Opportunity, Interaction, ServiceRequest, Task)
 }
 
-__all__ = ["AGGREGATE_TYPES", "Customer", "Interaction", "Opportunity", "ServiceRequest", "Task"]
+#: Records kept by the audit, not by the CRM's users (no record routes of their own).
+AUDIT_TYPES = {AuditExport.type_name: AuditExport}
+
+__all__ = ["AGGREGATE_TYPES", "AUDIT_TYPES", "AuditExport", "Customer", "Interaction", "Opportunity", "ServiceRequest", "Task"]

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import kafka_publish, projection_catchup, write_throughput
+from bench import kafka_publish, projection_catchup, replay_audit, write_throughput
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 #: --only names -> (report file stem, what it measures)
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "write": ("write_throughput", "commands/s of the write side"),
     "catchup": ("projection_catchup", "read-model catch-up events/s and projection lag"),
     "kafka": ("kafka_publish", "Kafka publication events/s and lag drain after a broker stall"),
+    "replay": ("replay_audit", "timeline and as-of latency; audit verify events/s"),
 }
 
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                         "50,000 events instead of 1,000,000 for the catch-up")
     parser.add_argument("--commands", type=int, help="write: commands per case (overrides --quick)")
     parser.add_argument("--events", type=int,
-                        help="catchup: events in the generated log (overrides --quick)")
+                        help="catchup and replay: events in the generated log (overrides --quick)")
     parser.add_argument("--reps", type=int, help="repetitions (median is reported; >= 3)")
     parser.add_argument("--server", help="maintenance URL of the PostgreSQL server to create the "
                         f"throw-away database in (default {write_throughput.DEFAULT_SERVER}, "
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, embedded=True)
         catchup = dataclasses.replace(catchup, embedded=True)
 
+    replay = replay_audit.QUICK if args.quick else replay_audit.FULL
+    if args.events is not None:
+        replay = dataclasses.replace(replay, events=args.events)
+    if args.server or args.embedded:
+        replay = dataclasses.replace(replay, server=args.server, embedded=args.embedded)
+
     signal.signal(signal.SIGTERM, _terminate)
     if "write" in only:
         doc = write_throughput.measure(settings)
@@ -100,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         doc = kafka_publish.measure(kafka)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["kafka"][0], args.quick, doc, kafka_publish.markdown(doc))
+    if "replay" in only:
+        doc = replay_audit.measure(replay)
+        doc["settings"]["quick"] = args.quick
+        _write_report(BENCHMARKS["replay"][0], args.quick, doc, replay_audit.markdown(doc))
     return 0
 
 

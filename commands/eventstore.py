@@ -19,9 +19,11 @@ from eventsourcing.popo import POPOApplicationRecorder
 from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
 from psycopg.sql import SQL, Identifier, Literal
 
+from events.chain import GENESIS, link_hash, subject_of
 from events.keys import PostgresKeyRing, SubjectKeyDestroyed
 
 KEY_DESTROYED = "crm: personal-data key destroyed"
+CHAIN_TABLE = "crm_event_chain"
 
 
 @dataclass
@@ -45,6 +47,22 @@ class WriteExtras:
     sealed_subjects: set[UUID] = field(default_factory=set)
     release_emails: list[tuple[bytes, UUID]] = field(default_factory=list)
     idempotency: IdempotencyRecord | None = None
+
+
+def _lookup(state: bytes) -> tuple[UUID | None, str | None, str | None, str | None]:
+    """(subject, business time, recording time, actor) of a stored event; None where its
+    state does not say (an event stored by other means may not even be JSON)."""
+    try:
+        doc = json.loads(state)
+        actor = doc.get("actor") or {}
+        return subject_of(state), doc.get("occurred_at"), doc.get("recorded_at"), actor.get("id")
+    except (ValueError, AttributeError):
+        return None, None, None, None
+
+
+def _lookup_columns(ids: Sequence[int], stored_events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
+    rows = [(i, *_lookup(e.state)) for i, e in zip(ids, stored_events, strict=True)]
+    return tuple(list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
 
 
 class EmailTaken(Exception):
@@ -84,6 +102,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 " reserved_at timestamptz NOT NULL DEFAULT now())"
             ).format(self.reservations_table)
         )
+        self._add_chain_statements()
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} ("
@@ -157,6 +176,106 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         # The plain insert (the table is locked above, the channel notified).
         PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
 
+    # -- the hash chain ----------------------------------------------------------
+    # Each event's chain link (see events/chain.py) and the columns an audit looks
+    # events up by, written by one statement in the append's own transaction, under
+    # the events table's lock, so "the link before" is well defined.
+    def _add_chain_statements(self) -> None:
+        schema = Identifier(self.datastore.schema)
+        self.chain_table = SQL("{0}.{1}").format(schema, Identifier(CHAIN_TABLE))
+        events = SQL("{0}.{1}").format(schema, Identifier(self.events_table_name))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                " notification_id bigint PRIMARY KEY,"
+                " subject_id uuid,"
+                " occurred_at timestamptz,"
+                " recorded_at timestamptz,"
+                " actor_id text,"
+                " hash bytea NOT NULL)"
+            ).format(self.chain_table)
+        )
+        self.sql_create_statements.append(
+            SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (subject_id, notification_id)").format(
+                Identifier(CHAIN_TABLE + "_subject_idx"), self.chain_table
+            )
+        )
+        # Links every event after the last linked one (normally just this append's),
+        # one after the other in notification order, each found by the index (a backlog
+        # of bulk-loaded events costs one index step each). The look-up columns come from
+        # the append itself (parsed in Python); an event stored by other means gets them
+        # NULL here, and its link all the same: a foreign or undecodable stored event
+        # never blocks writes (``link_backlog`` fills them in at startup).
+        self.chain_statement = SQL(
+            "WITH RECURSIVE head AS ("
+            "  SELECT notification_id, hash FROM {chain} ORDER BY notification_id DESC LIMIT 1),"
+            " link(notification_id, hash) AS ("
+            "  SELECT COALESCE((SELECT notification_id FROM head), 0)::bigint,"
+            "   COALESCE((SELECT hash FROM head), {genesis})"
+            "  UNION ALL"
+            "  SELECT e.notification_id, sha256(link.hash"
+            "   || int8send(e.notification_id::bigint) || uuid_send(e.originator_id)"
+            "   || int8send(e.originator_version::bigint)"
+            "   || int4send(octet_length(convert_to(e.topic, 'UTF8')))"
+            "   || convert_to(e.topic, 'UTF8')"
+            "   || int4send(octet_length(e.state)) || e.state)"
+            "  FROM link CROSS JOIN LATERAL ("
+            "   SELECT n.notification_id, n.originator_id, n.originator_version, n.topic, n.state"
+            "   FROM {events} n WHERE n.notification_id > link.notification_id"
+            "   ORDER BY n.notification_id LIMIT 1) e)"
+            " INSERT INTO {chain} (notification_id, subject_id, occurred_at, recorded_at,"
+            "  actor_id, hash)"
+            " SELECT link.notification_id, d.subject_id, d.occurred_at, d.recorded_at,"
+            "  d.actor_id, link.hash"
+            " FROM link LEFT JOIN unnest(%s::bigint[], %s::uuid[], %s::timestamptz[],"
+            "  %s::timestamptz[], %s::text[])"
+            "  AS d(notification_id, subject_id, occurred_at, recorded_at, actor_id)"
+            "  USING (notification_id)"
+            " WHERE link.notification_id > COALESCE((SELECT notification_id FROM head), 0)"
+        ).format(chain=self.chain_table, events=events, genesis=Literal(GENESIS))
+
+    def link_backlog(self, batch: int = 20_000) -> int:
+        """Link every stored event not linked yet (events loaded in bulk, or stored before
+        the chain existed), under the events table's lock; the number linked."""
+        linked = 0
+        with self.datastore.get_connection() as conn:
+            # Without the lock first: a process starting on a linked log blocks no writer.
+            behind = conn.execute(SQL(
+                "SELECT (SELECT max(notification_id) FROM {0}.{1})"
+                " > COALESCE((SELECT max(notification_id) FROM {2}), 0) AS behind"
+            ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name),
+                     self.chain_table)).fetchone()
+            if not behind or not behind["behind"]:
+                return 0
+        with self.datastore.get_connection() as conn, conn.transaction():
+            conn.execute(SQL("LOCK TABLE {0}.{1} IN EXCLUSIVE MODE").format(
+                Identifier(self.datastore.schema), Identifier(self.events_table_name)))
+            head = conn.execute(SQL(
+                "SELECT notification_id, hash FROM {0} ORDER BY notification_id DESC LIMIT 1"
+            ).format(self.chain_table)).fetchone()
+            position, previous = (head["notification_id"], bytes(head["hash"])) if head else (0, GENESIS)
+            while True:
+                rows = conn.execute(SQL(
+                    "SELECT notification_id, originator_id, originator_version, topic, state"
+                    " FROM {0}.{1} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+                ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
+                    (position, batch)).fetchall()
+                if not rows:
+                    return linked
+                with conn.cursor() as cur, cur.copy(SQL(
+                    "COPY {0} (notification_id, subject_id, occurred_at, recorded_at, actor_id,"
+                    " hash) FROM STDIN"
+                ).format(self.chain_table)) as copy:
+                    for row in rows:
+                        state = bytes(row["state"])
+                        previous = link_hash(previous, row["notification_id"], row["originator_id"],
+                                             row["originator_version"], row["topic"], state)
+                        subject, occurred, recorded, actor = _lookup(state)
+                        copy.write_row((row["notification_id"], subject, occurred, recorded,
+                                        actor, previous))
+                position = rows[-1]["notification_id"]
+                linked += len(rows)
+
     def _first_taken(self, extras: WriteExtras) -> bytes | None:
         for email_hmac, customer_id in extras.reserve_emails:
             owner = self.email_owner(email_hmac)
@@ -199,6 +318,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        curs.execute(self.chain_statement, _lookup_columns(ids or [], stored_events), prepare=True)
         extras: WriteExtras | None = kwargs.get("extras")
         if extras is not None and extras.idempotency is not None:
             record = extras.idempotency

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
 import projections
@@ -25,6 +27,9 @@ from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
 from readapi.routes import Services
+from replay import audit
+from replay import state as replay_state
+from replay.signing import private_key_from_seed
 
 log = structlog.get_logger("crm")
 
@@ -73,6 +78,13 @@ def master_key(settings: Settings) -> bytes:
 def email_key(settings: Settings) -> bytes:
     """The key of the e-mail reservations' HMAC, derived from the master key."""
     return hashlib.sha256(b"crm e-mail reservations|" + master_key(settings)).digest()
+
+
+def audit_signing_key(settings: Settings) -> Ed25519PrivateKey:
+    """The Ed25519 key of checkpoints and exports: from settings, else kept in the data dir."""
+    if settings.audit_signing_key is not None:
+        return private_key_from_seed(bytes.fromhex(settings.audit_signing_key.get_secret_value()))
+    return private_key_from_seed(_local_secret(settings.data_dir, "audit-signing.key", 32))
 
 
 def jwt_settings(settings: Settings) -> JwtSettings:
@@ -131,10 +143,30 @@ class System:
     database_url: str = ""
     #: the Kafka publisher, when CRM_KAFKA_BOOTSTRAP_SERVERS is set (started by start_kafka)
     kafka: KafkaFeed | None = None
+    audit_key: Ed25519PrivateKey | None = None
     _closed: bool = field(default=False, repr=False)
+    _stop_checkpoints: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def http_app(self) -> FastAPI:
-        return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka))
+        return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
+                                   audit_key=self.audit_key))
+
+    def start_checkpoints(self) -> None:
+        """Sign the chain head every ``audit_checkpoint_seconds`` in a thread of this process."""
+        interval = self.settings.audit_checkpoint_seconds
+        key = self.audit_key
+        if interval <= 0 or key is None:
+            return
+        connect = self.app.factory.datastore.get_connection  # type: ignore[attr-defined]
+
+        def run() -> None:
+            while not self._stop_checkpoints.wait(interval):
+                try:
+                    audit.write_checkpoint(connect, key)
+                except Exception:  # noqa: BLE001 -- logged; the next interval tries again
+                    log.exception("chain checkpoint failed")
+
+        threading.Thread(target=run, name="crm-chain-checkpoints", daemon=True).start()
 
     def start_projections(self) -> None:
         """Run the read models' runners as threads of this process."""
@@ -152,6 +184,7 @@ class System:
         self._closed = True
         if self.kafka is not None:
             self.kafka.stop()
+        self._stop_checkpoints.set()
         if self.read is not None:
             self.read.stop()
         self.app.close()
@@ -178,6 +211,10 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
                 key_cache_seconds=settings.key_cache_seconds,
             )
             read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size)
+            # The audit's tables; events stored before the chain existed get linked.
+            audit.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
+            replay_state.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
+            app.recorder.link_backlog()  # type: ignore[attr-defined]
     except Exception:
         if embedded is not None:
             embedded.stop()
@@ -185,7 +222,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
     commands = CommandService(app, HANDLERS, email_key=email_key(settings), clock=clock or SystemClock())
     tokens = TokenIssuer(jwt_settings(settings))
     kafka = kafka_feed(settings, url, app) if settings.kafka_bootstrap_servers else None
-    return System(settings, app, commands, tokens, embedded, read, url, kafka)
+    return System(settings, app, commands, tokens, embedded, read, url, kafka,
+                  audit_key=audit_signing_key(settings))
 
 
 # -- Kafka ----------------------------------------------------------------------------

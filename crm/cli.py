@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -38,6 +39,7 @@ def serve(
             system.start_projections()
             if system.kafka is not None:
                 system.start_kafka()
+        system.start_checkpoints()
         host = host or settings.host
         port = port or settings.port
         base = f"http://{host}:{port}"
@@ -463,6 +465,217 @@ def kafka_schemas(
     if result.missing or result.changed:
         raise typer.Exit(1)
     typer.echo("schemas match the event classes")
+# -- crm audit ------------------------------------------------------------------------
+audit_app = typer.Typer(help="The tamper-evident log: checkpoints, verification, exports.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+def _public_key(path: Any) -> Any:
+    from replay.signing import load_public_key
+
+    try:
+        return load_public_key(path.read_text())
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: cannot read the public key {path}: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@audit_app.command("public-key")
+def audit_public_key() -> None:
+    """Print the public key (PEM) that checks checkpoints and exports."""
+    from crm.bootstrap import audit_signing_key
+    from crm.settings import Settings
+    from replay.signing import public_key_pem
+
+    typer.echo(public_key_pem(audit_signing_key(Settings()).public_key()), nl=False)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the head of the hash chain now."""
+    from replay.audit import write_checkpoint
+
+    system = _system()
+    try:
+        cp = write_checkpoint(system.app.factory.datastore.get_connection, system.audit_key)
+    finally:
+        system.close()
+    if cp is None:
+        typer.echo("the event log is empty: nothing to sign")
+    else:
+        typer.echo(f"checkpoint at position {cp.notification_id}: {cp.hash.hex()} "
+                   f"(key {cp.key_id}, {cp.signed_at})")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    public_key: Annotated[Path | None, typer.Option(
+        help="PEM (or hex) public key to check the checkpoints with; default: this "
+        "installation's own.")] = None,
+) -> None:
+    """Recompute the hash chain and check the signed checkpoints (exit 1 on any finding)."""
+    from replay.audit import verify_chain
+
+    key = _public_key(public_key) if public_key is not None else None
+    system = _system()
+    try:
+        report = verify_chain(system.app.factory.datastore.get_connection,
+                              key or system.audit_key.public_key(),
+                              progress=lambda n: typer.echo(f"  {n:,} events ...", err=True))
+    finally:
+        system.close()
+    typer.echo(f"{report.events:,} events, head {report.head} ({report.head_hash.hex()}), "
+               f"{report.checkpoints} checkpoints, {report.seconds:.1f} s "
+               f"({report.events_per_second:,.0f} events/s)")
+    if report.findings:
+        typer.echo(f"FIRST BROKEN AT POSITION {report.findings[0].position}: "
+                   f"{report.findings[0].kind}")
+        for finding in report.findings:
+            typer.echo(f"  {finding}")
+        if report.truncated:
+            typer.echo("  (more findings not shown)")
+        raise typer.Exit(1)
+    typer.echo("the chain is intact")
+
+
+def _parse_time(value: str | None, option: str) -> Any:
+    from datetime import datetime
+
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        typer.echo(f"error: {option} must be an ISO 8601 date-time with a time zone", err=True)
+        raise typer.Exit(2)
+    return when
+
+
+def _uuid(value: str, what: str) -> Any:
+    from uuid import UUID
+
+    try:
+        return UUID(value)
+    except ValueError:
+        typer.echo(f"error: {what} must be a UUID", err=True)
+        raise typer.Exit(2) from None
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Argument(help="Directory to write events.jsonl and manifest.json to.")],
+    customer: Annotated[str, typer.Option("--customer", help="The customer's id.")],
+    from_: Annotated[str | None, typer.Option("--from", help="Business time from (inclusive).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Business time to (exclusive).")] = None,
+    actor: Annotated[str, typer.Option(help="Who takes the export (recorded with it).")] = "",
+) -> None:
+    """Write a signed audit export of a customer's events (recorded as an event itself)."""
+    import getpass
+    import hashlib
+
+    from commands.application import Principal
+    from commands.audit import record_export
+    from replay.export import ExportRequest, export_customer
+    from replay.state import Replayer
+
+    customer_id = _uuid(customer, "--customer")
+    start, end = _parse_time(from_, "--from"), _parse_time(to, "--to")
+    who = Principal(actor or f"cli:{getpass.getuser()}", "auditor")
+    system = _system()
+    try:
+        replayer = Replayer(system.app.factory.datastore.get_connection, system.app.codec)
+        if replayer.kind_of(customer_id) != "customer":
+            typer.echo(f"error: no customer {customer_id}", err=True)
+            raise typer.Exit(2)
+        files = export_customer(replayer, system.audit_key,
+                                ExportRequest(customer_id, start, end, who.id, who.role))
+        files.write(out)
+        record_export(system.commands, files.manifest,
+                      hashlib.sha256(files.manifest_bytes).hexdigest(), who, "cli-audit-export")
+    finally:
+        system.close()
+    typer.echo(f"{files.manifest['events']} events of customer {customer_id} written to {out}")
+
+
+@audit_app.command("verify-export")
+def audit_verify_export(
+    export: Annotated[Path, typer.Argument(help="An export directory (or a zip of one).")],
+    public_key: Annotated[Path, typer.Option(help="The PEM (or hex) public key of the installation "
+                                             "that signed it (`crm audit public-key`).")],
+) -> None:
+    """Check an export offline: no database, only the public key (exit 1 if anything is wrong)."""
+    from replay.export import read_export, verify_export
+
+    key = _public_key(public_key)
+    try:
+        events, manifest = read_export(export)
+    except (OSError, KeyError, ValueError) as e:
+        typer.echo(f"error: cannot read the export {export}: {e}", err=True)
+        raise typer.Exit(2) from None
+    problems = verify_export(events, manifest, key)
+    if problems:
+        typer.echo("the export is NOT intact:")
+        for problem in problems:
+            typer.echo(f"  {problem}")
+        raise typer.Exit(1)
+    typer.echo(f"the export is intact and signed by this key ({len(events.splitlines())} events)")
+
+
+# -- crm replay -----------------------------------------------------------------------
+replay_app = typer.Typer(help="Timelines and records as of a time, from the event log.",
+                         no_args_is_help=True)
+app.add_typer(replay_app, name="replay")
+
+
+@replay_app.command("timeline")
+def replay_timeline(
+    customer: Annotated[str, typer.Argument(help="The customer's id.")],
+    after: Annotated[int, typer.Option(help="Start after this log position.")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    from_: Annotated[str | None, typer.Option("--from", help="Business time from.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Business time to (exclusive).")] = None,
+    type_: Annotated[list[str] | None, typer.Option("--type", help="Event types.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor's events.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines instead of text.")] = False,
+) -> None:
+    """Print a customer's timeline across all its records, with field-level changes."""
+    import json
+
+    from replay.state import Replayer
+    from replay.timeline import TimelineQuery, known_type, timeline
+
+    customer_id = _uuid(customer, "CUSTOMER")
+    for name in type_ or ():
+        if not known_type(name):
+            typer.echo(f"error: unknown event type {name!r}", err=True)
+            raise typer.Exit(2)
+    query = TimelineQuery(after=after, limit=limit, occurred_from=_parse_time(from_, "--from"),
+                          occurred_to=_parse_time(to, "--to"), types=tuple(type_ or ()), actor=actor)
+    system = _system()
+    try:
+        replayer = Replayer(system.app.factory.datastore.get_connection, system.app.codec)
+        if replayer.kind_of(customer_id) != "customer":
+            typer.echo(f"error: no customer {customer_id}", err=True)
+            raise typer.Exit(2)
+        page = timeline(replayer, customer_id, query)
+    finally:
+        system.close()
+    for item in page.items:
+        if as_json:
+            typer.echo(json.dumps(item, sort_keys=True))
+            continue
+        typer.echo(f"#{item['position']} {item['occurred_at']} (recorded {item['recorded_at']}) "
+                   f"{item['type']} {item['aggregate_type']} {item['aggregate_id']} "
+                   f"v{item['aggregate_version']} by {item['actor_id']} ({item['actor_role']})"
+                   + (f" -- {item['reason']}" if item["reason"] else ""))
+        for change in item["changes"] or ():
+            typer.echo(f"    {change['field']}: {json.dumps(change['before'])} -> "
+                       f"{json.dumps(change['after'])}")
+    if page.next_after is not None:
+        typer.echo(f"(more: --after {page.next_after})", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,3 +60,15 @@ class Settings(BaseSettings):
         default=None,
         description="Base of the envelopes' dataschema URIs; unset: http://HOST:PORT/api/v1/schemas.")
     kafka_batch_size: int = Field(default=5000, ge=1, le=100_000)
+    # -- audit: the signed hash chain -------------------------------------------------
+    audit_signing_key: SecretStr | None = Field(
+        default=None,
+        description="64 hex digits: the Ed25519 key that signs chain checkpoints and audit "
+        "exports. Unset: one kept in data_dir.",
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often `crm serve` signs the chain head (0: never; `crm audit "
+        "checkpoint` signs on demand).",
+    )

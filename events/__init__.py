@@ -3,11 +3,12 @@
 Importing this package registers every event type under its stored name.
 """
 
-from events import customer, interaction, opportunity, service_request, task
+from events import audit, customer, interaction, opportunity, service_request, task
 from events.base import Actor, CrmEvent, EventMeta, all_event_types, event_type
 
 __all__ = [
     "Actor",
+    "audit",
     "CrmEvent",
     "EventMeta",
     "all_event_types",

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
+from events import audit as ae
 from events import customer as ce
 from events import interaction as ie
 from events import opportunity as oe
@@ -119,6 +120,7 @@ SUMMARIES: dict[type[CrmEvent], Summary] = {
     te.TaskCommented: lambda e: "Task comment added",
     te.TaskCompleted: lambda e: "Task completed",
     te.TaskCancelled: lambda e: "Task cancelled",
+    ae.AuditExported: lambda e: f"Audit export taken ({e.events} events)",
 }
 _SUMMARY_BY_NAME = {cls.type_name: fn for cls, fn in SUMMARIES.items()}
 

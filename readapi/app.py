@@ -8,6 +8,7 @@ from readapi import problems
 from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
 from readapi.queries import build_read_router
+from readapi.replay_routes import build_replay_router
 from readapi.routes import Services, build_router
 from readapi.schemas import build_schemas_router
 
@@ -26,6 +27,7 @@ def create_app(services: Services, *, title: str = "CRM core API") -> FastAPI:
     app.state.http_metrics = metrics
     problems.install(app)
     app.include_router(build_ops_router(metrics))
+    app.include_router(build_replay_router())  # before the record routes: /{id}/timeline
     app.include_router(build_router())
     app.include_router(build_read_router())
     app.include_router(build_schemas_router())

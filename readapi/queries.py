@@ -39,6 +39,7 @@ from readapi.listing import (
     run_query,
 )
 from readapi.problems import Problem
+from readapi.replay_routes import AS_OF_PARAMETERS, as_of_record
 from readapi.routes import Caller, services
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -257,6 +258,8 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
     label = aggregate_type.replace("_", " ")
 
     def get_row(id: UUID, caller: Caller, request: Request) -> JSONResponse:
+        if "as_of" in request.query_params or "as_known_at" in request.query_params:
+            return as_of_record(request, caller, aggregate_type, id)  # from the events
         after = read_after(request)
         with reading(services(request).read, after) as conn:
             row = conn.execute(f'SELECT * FROM {spec.table} WHERE "{spec.key}" = %s', (id,)).fetchone()
@@ -269,7 +272,7 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
         f"{path}/{{id}}", get_row, methods=["GET"], operation_id=get_row.__name__,
         summary=f"The {label} as the read model has it (ETag: its version); "
                 f"{path}/{{id}}/current rebuilds it from its events",
-        openapi_extra={"parameters": OPENAPI_PARAMETERS},
+        openapi_extra={"parameters": [*OPENAPI_PARAMETERS, *AS_OF_PARAMETERS]},
         responses={404: {"description": "No such record (yet: see min_position)"}},
     )
 

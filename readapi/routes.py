@@ -46,6 +46,7 @@ class Services:
     read: ReadSide | None = None
     #: the Kafka publisher, when publishing is on (for /metrics)
     kafka: KafkaFeed | None = None
+    audit_key: Any = None  # the Ed25519 key that signs audit exports
 
 
 class WriteResponse(BaseModel):

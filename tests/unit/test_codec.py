@@ -17,6 +17,7 @@ from eventsourcing.persistence import StoredEvent
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
 from aggregates.errors import PersonalDataErased
+from events.audit import AuditExported
 from events.base import Actor, CrmEvent, EventMeta, UnknownEventType, all_event_types
 from events.codec import CrmMapper, EventCodec, EventDecodeError
 from events.customer import (
@@ -204,6 +205,10 @@ SAMPLES: list[Sample] = [
                                 "body": "Ada is on holiday"}, ("Ada is on holiday",)),
     Sample(TaskCompleted, TID, {"customer_id": CID}),
     Sample(TaskCancelled, TID, {"customer_id": CID}),
+    Sample(AuditExported, UUID("00000000-0000-4000-8000-0000000000e1"), {
+        "customer_id": CID, "occurred_from": None, "occurred_to": RECORDED, "events": 3,
+        "last_position": 10, "head_position": 12, "manifest_sha256": "cd" * 32,
+    }),
     # A task with no customer: its own id is the data subject.
     Sample(TaskCreated, TID_NO_CUSTOMER, {
         "customer_id": None, "title": "Internal: renew certificates", "description": "",

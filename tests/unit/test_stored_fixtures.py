@@ -80,6 +80,7 @@ OPPORTUNITY_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e02")
 INTERACTION_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e03")
 REQUEST_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e04")
 TASK_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e05")
+EXPORT_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e41")
 EMAIL_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e11")
 PHONE_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e12")
 COMMENT_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e21")
@@ -211,6 +212,11 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
     }),
     ("TaskCompleted", 1): (TASK_ID, 2, {"customer_id": CUSTOMER_ID}),
     ("TaskCancelled", 1): (TASK_ID, 2, {"customer_id": CUSTOMER_ID}),
+    ("AuditExported", 1): (EXPORT_ID, 1, {
+        "customer_id": CUSTOMER_ID, "occurred_from": None,
+        "occurred_to": datetime(2026, 3, 1, tzinfo=UTC), "events": 42, "last_position": 1234,
+        "head_position": 1240, "manifest_sha256": "ab" * 32,
+    }),
 }
 
 
