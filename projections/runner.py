@@ -37,6 +37,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from events.codec import EventCodec
+from projections.memory import relaxed_gc
 from projections.base import BatchResult, BatchView, ParkedEvent, Projection, Row, Table
 
 log = structlog.get_logger("crm.projections")
@@ -488,17 +489,18 @@ class BatchRunner:
                 return result.position or 0
             if result.events < self._limit:
                 continue
-            ahead = _ReadAhead(self, result.position or 0, stop_at)
-            try:
-                while (batch := ahead.next()) is not None:
-                    result = self.run_batch(stop_at=stop_at, ahead=batch)
-                    if done(result):
-                        return result.position or 0
-            except _StaleReadAhead as e:
-                log.warning("read-ahead discarded", projection=self.projection.name, reason=str(e))
-                continue
-            finally:
-                ahead.stop()
+            with relaxed_gc():
+                ahead = _ReadAhead(self, result.position or 0, stop_at)
+                try:
+                    while (batch := ahead.next()) is not None:
+                        result = self.run_batch(stop_at=stop_at, ahead=batch)
+                        if done(result):
+                            return result.position or 0
+                except _StaleReadAhead as e:
+                    log.warning("read-ahead discarded", projection=self.projection.name, reason=str(e))
+                    continue
+                finally:
+                    ahead.stop()
             return result.position or 0
 
     def run(self, stop: threading.Event, *, follow_active: Callable[[], str | None] | None = None) -> None:
