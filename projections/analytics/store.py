@@ -1,0 +1,444 @@
+"""The analytics projection: the event log applied to a DuckDB file in large batches.
+
+One batch = up to ``batch_size`` stored events after the tracked position, read from
+PostgreSQL as one Arrow table and handed to DuckDB whole: DuckDB parses the JSON
+documents, flattens them into ``fact_events`` and refreshes the star's tables with set
+operations (no row-by-row inserts, no Python per event except a keyed hash per new
+customer). The rows and the new position commit in ONE DuckDB transaction, so a crash
+at any moment loses nothing and applies nothing twice.
+
+Personal fields are never read: the sealed part of a stored event is not opened, so no
+name or address reaches DuckDB, and destroying a customer's key (erasure) needs no
+change here. Customers appear as ``customer_key``, an HMAC of their id under a key of
+the deployment; the pairs (key, id) go to the PostgreSQL table ``crm_analytics_customers``
+so that the HTTP API can show a role that may see personal data who a key is.
+
+Leadership: the process holding the PostgreSQL advisory lock ``crm_analytics`` is the
+only one that writes; it keeps the DuckDB file open for as long as it leads, and so is
+also the process that answers analysts' SQL (``projections.analytics.sandbox``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import structlog
+
+from events.base import all_event_types
+from projections.analytics import schema
+
+log = structlog.get_logger("crm.analytics")
+
+LOCK_NAME = "crm_analytics"
+TRACKING_NAME = "crm_events"
+#: Default service-level targets (hours to first response, hours to resolution).
+DEFAULT_SLA_TARGETS: dict[str, tuple[float, float]] = {
+    "urgent": (1.0, 8.0),
+    "high": (4.0, 24.0),
+    "normal": (8.0, 72.0),
+    "low": (24.0, 120.0),
+}
+_DOC_STRUCTURE = (
+    '{"type": "VARCHAR", "version": "INTEGER", "event_id": "UUID", "occurred_at": "VARCHAR",'
+    ' "recorded_at": "VARCHAR", "actor": {"id": "VARCHAR", "role": "VARCHAR"},'
+    ' "reason": "VARCHAR", "correlation_id": "VARCHAR", "causation_id": "VARCHAR",'
+    ' "command_id": "VARCHAR", "data": "JSON"}'
+)
+_PG_DDL = """
+CREATE TABLE IF NOT EXISTS crm_analytics_customers (
+    customer_key text PRIMARY KEY, customer_id uuid NOT NULL)
+"""
+
+
+class NotLeader(RuntimeError):
+    """Another process owns the analytics database."""
+
+
+@dataclass
+class AnalyticsStats:
+    batches: int = 0
+    events: int = 0
+    parked: int = 0
+    position: int = 0
+    last_batch_seconds: float = 0.0
+    is_leader: bool = False
+
+
+@dataclass
+class AnalyticsConfig:
+    """What the composition root decides: where the file is, limits, stages, targets."""
+
+    path: Path
+    conninfo: str
+    pseudonym_key: bytes
+    #: (pipeline, stage, order, probability) of every configured stage
+    stages: tuple[tuple[str, str, int, int], ...] = ()
+    sla_targets: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: dict(DEFAULT_SLA_TARGETS))
+    batch_size: int = 100_000
+    memory_limit: str = "1GB"
+    threads: int = 2
+    query_timeout_seconds: float = 10.0
+    max_rows: int = 100_000
+    poll_seconds: float = 1.0
+    events_table: str = "crm_events"
+
+
+def customer_key(pseudonym_key: bytes, customer_id: str) -> str:
+    """The pseudonymous key analysts see for a customer (128 bits of an HMAC-SHA256)."""
+    return hmac.new(pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class AnalyticsProjection:
+    """Owns the analytics DuckDB file while it leads; applies the log to it."""
+
+    def __init__(self, config: AnalyticsConfig):
+        self.config = config
+        self.stats = AnalyticsStats()
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self._pg: psycopg.Connection[Any] | None = None
+        self.db: duckdb.DuckDBPyConnection | None = None
+        self._db_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._types = pa.table({
+            "type_name": list(all_event_types()),
+            "aggregate_type": [c.aggregate_type for c in all_event_types().values()],
+        })
+
+    # -- leadership and the file ---------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self.db is not None
+
+    def try_lead(self) -> bool:
+        """Take the analytics leadership if free (held until ``close``)."""
+        if self._lock_conn is not None and not self._lock_conn.closed:
+            return True
+        conn = psycopg.connect(self.config.conninfo, autocommit=True)
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (LOCK_NAME,)).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self._lock_conn = conn
+        self.stats.is_leader = True
+        return True
+
+    def open(self) -> duckdb.DuckDBPyConnection:
+        """Lead, open the file for writing and lock it down; the write connection."""
+        if self.db is not None:
+            return self.db
+        if not self.try_lead():
+            raise NotLeader("another process owns the analytics database")
+        self.db = open_database(self.config.path, self.config)
+        return self.db
+
+    def close(self) -> None:
+        with self._db_lock:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+        for conn in (self._pg, self._lock_conn):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._pg = self._lock_conn = None
+        self.stats.is_leader = False
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the open database (for a query thread)."""
+        with self._db_lock:
+            if self.db is None:
+                raise NotLeader("the analytics database is not open in this process")
+            return self.db.cursor()
+
+    def _pg_conn(self) -> psycopg.Connection[Any]:
+        if self._pg is None or self._pg.closed:
+            self._pg = psycopg.connect(self.config.conninfo, autocommit=True)
+            self._pg.execute(_PG_DDL)
+        return self._pg
+
+    # -- batches -----------------------------------------------------------------------
+    def position(self) -> int:
+        return tracked_position(self.open())
+
+    def head(self) -> int:
+        row = self._pg_conn().execute(
+            f'SELECT coalesce(max(notification_id), 0) FROM "{self.config.events_table}"'
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def run_batch(self, *, stop_at: int | None = None) -> int:
+        """Apply the next batch; how many events it held (0: the log is reached)."""
+        db = self.open()
+        started = time.perf_counter()
+        position = tracked_position(db)
+        limit = self.config.batch_size
+        if stop_at is not None:
+            limit = max(0, min(limit, stop_at - position))
+        if limit == 0:
+            return 0
+        with self._pg_conn().cursor(binary=True) as cur:
+            cur.execute(
+                "SELECT notification_id, originator_id::text, originator_version, topic, state"
+                f' FROM "{self.config.events_table}" WHERE notification_id > %s'
+                " ORDER BY notification_id LIMIT %s",
+                (position, limit),
+            )
+            rows = cur.fetchall()
+        if not rows:
+            return 0
+        cols = list(zip(*rows, strict=True))
+        batch = pa.table({
+            "position": pa.array(cols[0], pa.int64()),
+            "aggregate_id": pa.array(cols[1], pa.string()),
+            "aggregate_version": pa.array(cols[2], pa.int64()),
+            "topic": pa.array(cols[3], pa.string()),
+            "state": pa.array(cols[4], pa.binary()),
+        })
+        del rows, cols
+        last = int(batch.column("position")[-1].as_py())
+        parked = apply_batch(db, batch, self._types, self.config.pseudonym_key, last,
+                             on_new_customers=self._record_customers)
+        self.stats.batches += 1
+        self.stats.events += batch.num_rows
+        self.stats.parked += parked
+        self.stats.position = last
+        self.stats.last_batch_seconds = time.perf_counter() - started
+        return batch.num_rows
+
+    def _record_customers(self, pairs: pa.Table) -> None:
+        keys = pairs.column("customer_key").to_pylist()
+        ids = pairs.column("customer_id").to_pylist()
+        if keys:
+            self._pg_conn().execute(
+                "INSERT INTO crm_analytics_customers (customer_key, customer_id)"
+                " SELECT * FROM unnest(%s::text[], %s::uuid[]) ON CONFLICT DO NOTHING",
+                (keys, ids),
+            )
+
+    def catch_up(self, *, stop_at: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> int:
+        """Apply batches until the log's head (or ``stop_at``); the position."""
+        head = self.head() if stop_at is None else stop_at
+        while True:
+            n = self.run_batch(stop_at=stop_at)
+            if progress is not None:
+                head = max(head, self.stats.position)
+                progress(tracked_position(self.open()), head)
+            if n == 0:
+                return tracked_position(self.open())
+
+    # -- following the log ---------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Lead (or wait to lead), then follow the log until ``stop`` is set."""
+        listener: psycopg.Connection[Any] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if not self.try_lead():
+                        stop.wait(self.config.poll_seconds)
+                        continue
+                    if listener is None or listener.closed:
+                        listener = psycopg.connect(self.config.conninfo, autocommit=True)
+                        listener.execute(f'LISTEN "{self.config.events_table}"')
+                    if self.run_batch() >= self.config.batch_size:
+                        continue
+                    deadline = time.monotonic() + self.config.poll_seconds
+                    while not stop.is_set() and time.monotonic() < deadline:
+                        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
+                            break
+                except Exception as e:  # noqa: BLE001 -- logged; the projection must not die
+                    log.exception("analytics projection failed; retrying", error=str(e))
+                    self.close()
+                    if listener is not None:
+                        listener.close()
+                        listener = None
+                    stop.wait(self.config.poll_seconds)
+        finally:
+            if listener is not None:
+                listener.close()
+            self.close()
+
+    def start(self) -> None:
+        """Follow the log in a thread of this process."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, args=(self._stop,),
+                                        name="analytics-projection", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.close()
+
+    # -- rebuild -------------------------------------------------------------------------
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Build a new file from position 0 beside the live one, then replace it."""
+        if not self.try_lead():
+            raise NotLeader("another process owns the analytics database")
+        with self._db_lock:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+        target = self.config.path
+        fresh = target.with_name(target.name + ".rebuild")
+        for p in (fresh, Path(str(fresh) + ".wal")):
+            p.unlink(missing_ok=True)
+        self.config.path = fresh
+        try:
+            position = self.catch_up(progress=progress)
+            with self._db_lock:
+                if self.db is not None:
+                    self.db.execute("CHECKPOINT")
+                    self.db.close()
+                    self.db = None
+        finally:
+            self.config.path = target
+        Path(str(target) + ".wal").unlink(missing_ok=True)
+        os.replace(fresh, target)
+        return position
+
+
+# -- the database itself ---------------------------------------------------------------------
+def open_database(path: Path, config: AnalyticsConfig) -> duckdb.DuckDBPyConnection:
+    """Open (creating if new) the analytics file for writing, set up and locked down."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = duckdb.connect(str(path), config={"memory_limit": config.memory_limit,
+                                           "threads": config.threads})
+    try:
+        setup(db, config)
+        # From here on: no file or network access from SQL, no setting can change.
+        db.execute("SET enable_external_access = false")
+        db.execute("SET lock_configuration = true")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def setup(db: duckdb.DuckDBPyConnection, config: AnalyticsConfig) -> None:
+    """Tables, views, comments, and the configured stages and SLA targets."""
+    db.execute("SET TimeZone = 'UTC'")
+    db.execute("BEGIN")
+    db.execute(schema.TRACKING_DDL)
+    db.execute(schema.FACT_EVENTS_DDL)
+    for t in schema.TABLES:
+        db.execute(f"CREATE TABLE IF NOT EXISTS {t.name} ({t.columns})")
+    db.execute("CREATE TABLE IF NOT EXISTS analytics_parked ("
+               "position BIGINT, topic VARCHAR, error VARCHAR)")
+    if not db.execute("SELECT count(*) FROM analytics_tracking").fetchall()[0][0]:
+        db.execute("INSERT INTO analytics_tracking VALUES (?, 0, ?)", [TRACKING_NAME, _utcnow()])
+    db.execute("DELETE FROM dim_stage")
+    if config.stages:
+        db.executemany("INSERT INTO dim_stage VALUES (?, ?, ?, ?)", list(config.stages))
+    db.execute("DELETE FROM sla_target")
+    db.executemany("INSERT INTO sla_target VALUES (?, ?, ?)",
+                   [(p, fr, rs) for p, (fr, rs) in sorted(config.sla_targets.items())])
+    for ddl in schema.view_ddl():
+        db.execute(ddl)
+    for ddl in schema.comment_ddl():
+        db.execute(ddl)
+    db.execute("COMMIT")
+
+
+def tracked_position(db: duckdb.DuckDBPyConnection) -> int:
+    rows = db.execute("SELECT position FROM analytics_tracking WHERE name = ?",
+                      [TRACKING_NAME]).fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table, types: pa.Table,
+                pseudonym_key: bytes, last: int,
+                on_new_customers: Callable[[pa.Table], None] | None = None) -> int:
+    """Apply one Arrow batch of stored events and move the position, in one transaction;
+    the number of events parked (undecodable)."""
+    db.register("batch", batch)
+    db.register("event_types", types)
+    try:
+        db.execute("BEGIN")
+        db.execute(f"""
+            CREATE OR REPLACE TEMP TABLE staged AS
+            SELECT b.position, CAST(b.aggregate_id AS UUID) AS aggregate_id, b.aggregate_version,
+                   b.topic, coalesce(t.aggregate_type, 'unknown') AS aggregate_type,
+                   from_json(decode(b.state), '{_DOC_STRUCTURE}') AS d
+            FROM batch b LEFT JOIN event_types t ON t.type_name = b.topic
+            WHERE json_valid(decode(b.state))""")
+        parked = db.execute("""
+            INSERT INTO analytics_parked
+            SELECT position, topic, 'not a JSON document' FROM batch
+            WHERE NOT json_valid(decode(state))""").fetchall()[0][0]
+        ids = db.execute("""
+            SELECT DISTINCT CASE WHEN aggregate_type = 'customer' THEN CAST(aggregate_id AS VARCHAR)
+                                 ELSE d.data->>'customer_id' END AS customer_id
+            FROM staged WHERE customer_id IS NOT NULL""").fetchall()
+        keys = pa.table({
+            "customer_id": [r[0] for r in ids],
+            "customer_key": [customer_key(pseudonym_key, r[0]) for r in ids],
+        })
+        db.register("customer_keys", keys)
+        db.execute(f"""
+            CREATE OR REPLACE TEMP TABLE new_events AS
+            SELECT s.position, CAST(s.d.event_id AS UUID) AS event_id,
+                   coalesce(s.d.type, s.topic) AS event_type,
+                   coalesce(s.d.version, 1) AS event_version, s.aggregate_type, s.aggregate_id,
+                   s.aggregate_version, k.customer_key,
+                   {schema._ts('s.d.occurred_at')} AS occurred_at,
+                   {schema._ts('s.d.recorded_at')} AS recorded_at,
+                   s.d.actor.id AS actor_id, s.d.actor.role AS actor_role, s.d.reason,
+                   s.d.correlation_id, s.d.causation_id,
+                   TRY_CAST(s.d.command_id AS UUID) AS command_id, s.d.data AS payload
+            FROM staged s LEFT JOIN customer_keys k
+              ON k.customer_id = CASE WHEN s.aggregate_type = 'customer'
+                                      THEN CAST(s.aggregate_id AS VARCHAR)
+                                      ELSE s.d.data->>'customer_id' END
+            ORDER BY s.position""")
+        db.execute("INSERT INTO fact_events SELECT * FROM new_events")
+        for t in schema.TABLES:
+            if t.kind == "append":
+                db.execute(f"INSERT INTO {t.name} {t.select}")
+                continue
+            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {t.touched}")
+            if db.execute("SELECT count(*) FROM touched").fetchall()[0][0] == 0:
+                continue
+            db.execute(f"DELETE FROM {t.name} WHERE {t.key} IN (SELECT k FROM touched)")
+            db.execute(f"INSERT INTO {t.name} {t.select}")
+        if on_new_customers is not None:
+            new = db.sql("""
+                SELECT DISTINCT k.customer_key, k.customer_id FROM new_events e
+                JOIN customer_keys k ON k.customer_key = e.customer_key
+                WHERE e.event_type = 'CustomerRegistered'""").to_arrow_table()
+            on_new_customers(new)
+        db.execute("UPDATE analytics_tracking SET position = ?, updated_at = ? WHERE name = ?",
+                   [last, _utcnow(), TRACKING_NAME])
+        db.execute("COMMIT")
+    except BaseException:
+        try:
+            db.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+    finally:
+        for name in ("batch", "event_types", "customer_keys"):
+            try:
+                db.unregister(name)
+            except duckdb.Error:
+                pass
+    return int(parked)
