@@ -20,6 +20,7 @@ from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
 from commands.clock import Clock, SystemClock
 from crm.settings import Settings
+from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
 from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
@@ -128,20 +129,25 @@ class System:
     embedded: EmbeddedPostgres | None = None
     read: ReadSide | None = None
     database_url: str = ""
+    analytics: AnalyticsProjection | None = None
     _closed: bool = field(default=False, repr=False)
 
     def http_app(self) -> FastAPI:
-        return create_app(Services(self.app, self.commands, self.tokens, self.read))
+        return create_app(Services(self.app, self.commands, self.tokens, self.read, self.analytics))
 
     def start_projections(self) -> None:
         """Run the read models' runners as threads of this process."""
         assert self.read is not None
         self.read.start()
+        if self.analytics is not None and self.settings.analytics_enabled:
+            self.analytics.start()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.analytics is not None:
+            self.analytics.stop()
         if self.read is not None:
             self.read.stop()
         self.app.close()
@@ -174,4 +180,29 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         raise
     commands = CommandService(app, HANDLERS, email_key=email_key(settings), clock=clock or SystemClock())
     tokens = TokenIssuer(jwt_settings(settings))
-    return System(settings, app, commands, tokens, embedded, read, url)
+    return System(settings, app, commands, tokens, embedded, read, url,
+                  analytics=AnalyticsProjection(analytics_config(settings, url)))
+
+
+# -- analytics ----------------------------------------------------------------------------
+def analytics_config(settings: Settings, url: str) -> AnalyticsConfig:
+    """Where the analytics DuckDB file lives, its limits, and the pipelines' stages."""
+    from commands import PIPELINES
+
+    if settings.analytics_pseudonym_key is not None:
+        pseudonym_key = bytes.fromhex(settings.analytics_pseudonym_key.get_secret_value())
+    else:
+        pseudonym_key = hashlib.sha256(b"crm analytics pseudonyms|" + master_key(settings)).digest()
+    stages = tuple((p.name, s.name, i, s.probability)
+                   for p in PIPELINES.values() for i, s in enumerate(p.stages))
+    return AnalyticsConfig(
+        path=settings.analytics_path or settings.data_dir / "analytics.duckdb",
+        conninfo=url,
+        pseudonym_key=pseudonym_key,
+        stages=stages,
+        batch_size=settings.analytics_batch_size,
+        memory_limit=settings.analytics_memory_limit,
+        threads=settings.analytics_threads,
+        query_timeout_seconds=settings.analytics_query_timeout_seconds,
+        max_rows=settings.analytics_max_rows,
+    )

@@ -275,5 +275,12 @@ def projections_verify(
                "equal to a fresh build")
 
 
+# -- crm sql, crm analytics (DuckDB) ------------------------------------------------------
+from crm.analytics_cli import analytics_app, sql  # noqa: E402 -- kept in its own module
+
+app.command("sql")(sql)
+app.add_typer(analytics_app, name="analytics")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -25,6 +25,7 @@ from commands import service_request as cs
 from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request as CommandRequest
 from commands.application import WriteResult
+from projections.analytics.store import AnalyticsProjection
 from projections.service import ReadSide
 from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
@@ -43,6 +44,7 @@ class Services:
     commands: CommandService
     tokens: TokenIssuer
     read: ReadSide | None = None
+    analytics: AnalyticsProjection | None = None
 
 
 class WriteResponse(BaseModel):

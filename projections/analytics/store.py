@@ -220,7 +220,7 @@ class AnalyticsProjection:
         self.stats.parked += parked
         self.stats.position = last
         self.stats.last_batch_seconds = time.perf_counter() - started
-        return batch.num_rows
+        return int(batch.num_rows)
 
     def _record_customers(self, pairs: pa.Table) -> None:
         keys = pairs.column("customer_key").to_pylist()
