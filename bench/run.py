@@ -15,13 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import projection_catchup, write_throughput
+from bench import analytics_catchup, projection_catchup, write_throughput
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 #: --only names -> (report file stem, what it measures)
 BENCHMARKS = {
     "write": ("write_throughput", "commands/s of the write side"),
     "catchup": ("projection_catchup", "read-model catch-up events/s and projection lag"),
+    "analytics": ("analytics_catchup", "DuckDB catch-up events/s beside PostgreSQL; KPI query times"),
 }
 
 
@@ -93,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         doc = projection_catchup.measure(catchup)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["catchup"][0], args.quick, doc, projection_catchup.markdown(doc))
+    if "analytics" in only:
+        analytics = analytics_catchup.QUICK if args.quick else analytics_catchup.FULL
+        if args.events is not None:
+            analytics = dataclasses.replace(analytics, events=catchup.events)
+        if args.reps is not None:
+            analytics = dataclasses.replace(analytics, reps=args.reps)
+        analytics = dataclasses.replace(analytics, server=catchup.server, embedded=catchup.embedded)
+        doc = analytics_catchup.measure(analytics)
+        doc["settings"]["quick"] = args.quick
+        _write_report(BENCHMARKS["analytics"][0], args.quick, doc, analytics_catchup.markdown(doc))
     return 0
 
 

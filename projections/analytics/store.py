@@ -25,6 +25,7 @@ import hmac
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ log = structlog.get_logger("crm.analytics")
 
 LOCK_NAME = "crm_analytics"
 TRACKING_NAME = "crm_events"
+DERIVED_NAME = "derived"
 #: Default service-level targets (hours to first response, hours to resolution).
 DEFAULT_SLA_TARGETS: dict[str, tuple[float, float]] = {
     "urgent": (1.0, 8.0),
@@ -56,6 +58,28 @@ _DOC_STRUCTURE = (
     ' "reason": "VARCHAR", "correlation_id": "VARCHAR", "causation_id": "VARCHAR",'
     ' "command_id": "VARCHAR", "data": "JSON"}'
 )
+_STAGE = f"""
+    CREATE OR REPLACE TEMP TABLE new_events AS
+    WITH s AS (
+      SELECT b.position, CAST(b.aggregate_id AS UUID) AS aggregate_id, b.aggregate_version,
+             b.topic, coalesce(t.aggregate_type, 'unknown') AS aggregate_type,
+             from_json(b.state, '{_DOC_STRUCTURE}') AS d
+      FROM batch b LEFT JOIN event_types t ON t.type_name = b.topic WHERE_CLAUSE),
+    c AS (
+      SELECT *, CASE WHEN aggregate_type = 'customer' THEN CAST(aggregate_id AS VARCHAR)
+                     ELSE d.data->>'customer_id' END AS customer_id FROM s)
+    SELECT position, CAST(d.event_id AS UUID) AS event_id, coalesce(d.type, topic) AS event_type,
+           coalesce(d.version, 1) AS event_version, aggregate_type, aggregate_id,
+           aggregate_version,
+           -- HMAC-SHA256(key, customer id): H(key ^ opad || H(key ^ ipad || id))
+           left(sha256(unhex('OPAD') || unhex(sha256(unhex('IPAD') || encode(customer_id)))), 32)
+             AS customer_key,
+           {schema._ts('d.occurred_at')} AS occurred_at,
+           {schema._ts('d.recorded_at')} AS recorded_at,
+           d.actor.id AS actor_id, d.actor.role AS actor_role, d.reason, d.correlation_id,
+           d.causation_id, TRY_CAST(d.command_id AS UUID) AS command_id, d.data AS payload,
+           customer_id
+    FROM c ORDER BY position"""
 _PG_DDL = """
 CREATE TABLE IF NOT EXISTS crm_analytics_customers (
     customer_key text PRIMARY KEY, customer_id uuid NOT NULL)
@@ -147,6 +171,7 @@ class AnalyticsProjection:
         if not self.try_lead():
             raise NotLeader("another process owns the analytics database")
         self.db = open_database(self.config.path, self.config)
+        derive_all(self.db)  # after a crash during a catch-up
         return self.db
 
     def close(self) -> None:
@@ -186,35 +211,24 @@ class AnalyticsProjection:
     def run_batch(self, *, stop_at: int | None = None) -> int:
         """Apply the next batch; how many events it held (0: the log is reached)."""
         db = self.open()
-        started = time.perf_counter()
         position = tracked_position(db)
-        limit = self.config.batch_size
-        if stop_at is not None:
-            limit = max(0, min(limit, stop_at - position))
-        if limit == 0:
+        batch = fetch_batch(self._pg_conn(), self.config.events_table, position,
+                            self._limit(position, stop_at))
+        return self._apply(db, batch)
+
+    def _limit(self, position: int, stop_at: int | None) -> int:
+        if stop_at is None:
+            return self.config.batch_size
+        return max(0, min(self.config.batch_size, stop_at - position))
+
+    def _apply(self, db: duckdb.DuckDBPyConnection, batch: pa.Table | None,
+               *, derive: bool = True) -> int:
+        if batch is None:
             return 0
-        with self._pg_conn().cursor(binary=True) as cur:
-            cur.execute(
-                "SELECT notification_id, originator_id::text, originator_version, topic, state"
-                f' FROM "{self.config.events_table}" WHERE notification_id > %s'
-                " ORDER BY notification_id LIMIT %s",
-                (position, limit),
-            )
-            rows = cur.fetchall()
-        if not rows:
-            return 0
-        cols = list(zip(*rows, strict=True))
-        batch = pa.table({
-            "position": pa.array(cols[0], pa.int64()),
-            "aggregate_id": pa.array(cols[1], pa.string()),
-            "aggregate_version": pa.array(cols[2], pa.int64()),
-            "topic": pa.array(cols[3], pa.string()),
-            "state": pa.array(cols[4], pa.binary()),
-        })
-        del rows, cols
+        started = time.perf_counter()
         last = int(batch.column("position")[-1].as_py())
         parked = apply_batch(db, batch, self._types, self.config.pseudonym_key, last,
-                             on_new_customers=self._record_customers)
+                             on_new_customers=self._record_customers, derive=derive)
         self.stats.batches += 1
         self.stats.events += batch.num_rows
         self.stats.parked += parked
@@ -234,15 +248,35 @@ class AnalyticsProjection:
 
     def catch_up(self, *, stop_at: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> int:
-        """Apply batches until the log's head (or ``stop_at``); the position."""
+        """Apply batches until the log's head (or ``stop_at``); the position.
+
+        The next batch is read from PostgreSQL (on a connection of its own) while DuckDB
+        applies the current one."""
+        db = self.open()
         head = self.head() if stop_at is None else stop_at
-        while True:
-            n = self.run_batch(stop_at=stop_at)
-            if progress is not None:
-                head = max(head, self.stats.position)
-                progress(tracked_position(self.open()), head)
-            if n == 0:
-                return tracked_position(self.open())
+        position = tracked_position(db)
+        with psycopg.connect(self.config.conninfo, autocommit=True) as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="analytics-read") as pool:
+            def read(after: int) -> pa.Table | None:
+                return fetch_batch(reader, self.config.events_table, after,
+                                   self._limit(after, stop_at))
+
+            pending = pool.submit(read, position)
+            batch = pending.result()
+            while batch is not None:
+                pending = pool.submit(read, int(batch.column("position")[-1].as_py()))
+                # While full batches come, the keyed tables wait: they are derived once,
+                # with the last (short) batch or by derive_all below.
+                self._apply(db, batch, derive=batch.num_rows < self.config.batch_size)
+                if progress is not None:
+                    head = max(head, self.stats.position)
+                    progress(self.stats.position, head)
+                batch = pending.result()
+        derive_all(db)
+        position = tracked_position(db)
+        if progress is not None:
+            progress(position, max(head, position))
+        return position
 
     # -- following the log ---------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -344,8 +378,10 @@ def setup(db: duckdb.DuckDBPyConnection, config: AnalyticsConfig) -> None:
         db.execute(f"CREATE TABLE IF NOT EXISTS {t.name} ({t.columns})")
     db.execute("CREATE TABLE IF NOT EXISTS analytics_parked ("
                "position BIGINT, topic VARCHAR, error VARCHAR)")
-    if not db.execute("SELECT count(*) FROM analytics_tracking").fetchall()[0][0]:
-        db.execute("INSERT INTO analytics_tracking VALUES (?, 0, ?)", [TRACKING_NAME, _utcnow()])
+    for name in (TRACKING_NAME, DERIVED_NAME):
+        if not db.execute("SELECT count(*) FROM analytics_tracking WHERE name = ?",
+                          [name]).fetchall()[0][0]:
+            db.execute("INSERT INTO analytics_tracking VALUES (?, 0, ?)", [name, _utcnow()])
     db.execute("DELETE FROM dim_stage")
     if config.stages:
         db.executemany("INSERT INTO dim_stage VALUES (?, ?, ?, ?)", list(config.stages))
@@ -359,72 +395,127 @@ def setup(db: duckdb.DuckDBPyConnection, config: AnalyticsConfig) -> None:
     db.execute("COMMIT")
 
 
-def tracked_position(db: duckdb.DuckDBPyConnection) -> int:
+def derive_all(db: duckdb.DuckDBPyConnection) -> None:
+    """Recompute the keyed tables if batches left them behind the facts."""
+    if tracked_position(db, DERIVED_NAME) >= tracked_position(db):
+        return
+    db.execute("BEGIN")
+    try:
+        for t in schema.TABLES:
+            if t.kind == "keyed":
+                db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS "
+                           f"{t.touched.replace('new_events', 'fact_events')}")
+                db.execute(f"DELETE FROM {t.name}")
+                db.execute(f"INSERT INTO {t.name} {t.select}")
+        db.execute("UPDATE analytics_tracking SET position = (SELECT position FROM"
+                   " analytics_tracking WHERE name = ?), updated_at = ? WHERE name = ?",
+                   [TRACKING_NAME, _utcnow(), DERIVED_NAME])
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def fetch_batch(conn: psycopg.Connection[Any], events_table: str, after: int, limit: int
+                ) -> pa.Table | None:
+    """Up to ``limit`` stored events after position ``after``, as one Arrow table."""
+    if limit <= 0:
+        return None
+    with conn.cursor(binary=True) as cur:
+        cur.execute(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state"
+            f' FROM "{events_table}" WHERE notification_id > %s'
+            " ORDER BY notification_id LIMIT %s",
+            (after, limit),
+        )
+        rows = cur.fetchall()
+    if not rows:
+        return None
+    cols = list(zip(*rows, strict=True))
+    del rows
+    state = pa.array(cols[4], pa.binary())
+    try:
+        text = state.cast(pa.string())
+    except pa.ArrowInvalid:  # not UTF-8: replaced, and parked as not JSON
+        text = pa.array([bytes(b).decode("utf-8", "replace") for b in cols[4]], pa.string())
+    return pa.table({
+        "position": pa.array(cols[0], pa.int64()),
+        "aggregate_id": pa.array(cols[1], pa.string()),
+        "aggregate_version": pa.array(cols[2], pa.int64()),
+        "topic": pa.array(cols[3], pa.string()),
+        "state": text,
+    })
+
+
+def tracked_position(db: duckdb.DuckDBPyConnection, name: str = TRACKING_NAME) -> int:
+    """The log position the database reflects (``derived``: its keyed tables)."""
     rows = db.execute("SELECT position FROM analytics_tracking WHERE name = ?",
-                      [TRACKING_NAME]).fetchall()
+                      [name]).fetchall()
     return int(rows[0][0]) if rows else 0
+
+
+def _hmac_pads(key: bytes) -> tuple[str, str]:
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return bytes(b ^ 0x5C for b in block).hex(), bytes(b ^ 0x36 for b in block).hex()
 
 
 def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table, types: pa.Table,
                 pseudonym_key: bytes, last: int,
-                on_new_customers: Callable[[pa.Table], None] | None = None) -> int:
+                on_new_customers: Callable[[pa.Table], None] | None = None,
+                *, derive: bool = True) -> int:
     """Apply one Arrow batch of stored events and move the position, in one transaction;
-    the number of events parked (undecodable)."""
+    the number of events parked (undecodable).
+
+    ``derive=False`` (a catch-up with more batches to come) appends the facts but leaves
+    the keyed tables behind (their position, ``derived``, stays); the next batch with
+    ``derive=True`` recomputes them whole, in its transaction."""
+    opad, ipad = _hmac_pads(pseudonym_key)
+    stage = _STAGE.replace("OPAD", opad).replace("IPAD", ipad)
     db.register("batch", batch)
     db.register("event_types", types)
     try:
+        # Parsed into a temporary table outside the transaction: a failed parse must not
+        # abort the transaction that writes the batch.
+        bad = False
+        try:
+            db.execute(stage.replace("WHERE_CLAUSE", ""))
+        except (duckdb.InvalidInputException, duckdb.ConversionException):
+            # Some stored state is not a JSON document: park those, apply the rest.
+            bad = True
+            db.execute(stage.replace("WHERE_CLAUSE", "WHERE json_valid(b.state)"))
         db.execute("BEGIN")
-        db.execute(f"""
-            CREATE OR REPLACE TEMP TABLE staged AS
-            SELECT b.position, CAST(b.aggregate_id AS UUID) AS aggregate_id, b.aggregate_version,
-                   b.topic, coalesce(t.aggregate_type, 'unknown') AS aggregate_type,
-                   from_json(decode(b.state), '{_DOC_STRUCTURE}') AS d
-            FROM batch b LEFT JOIN event_types t ON t.type_name = b.topic
-            WHERE json_valid(decode(b.state))""")
-        parked = db.execute("""
-            INSERT INTO analytics_parked
-            SELECT position, topic, 'not a JSON document' FROM batch
-            WHERE NOT json_valid(decode(state))""").fetchall()[0][0]
-        ids = db.execute("""
-            SELECT DISTINCT CASE WHEN aggregate_type = 'customer' THEN CAST(aggregate_id AS VARCHAR)
-                                 ELSE d.data->>'customer_id' END AS customer_id
-            FROM staged WHERE customer_id IS NOT NULL""").fetchall()
-        keys = pa.table({
-            "customer_id": [r[0] for r in ids],
-            "customer_key": [customer_key(pseudonym_key, r[0]) for r in ids],
-        })
-        db.register("customer_keys", keys)
-        db.execute(f"""
-            CREATE OR REPLACE TEMP TABLE new_events AS
-            SELECT s.position, CAST(s.d.event_id AS UUID) AS event_id,
-                   coalesce(s.d.type, s.topic) AS event_type,
-                   coalesce(s.d.version, 1) AS event_version, s.aggregate_type, s.aggregate_id,
-                   s.aggregate_version, k.customer_key,
-                   {schema._ts('s.d.occurred_at')} AS occurred_at,
-                   {schema._ts('s.d.recorded_at')} AS recorded_at,
-                   s.d.actor.id AS actor_id, s.d.actor.role AS actor_role, s.d.reason,
-                   s.d.correlation_id, s.d.causation_id,
-                   TRY_CAST(s.d.command_id AS UUID) AS command_id, s.d.data AS payload
-            FROM staged s LEFT JOIN customer_keys k
-              ON k.customer_id = CASE WHEN s.aggregate_type = 'customer'
-                                      THEN CAST(s.aggregate_id AS VARCHAR)
-                                      ELSE s.d.data->>'customer_id' END
-            ORDER BY s.position""")
-        db.execute("INSERT INTO fact_events SELECT * FROM new_events")
+        parked = 0
+        if bad:
+            parked = db.execute("""
+                INSERT INTO analytics_parked SELECT position, topic, 'not a JSON document'
+                FROM batch WHERE NOT json_valid(state)""").fetchall()[0][0]
+        db.execute("INSERT INTO fact_events SELECT * EXCLUDE (customer_id) FROM new_events")
+        # Tables folding an entity's history are refreshed for the keys this batch
+        # touched -- or, after batches that deferred it, recomputed whole.
+        stale = derive and tracked_position(db, DERIVED_NAME) < tracked_position(db)
         for t in schema.TABLES:
             if t.kind == "append":
                 db.execute(f"INSERT INTO {t.name} {t.select}")
                 continue
-            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS {t.touched}")
-            if db.execute("SELECT count(*) FROM touched").fetchall()[0][0] == 0:
+            if not derive:
                 continue
-            db.execute(f"DELETE FROM {t.name} WHERE {t.key} IN (SELECT k FROM touched)")
+            source = "fact_events" if stale else "new_events"
+            db.execute(f"CREATE OR REPLACE TEMP TABLE touched AS "
+                       f"{t.touched.replace('new_events', source)}")
+            if stale:
+                db.execute(f"DELETE FROM {t.name}")
+            elif db.execute("SELECT count(*) FROM touched").fetchall()[0][0] == 0:
+                continue
+            else:
+                db.execute(f"DELETE FROM {t.name} WHERE {t.key} IN (SELECT k FROM touched)")
             db.execute(f"INSERT INTO {t.name} {t.select}")
+        if derive:
+            db.execute("UPDATE analytics_tracking SET position = ?, updated_at = ? WHERE name = ?",
+                       [last, _utcnow(), DERIVED_NAME])
         if on_new_customers is not None:
             new = db.sql("""
-                SELECT DISTINCT k.customer_key, k.customer_id FROM new_events e
-                JOIN customer_keys k ON k.customer_key = e.customer_key
-                WHERE e.event_type = 'CustomerRegistered'""").to_arrow_table()
+                SELECT customer_key, customer_id FROM new_events
+                WHERE event_type = 'CustomerRegistered'""").to_arrow_table()
             on_new_customers(new)
         db.execute("UPDATE analytics_tracking SET position = ?, updated_at = ? WHERE name = ?",
                    [last, _utcnow(), TRACKING_NAME])
@@ -436,7 +527,7 @@ def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table, types: pa.Table,
             pass
         raise
     finally:
-        for name in ("batch", "event_types", "customer_keys"):
+        for name in ("batch", "event_types"):
             try:
                 db.unregister(name)
             except duckdb.Error:
