@@ -145,7 +145,7 @@ def generate_star(db: duckdb.DuckDBPyConnection, events: int) -> dict[str, int]:
                         ELSE ['review', 'offer', 'commitment'][1 + {_r('o', 12, 3)}] END,
                    50, s, CASE WHEN s = 'lost' THEN 'price' END, opened,
                    CASE WHEN s <> 'open' THEN opened + INTERVAL (1 + {_r('o', 13, 120)}) DAY END,
-                   CASE WHEN s <> 'open' THEN 1.0 + {_r('o', 13, 120)} END
+                   CASE WHEN s <> 'open' THEN 1.0 + {_r('o', 13, 120)} END, NULL, NULL
             FROM (SELECT o, ['default', 'default', 'default', 'renewal'][1 + {_r('o', 14, 4)}] AS p,
                          ['open', 'open', 'won', 'lost', 'won'][1 + {_r('o', 15, 5)}] AS s,
                          {t0} + INTERVAL (o * 60) SECOND AS opened FROM range({opps}) r(o))""",
@@ -157,6 +157,12 @@ def generate_star(db: duckdb.DuckDBPyConnection, events: int) -> dict[str, int]:
             FROM opportunities o JOIN dim_stage d ON d.pipeline = o.pipeline
             WHERE d.stage_order <= (SELECT stage_order FROM dim_stage x
                                     WHERE x.pipeline = o.pipeline AND x.stage = o.stage)""",
+        """UPDATE opportunities o SET furthest_stage_order = v.furthest, stages_visited = v.visited
+            FROM (SELECT t.opportunity_id, max(d.stage_order) AS furthest,
+                         list_sort(list(t.stage)) AS visited
+                  FROM stage_transitions t JOIN dim_stage d USING (pipeline, stage) GROUP BY 1) v
+            WHERE v.opportunity_id = o.opportunity_id""",
+        "UPDATE opportunities SET furthest_stage_order = 1000 WHERE status = 'won'",
         f"""INSERT INTO interactions
             SELECT uuid(), i, 'k' || {_r('i', 16, customers)}, {t0} + INTERVAL (i * 20) SECOND,
                    ['call', 'email', 'meeting', 'note'][1 + {_r('i', 17, 4)}], 'outbound', 15,
@@ -183,10 +189,16 @@ def generate_star(db: duckdb.DuckDBPyConnection, events: int) -> dict[str, int]:
             SELECT order_id, position, 1, customer_key, purchased_at, 'SKU-1', 'Licence', 1,
                    amount, amount, currency FROM purchases""",
     ]
+    value = next(t for t in schema.TABLES if t.name == "customer_value")
+    statements += [
+        "CREATE OR REPLACE TEMP TABLE touched AS"
+        " SELECT DISTINCT customer_key AS k FROM dim_customer_history",
+        f"INSERT INTO customer_value {value.select}",
+    ]
     db.execute("BEGIN")
     for sql in statements:
         db.execute(sql)
-    db.execute("UPDATE analytics_tracking SET position = ?", [events])
+    db.execute("UPDATE analytics_tracking SET position = ?", [events])  # both rows
     db.execute("COMMIT")
     db.execute("CHECKPOINT")
     return {t: int(db.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0])

@@ -118,16 +118,25 @@ TABLES: tuple[DerivedTable, ...] = (
         f"opportunity_id UUID, customer_key VARCHAR, pipeline VARCHAR, owner_id VARCHAR,"
         f" amount {MONEY}, currency VARCHAR, expected_close DATE, stage VARCHAR,"
         " probability INTEGER, status VARCHAR, loss_reason VARCHAR, opened_at TIMESTAMP,"
-        " closed_at TIMESTAMP, cycle_days DOUBLE",
+        " closed_at TIMESTAMP, cycle_days DOUBLE, furthest_stage_order INTEGER,"
+        " stages_visited VARCHAR[]",
         "One row per opportunity, as it is now: status open | won | lost, the stage it is in"
         " (for a closed one, the stage it was closed from), and for a closed one its sales"
-        " cycle in days (opened to closed, business time).",
+        " cycle in days (opened to closed, business time); the furthest stage it reached"
+        " (dim_stage.stage_order; 1000 = won) and the stages it was ever in.",
         f"""
         SELECT id, ck, pl, ow, am, cur, CAST(nullif(ec, '') AS DATE), st, pr, status,
                CASE WHEN status = 'lost' THEN lr END, op,
                CASE WHEN status <> 'open' THEN cl END,
-               CASE WHEN status <> 'open' THEN date_diff('second', op, cl) / 86400.0 END
-        FROM (
+               CASE WHEN status <> 'open' THEN date_diff('second', op, cl) / 86400.0 END,
+               v.furthest, v.visited
+        FROM (SELECT t.opportunity_id,
+                     max(CASE WHEN t.stage = 'won' THEN 1000 ELSE d.stage_order END) AS furthest,
+                     list_sort(list_distinct(list(t.stage)
+                       FILTER (WHERE t.stage NOT IN ('won', 'lost')))) AS visited
+              FROM stage_transitions t LEFT JOIN dim_stage d USING (pipeline, stage)
+              WHERE t.opportunity_id IN (SELECT k FROM touched) GROUP BY 1) v
+        RIGHT JOIN (
         SELECT aggregate_id AS id, arg_max(customer_key, position) AS ck,
           arg_max({_p('pipeline')}, position) FILTER (WHERE event_type = 'OpportunityOpened') AS pl,
           arg_max({_p('owner_id')}, position)
@@ -152,7 +161,7 @@ TABLES: tuple[DerivedTable, ...] = (
             FILTER (WHERE {_in('OpportunityWon', 'OpportunityLost')}) AS cl
         FROM fact_events
         WHERE aggregate_id IN (SELECT k FROM touched) AND {_in(*OPP_EVENTS)}
-        GROUP BY aggregate_id)
+        GROUP BY aggregate_id) o ON o.id = v.opportunity_id
         """,
         kind="keyed", key="opportunity_id", touched=_TOUCHED_OPPS,
     ),
@@ -306,6 +315,44 @@ TABLES: tuple[DerivedTable, ...] = (
         touched="SELECT DISTINCT customer_key AS k FROM new_events WHERE aggregate_type = 'customer'"
                 f" AND {_in(*CUSTOMER_ATTR_EVENTS)}",
     ),
+    DerivedTable(
+        "customer_value",
+        f"customer_key VARCHAR, currency VARCHAR, orders INTEGER, purchase_days INTEGER,"
+        f" monetary {MONEY}, first_purchase_at TIMESTAMP, last_purchase_at TIMESTAMP,"
+        " repeat_value_mean DOUBLE, last_activity_at TIMESTAMP",
+        "Per customer and currency bought in (currency NULL: never bought): orders, days with"
+        " a purchase, total spent, first and last purchase, mean value of the repeat purchase"
+        " days (all but the first), and the customer's last activity of any kind (purchase,"
+        " interaction, opportunity opened). The base of RFM and lifetime value.",
+        """
+        WITH days AS (
+          SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day,
+                 sum(amount) AS amount, count(*) AS orders, min(purchased_at) AS first_at,
+                 max(purchased_at) AS last_at
+          FROM purchases WHERE customer_key IN (SELECT k FROM touched) GROUP BY ALL),
+        bought AS (
+          SELECT customer_key, currency, CAST(sum(orders) AS INTEGER) AS orders,
+                 CAST(count(*) AS INTEGER) AS purchase_days, sum(amount) AS monetary,
+                 min(first_at) AS first_at, max(last_at) AS last_at,
+                 CASE WHEN count(*) > 1 THEN CAST((sum(amount) - arg_min(amount, day))
+                                                  / (count(*) - 1) AS DOUBLE) END AS repeat_mean
+          FROM days GROUP BY ALL),
+        active AS (
+          SELECT customer_key, max(active_at) AS last_activity_at FROM (
+            SELECT customer_key, occurred_at AS active_at FROM interactions
+              WHERE customer_key IN (SELECT k FROM touched)
+            UNION ALL SELECT customer_key, last_at FROM bought
+            UNION ALL SELECT customer_key, opened_at FROM opportunities
+              WHERE customer_key IN (SELECT k FROM touched)) GROUP BY ALL)
+        SELECT a.customer_key, b.currency, coalesce(b.orders, 0), coalesce(b.purchase_days, 0),
+               b.monetary, b.first_at, b.last_at, b.repeat_mean, a.last_activity_at
+        FROM active a LEFT JOIN bought b USING (customer_key)
+        """,
+        kind="keyed", key="customer_key",
+        touched="SELECT DISTINCT customer_key AS k FROM new_events WHERE customer_key IS NOT NULL"
+                " AND event_type IN ('InteractionLogged', 'CustomerPurchaseRecorded',"
+                " 'OpportunityOpened')",
+    ),
 )
 
 # lead() over a frame-limited window still sees the next row (lead ignores the frame).
@@ -328,19 +375,17 @@ TABLE_COMMENTS = {
 KPI_VIEWS: dict[str, tuple[str, str]] = {
     "funnel": ("""
         WITH reach AS (
-          SELECT o.pipeline, date_trunc('month', o.opened_at) AS period, o.opportunity_id,
-                 max(CASE WHEN t.stage = 'won' THEN 1000 ELSE d.stage_order END) AS furthest
-          FROM opportunities o JOIN stage_transitions t USING (opportunity_id)
-          LEFT JOIN dim_stage d ON d.pipeline = o.pipeline AND d.stage = t.stage
-          GROUP BY ALL),
+          SELECT pipeline, date_trunc('month', opened_at) AS period,
+                 furthest_stage_order AS furthest, count(*) AS n
+          FROM opportunities GROUP BY ALL),
         steps AS (
           SELECT pipeline, stage, stage_order FROM dim_stage
           UNION ALL SELECT DISTINCT pipeline, 'won', 1000 FROM dim_stage),
         counts AS (
           SELECT r.pipeline, r.period, s.stage, s.stage_order,
-                 count(*) FILTER (WHERE r.furthest >= s.stage_order) AS reached
+                 coalesce(sum(r.n) FILTER (WHERE r.furthest >= s.stage_order), 0) AS reached
           FROM reach r JOIN steps s ON s.pipeline = r.pipeline GROUP BY ALL)
-        SELECT pipeline, period, stage, stage_order, reached,
+        SELECT pipeline, period, stage, stage_order, CAST(reached AS BIGINT) AS reached,
                reached / nullif(first_value(reached) OVER w, 0) AS conversion_from_start,
                reached / nullif(lag(reached) OVER w, 0) AS conversion_from_previous
         FROM counts WINDOW w AS (PARTITION BY pipeline, period ORDER BY stage_order)
@@ -379,12 +424,10 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
         "Open opportunities by expected close month and currency: amount, and amount"
         " weighted by each stage's probability."),
     "stage_win_rates": ("""
-        SELECT o.pipeline, t.stage, count(DISTINCT o.opportunity_id) AS closed,
-               count(DISTINCT o.opportunity_id) FILTER (WHERE o.status = 'won') AS won,
-               count(DISTINCT o.opportunity_id) FILTER (WHERE o.status = 'won')
-                 / count(DISTINCT o.opportunity_id) AS historical_win_rate
-        FROM opportunities o JOIN stage_transitions t USING (opportunity_id)
-        WHERE o.status IN ('won', 'lost') AND t.stage NOT IN ('won', 'lost')
+        SELECT pipeline, stage, count(*) AS closed, count(*) FILTER (WHERE status = 'won') AS won,
+               count(*) FILTER (WHERE status = 'won') / count(*) AS historical_win_rate
+        FROM (SELECT pipeline, status, unnest(stages_visited) AS stage
+              FROM opportunities WHERE status IN ('won', 'lost'))
         GROUP BY ALL ORDER BY ALL""",
         "Of the closed opportunities that were ever in a stage, the share won: the"
         " historical win rate from that stage."),
@@ -429,44 +472,42 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
         "Satisfaction ratings (1-5): average and share of 4-5, overall, per month, agent"
         " (assignee when rated), channel and request type; the other keys NULL."),
     "rfm": ("""
-        WITH p AS (
-          SELECT customer_key, currency, max(purchased_at) AS last_purchase_at,
-                 count(*) AS frequency, sum(amount) AS monetary
-          FROM purchases GROUP BY ALL),
+        WITH v AS (
+          SELECT *, epoch(last_purchase_at) AS r_value FROM customer_value),
+        cuts AS (
+          SELECT currency,
+                 quantile_cont(r_value, [0.2, 0.4, 0.6, 0.8]) AS r_cuts,
+                 quantile_cont(orders, [0.2, 0.4, 0.6, 0.8]) AS f_cuts,
+                 quantile_cont(monetary, [0.2, 0.4, 0.6, 0.8]) AS m_cuts
+          FROM v WHERE currency IS NOT NULL GROUP BY ALL),
         scored AS (
-          SELECT *, date_diff('day', last_purchase_at, (SELECT as_of FROM analytics_as_of))
-                      AS recency_days,
-            least(5, 1 + floor(5 * percent_rank() OVER (PARTITION BY currency ORDER BY last_purchase_at)))
-              AS r_score,
-            least(5, 1 + floor(5 * percent_rank() OVER (PARTITION BY currency ORDER BY frequency)))
-              AS f_score,
-            least(5, 1 + floor(5 * percent_rank() OVER (PARTITION BY currency ORDER BY monetary)))
-              AS m_score
-          FROM p),
-        activity AS (
-          SELECT customer_key, max(occurred_at) AS last_activity_at FROM (
-            SELECT customer_key, occurred_at FROM interactions
-            UNION ALL SELECT customer_key, purchased_at FROM purchases
-            UNION ALL SELECT customer_key, opened_at FROM opportunities) GROUP BY ALL)
+          SELECT v.*, date_diff('day', v.last_purchase_at, (SELECT as_of FROM analytics_as_of))
+                        AS recency_days,
+                 1 + len(list_filter(c.r_cuts, lambda x: x < v.r_value)) AS r_score,
+                 1 + len(list_filter(c.f_cuts, lambda x: x < v.orders)) AS f_score,
+                 1 + len(list_filter(c.m_cuts, lambda x: x < v.monetary)) AS m_score
+          FROM v LEFT JOIN cuts c USING (currency))
         SELECT c.customer_key, s.currency, s.last_purchase_at, s.recency_days,
-               coalesce(s.frequency, 0) AS frequency, s.monetary,
-               CAST(s.r_score AS INTEGER) AS r_score, CAST(s.f_score AS INTEGER) AS f_score,
-               CAST(s.m_score AS INTEGER) AS m_score, a.last_activity_at, c.lifecycle_stage,
+               coalesce(s.orders, 0) AS frequency, s.monetary,
+               CAST(CASE WHEN s.currency IS NOT NULL THEN s.r_score END AS INTEGER) AS r_score,
+               CAST(CASE WHEN s.currency IS NOT NULL THEN s.f_score END AS INTEGER) AS f_score,
+               CAST(CASE WHEN s.currency IS NOT NULL THEN s.m_score END AS INTEGER) AS m_score,
+               s.last_activity_at, c.lifecycle_stage,
                CASE
-                 WHEN c.lifecycle_stage = 'churned' OR a.last_activity_at IS NULL
-                      OR a.last_activity_at < (SELECT as_of FROM analytics_as_of) - INTERVAL 365 DAY
+                 WHEN c.lifecycle_stage = 'churned' OR s.last_activity_at IS NULL
+                      OR s.last_activity_at < (SELECT as_of FROM analytics_as_of) - INTERVAL 365 DAY
                    THEN 'churned'
                  WHEN s.m_score >= 4 AND s.f_score >= 4 AND s.r_score >= 3 THEN 'high-value'
                  WHEN s.r_score <= 2 AND (s.f_score >= 3 OR s.m_score >= 3) THEN 'at-risk'
                  WHEN s.r_score >= 3
-                      OR a.last_activity_at >= (SELECT as_of FROM analytics_as_of) - INTERVAL 90 DAY
+                      OR s.last_activity_at >= (SELECT as_of FROM analytics_as_of) - INTERVAL 90 DAY
                    THEN 'potential'
                  ELSE 'occasional' END AS customer_class
         FROM dim_customer_history c LEFT JOIN scored s USING (customer_key)
-        LEFT JOIN activity a USING (customer_key)
         WHERE c.is_current""",
         "Per current customer (and currency bought in): recency, frequency, monetary and"
-        " their 1-5 scores (percentile rank within the currency), and the class: churned"
+        " their 1-5 scores (1 + how many of the currency's 20/40/60/80 % quantiles the value"
+        " exceeds), and the class: churned"
         " (lifecycle churned, or no purchase, interaction or opportunity for 365 days),"
         " high-value (M>=4, F>=4, R>=3), at-risk (R<=2 with F>=3 or M>=3), potential (R>=3,"
         " or active in the last 90 days), else occasional."),
@@ -516,16 +557,13 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
         WHERE o.status = 'open' GROUP BY ALL ORDER BY o.pipeline, d.stage_order, o.currency""",
         "Open pipeline per stage and currency."),
     "clv_inputs": ("""
-        WITH d AS (
-          SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day, sum(amount) AS amount
-          FROM purchases GROUP BY ALL)
-        SELECT customer_key, currency, count(*) - 1 AS frequency,
-               date_diff('day', min(day), max(day)) AS recency_days,
-               date_diff('day', min(day), CAST((SELECT as_of FROM analytics_as_of) AS DATE)) AS age_days,
-               CASE WHEN count(*) > 1
-                    THEN CAST((sum(amount) - arg_min(amount, day)) / (count(*) - 1) AS DOUBLE)
-               END AS avg_repeat_value
-        FROM d GROUP BY ALL""",
+        SELECT customer_key, currency, purchase_days - 1 AS frequency,
+               date_diff('day', CAST(first_purchase_at AS DATE), CAST(last_purchase_at AS DATE))
+                 AS recency_days,
+               date_diff('day', CAST(first_purchase_at AS DATE),
+                         CAST((SELECT as_of FROM analytics_as_of) AS DATE)) AS age_days,
+               repeat_value_mean AS avg_repeat_value
+        FROM customer_value WHERE currency IS NOT NULL""",
         "Per customer and currency, the inputs of the lifetime-value model: repeat purchase"
         " days (frequency), days from first to last purchase (recency), days since the first"
         " (age), mean value of the repeat purchases."),

@@ -371,6 +371,7 @@ def open_database(path: Path, config: AnalyticsConfig) -> duckdb.DuckDBPyConnect
 def setup(db: duckdb.DuckDBPyConnection, config: AnalyticsConfig) -> None:
     """Tables, views, comments, and the configured stages and SLA targets."""
     db.execute("SET TimeZone = 'UTC'")
+    db.execute("SET enable_progress_bar = false")
     db.execute("BEGIN")
     db.execute(schema.TRACKING_DDL)
     db.execute(schema.FACT_EVENTS_DDL)
