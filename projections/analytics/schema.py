@@ -319,11 +319,12 @@ TABLES: tuple[DerivedTable, ...] = (
         "customer_value",
         f"customer_key VARCHAR, currency VARCHAR, orders INTEGER, purchase_days INTEGER,"
         f" monetary {MONEY}, first_purchase_at TIMESTAMP, last_purchase_at TIMESTAMP,"
-        " repeat_value_mean DOUBLE, last_activity_at TIMESTAMP",
+        " repeat_value_mean DOUBLE, last_activity_at TIMESTAMP, lifecycle_stage VARCHAR",
         "Per customer and currency bought in (currency NULL: never bought): orders, days with"
         " a purchase, total spent, first and last purchase, mean value of the repeat purchase"
         " days (all but the first), and the customer's last activity of any kind (purchase,"
-        " interaction, opportunity opened). The base of RFM and lifetime value.",
+        " interaction, opportunity opened) and current lifecycle stage. The base of RFM and"
+        " lifetime value.",
         """
         WITH days AS (
           SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day,
@@ -344,14 +345,15 @@ TABLES: tuple[DerivedTable, ...] = (
             UNION ALL SELECT customer_key, last_at FROM bought
             UNION ALL SELECT customer_key, opened_at FROM opportunities
               WHERE customer_key IN (SELECT k FROM touched)) GROUP BY ALL)
-        SELECT a.customer_key, b.currency, coalesce(b.orders, 0), coalesce(b.purchase_days, 0),
-               b.monetary, b.first_at, b.last_at, b.repeat_mean, a.last_activity_at
-        FROM active a LEFT JOIN bought b USING (customer_key)
+        SELECT c.customer_key, b.currency, coalesce(b.orders, 0), coalesce(b.purchase_days, 0),
+               b.monetary, b.first_at, b.last_at, b.repeat_mean, a.last_activity_at,
+               c.lifecycle_stage
+        FROM (SELECT customer_key, lifecycle_stage FROM dim_customer_history
+              WHERE is_current AND customer_key IN (SELECT k FROM touched)) c
+        LEFT JOIN active a USING (customer_key) LEFT JOIN bought b USING (customer_key)
         """,
         kind="keyed", key="customer_key",
-        touched="SELECT DISTINCT customer_key AS k FROM new_events WHERE customer_key IS NOT NULL"
-                " AND event_type IN ('InteractionLogged', 'CustomerPurchaseRecorded',"
-                " 'OpportunityOpened')",
+        touched="SELECT DISTINCT customer_key AS k FROM new_events WHERE customer_key IS NOT NULL",
     ),
 )
 
@@ -483,18 +485,21 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
         scored AS (
           SELECT v.*, date_diff('day', v.last_purchase_at, (SELECT as_of FROM analytics_as_of))
                         AS recency_days,
-                 1 + len(list_filter(c.r_cuts, lambda x: x < v.r_value)) AS r_score,
-                 1 + len(list_filter(c.f_cuts, lambda x: x < v.orders)) AS f_score,
-                 1 + len(list_filter(c.m_cuts, lambda x: x < v.monetary)) AS m_score
+                 1 + CAST(v.r_value > c.r_cuts[1] AS INTEGER) + CAST(v.r_value > c.r_cuts[2] AS INTEGER)
+                   + CAST(v.r_value > c.r_cuts[3] AS INTEGER) + CAST(v.r_value > c.r_cuts[4] AS INTEGER) AS r_score,
+                 1 + CAST(v.orders > c.f_cuts[1] AS INTEGER) + CAST(v.orders > c.f_cuts[2] AS INTEGER)
+                   + CAST(v.orders > c.f_cuts[3] AS INTEGER) + CAST(v.orders > c.f_cuts[4] AS INTEGER) AS f_score,
+                 1 + CAST(v.monetary > c.m_cuts[1] AS INTEGER) + CAST(v.monetary > c.m_cuts[2] AS INTEGER)
+                   + CAST(v.monetary > c.m_cuts[3] AS INTEGER) + CAST(v.monetary > c.m_cuts[4] AS INTEGER) AS m_score
           FROM v LEFT JOIN cuts c USING (currency))
-        SELECT c.customer_key, s.currency, s.last_purchase_at, s.recency_days,
+        SELECT s.customer_key, s.currency, s.last_purchase_at, s.recency_days,
                coalesce(s.orders, 0) AS frequency, s.monetary,
                CAST(CASE WHEN s.currency IS NOT NULL THEN s.r_score END AS INTEGER) AS r_score,
                CAST(CASE WHEN s.currency IS NOT NULL THEN s.f_score END AS INTEGER) AS f_score,
                CAST(CASE WHEN s.currency IS NOT NULL THEN s.m_score END AS INTEGER) AS m_score,
-               s.last_activity_at, c.lifecycle_stage,
+               s.last_activity_at, s.lifecycle_stage,
                CASE
-                 WHEN c.lifecycle_stage = 'churned' OR s.last_activity_at IS NULL
+                 WHEN s.lifecycle_stage = 'churned' OR s.last_activity_at IS NULL
                       OR s.last_activity_at < (SELECT as_of FROM analytics_as_of) - INTERVAL 365 DAY
                    THEN 'churned'
                  WHEN s.m_score >= 4 AND s.f_score >= 4 AND s.r_score >= 3 THEN 'high-value'
@@ -503,8 +508,7 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
                       OR s.last_activity_at >= (SELECT as_of FROM analytics_as_of) - INTERVAL 90 DAY
                    THEN 'potential'
                  ELSE 'occasional' END AS customer_class
-        FROM dim_customer_history c LEFT JOIN scored s USING (customer_key)
-        WHERE c.is_current""",
+        FROM scored s""",
         "Per current customer (and currency bought in): recency, frequency, monetary and"
         " their 1-5 scores (1 + how many of the currency's 20/40/60/80 % quantiles the value"
         " exceeds), and the class: churned"
