@@ -247,7 +247,8 @@ class AnalyticsProjection:
             )
 
     def catch_up(self, *, stop_at: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> int:
+                 progress: Callable[[int, int], None] | None = None,
+                 stop: threading.Event | None = None) -> int:
         """Apply batches until the log's head (or ``stop_at``); the position.
 
         The next batch is read from PostgreSQL (on a connection of its own) while DuckDB
@@ -272,6 +273,8 @@ class AnalyticsProjection:
                     head = max(head, self.stats.position)
                     progress(self.stats.position, head)
                 batch = pending.result()
+                if stop is not None and stop.is_set():
+                    break
         derive_all(db)
         position = tracked_position(db)
         if progress is not None:
@@ -292,6 +295,7 @@ class AnalyticsProjection:
                         listener = psycopg.connect(self.config.conninfo, autocommit=True)
                         listener.execute(f'LISTEN "{self.config.events_table}"')
                     if self.run_batch() >= self.config.batch_size:
+                        self.catch_up(stop=stop)  # a backlog: the catch-up path is faster
                         continue
                     deadline = time.monotonic() + self.config.poll_seconds
                     while not stop.is_set() and time.monotonic() < deadline:
