@@ -24,8 +24,9 @@ MONEY = "DECIMAL(18,4)"
 
 
 def _ts(expr: str) -> str:
-    """An ISO 8601 text (any offset) as a UTC TIMESTAMP."""
-    return f"CAST(timezone('UTC', CAST({expr} AS TIMESTAMPTZ)) AS TIMESTAMP)"
+    """An ISO 8601 text (any offset) as a UTC TIMESTAMP (UTC texts, the rule, parse fast)."""
+    return (f"CASE WHEN suffix({expr}, '+00:00') THEN CAST(left({expr}, -6) AS TIMESTAMP)"
+            f" ELSE CAST(timezone('UTC', CAST({expr} AS TIMESTAMPTZ)) AS TIMESTAMP) END")
 
 
 def _p(field: str) -> str:

@@ -28,6 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,9 @@ _STAGE = f"""
     CREATE OR REPLACE TEMP TABLE new_events AS
     WITH s AS (
       SELECT b.position, CAST(b.aggregate_id AS UUID) AS aggregate_id, b.aggregate_version,
-             b.topic, coalesce(t.aggregate_type, 'unknown') AS aggregate_type,
+             b.topic, AGGREGATE_TYPE AS aggregate_type,
              from_json(b.state, '{_DOC_STRUCTURE}') AS d
-      FROM batch b LEFT JOIN event_types t ON t.type_name = b.topic WHERE_CLAUSE),
+      FROM batch b WHERE_CLAUSE),
     c AS (
       SELECT *, CASE WHEN aggregate_type = 'customer' THEN CAST(aggregate_id AS VARCHAR)
                      ELSE d.data->>'customer_id' END AS customer_id FROM s)
@@ -79,7 +80,7 @@ _STAGE = f"""
            d.actor.id AS actor_id, d.actor.role AS actor_role, d.reason, d.correlation_id,
            d.causation_id, TRY_CAST(d.command_id AS UUID) AS command_id, d.data AS payload,
            customer_id
-    FROM c ORDER BY position"""
+    FROM c"""  # no join, no sort: rows stay in log order (DuckDB keeps insertion order)
 _PG_DDL = """
 CREATE TABLE IF NOT EXISTS crm_analytics_customers (
     customer_key text PRIMARY KEY, customer_id uuid NOT NULL)
@@ -141,10 +142,6 @@ class AnalyticsProjection:
         self._db_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._types = pa.table({
-            "type_name": list(all_event_types()),
-            "aggregate_type": [c.aggregate_type for c in all_event_types().values()],
-        })
 
     # -- leadership and the file ---------------------------------------------------
     @property
@@ -227,7 +224,7 @@ class AnalyticsProjection:
             return 0
         started = time.perf_counter()
         last = int(batch.column("position")[-1].as_py())
-        parked = apply_batch(db, batch, self._types, self.config.pseudonym_key, last,
+        parked = apply_batch(db, batch, self.config.pseudonym_key, last,
                              on_new_customers=self._record_customers, derive=derive)
         self.stats.batches += 1
         self.stats.events += batch.num_rows
@@ -459,12 +456,19 @@ def tracked_position(db: duckdb.DuckDBPyConnection, name: str = TRACKING_NAME) -
     return int(rows[0][0]) if rows else 0
 
 
+@lru_cache(maxsize=1)
+def _aggregate_type_case() -> str:
+    whens = " ".join(f"WHEN '{name}' THEN '{cls.aggregate_type}'"
+                     for name, cls in sorted(all_event_types().items()))
+    return f"CASE b.topic {whens} ELSE 'unknown' END"
+
+
 def _hmac_pads(key: bytes) -> tuple[str, str]:
     block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
     return bytes(b ^ 0x5C for b in block).hex(), bytes(b ^ 0x36 for b in block).hex()
 
 
-def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table, types: pa.Table,
+def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table,
                 pseudonym_key: bytes, last: int,
                 on_new_customers: Callable[[pa.Table], None] | None = None,
                 *, derive: bool = True) -> int:
@@ -475,9 +479,9 @@ def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table, types: pa.Table,
     the keyed tables behind (their position, ``derived``, stays); the next batch with
     ``derive=True`` recomputes them whole, in its transaction."""
     opad, ipad = _hmac_pads(pseudonym_key)
-    stage = _STAGE.replace("OPAD", opad).replace("IPAD", ipad)
+    stage = (_STAGE.replace("OPAD", opad).replace("IPAD", ipad)
+             .replace("AGGREGATE_TYPE", _aggregate_type_case()))
     db.register("batch", batch)
-    db.register("event_types", types)
     try:
         # Parsed into a temporary table outside the transaction: a failed parse must not
         # abort the transaction that writes the batch.
@@ -532,7 +536,7 @@ def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table, types: pa.Table,
             pass
         raise
     finally:
-        for name in ("batch", "event_types"):
+        for name in ("batch",):
             try:
                 db.unregister(name)
             except duckdb.Error:
