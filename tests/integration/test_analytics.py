@@ -424,3 +424,25 @@ def test_exactly_once_after_sigkill(make_system: Callable[..., Any], database_ur
     assert len(killed["fact_events"]) == head
     for name in rebuilt:
         assert killed[name] == rebuilt[name], name
+
+
+def test_crm_sql_calls_the_owning_process_when_the_file_is_in_use(
+        analytics_system: Any, database_url: str) -> None:
+    s = analytics_system
+    path = s.analytics.config.path  # held open for writing by this process
+    serving = _serve(s.http_app())
+    base = next(serving)
+    try:
+        env = {**os.environ, "CRM_DATABASE_URL": database_url, "CRM_DATA_DIR": str(path.parent),
+               "CRM_MASTER_KEY": "5e" * 32, "CRM_JWT_SECRET": s.settings.jwt_secret.get_secret_value(),
+               "CRM_ANALYTICS_URL": base, "CRM_LOG_FORMAT": "console"}
+        out = subprocess.run([sys.executable, "-m", "crm.cli", "sql", "-f", "csv",
+                              "SELECT count(*) AS n FROM purchases"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["n", "5"]
+        out = subprocess.run([sys.executable, "-m", "crm.cli", "sql", "ATTACH 'x.db'"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "ATTACH is not allowed" in out.stderr
+    finally:
+        next(serving, None)
