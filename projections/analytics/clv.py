@@ -11,6 +11,11 @@ their frequency. Both are the standard pair for this data (the ``lifetimes`` pac
 method); the likelihoods are written out here with numpy/scipy (``gammaln``, ``betaln``,
 ``hyp2f1``, L-BFGS-B on log-parameters) rather than depending on an unmaintained package.
 
+Parameters are fitted on log scale within e^-10..e^10. When buyers are nearly alike
+(the demo data), r and alpha (or q and v) run to the upper bound together: that is the
+no-heterogeneity limit (a plain Poisson rate r / alpha), and the predictions stay finite
+and sensible.
+
 Time unit: weeks. CLV = expected purchases in the horizon x expected value per purchase
 (undiscounted), per customer, in the currency of the fit.
 """
@@ -65,7 +70,7 @@ def fit_bgnbd(x: FloatArray, t_x: FloatArray, big_t: FloatArray) -> BgNbd:
         ll = bgnbd_log_likelihood(np.exp(log_params), x, t_x, big_t)
         return float(-ll.sum())
 
-    res = minimize(nll, np.zeros(4), method="L-BFGS-B", bounds=[(-8.0, 8.0)] * 4)
+    res = minimize(nll, np.zeros(4), method="L-BFGS-B", bounds=[(-10.0, 10.0)] * 4)
     r, alpha, a, b = np.exp(res.x)
     return BgNbd(float(r), float(alpha), float(a), float(b))
 
@@ -89,7 +94,7 @@ def fit_gamma_gamma(x: FloatArray, m_x: FloatArray) -> GammaGamma:
               + (p * x - 1) * np.log(m_x) + p * x * np.log(x) - (p * x + q) * np.log(v + m_x * x))
         return float(-ll.sum())
 
-    res = minimize(nll, np.array([0.0, 1.0, 0.0]), method="L-BFGS-B", bounds=[(-8.0, 8.0)] * 3)
+    res = minimize(nll, np.array([0.0, 1.0, 0.0]), method="L-BFGS-B", bounds=[(-10.0, 10.0)] * 3)
     p, q, v = np.exp(res.x)
     return GammaGamma(float(p), float(q), float(v))
 
@@ -124,8 +129,12 @@ def customer_lifetime_values(rows: list[dict[str, Any]], *, horizon_weeks: float
         big_t = np.maximum(big_t, 1e-3)
         bg = fit_bgnbd(x, t_x, big_t)
         m_x = np.array([float(r["avg_repeat_value"] or 0.0) for r in group])
-        gg = fit_gamma_gamma(x[repeat], m_x[repeat])
+        # Fitted in units of the mean spend (the scale parameter v is linear in money),
+        # so that the optimiser's bounds fit any currency's magnitudes.
         population_mean = float(m_x[repeat].mean())
+        unit = population_mean if population_mean > 0 else 1.0
+        fitted = fit_gamma_gamma(x[repeat], m_x[repeat] / unit)
+        gg = GammaGamma(fitted.p, fitted.q, fitted.v * unit)
         n_future = expected_purchases(bg, horizon_weeks, x, t_x, big_t)
         value = expected_value(gg, x, m_x, population_mean)
         clv = n_future * value
