@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import kafka_publish, projection_catchup, replay_audit, write_throughput
+from bench import analytics_catchup, kafka_publish, projection_catchup, replay_audit, write_throughput
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 #: --only names -> (report file stem, what it measures)
@@ -24,6 +24,7 @@ BENCHMARKS = {
     "catchup": ("projection_catchup", "read-model catch-up events/s and projection lag"),
     "kafka": ("kafka_publish", "Kafka publication events/s and lag drain after a broker stall"),
     "replay": ("replay_audit", "timeline and as-of latency; audit verify events/s"),
+    "analytics": ("analytics_catchup", "DuckDB catch-up events/s beside PostgreSQL; KPI query times"),
 }
 
 
@@ -111,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         doc = replay_audit.measure(replay)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["replay"][0], args.quick, doc, replay_audit.markdown(doc))
+    if "analytics" in only:
+        analytics = analytics_catchup.QUICK if args.quick else analytics_catchup.FULL
+        if args.events is not None:
+            analytics = dataclasses.replace(analytics, events=catchup.events)
+        if args.reps is not None:
+            analytics = dataclasses.replace(analytics, reps=args.reps)
+        analytics = dataclasses.replace(analytics, server=catchup.server, embedded=catchup.embedded)
+        doc = analytics_catchup.measure(analytics)
+        doc["settings"]["quick"] = args.quick
+        _write_report(BENCHMARKS["analytics"][0], args.quick, doc, analytics_catchup.markdown(doc))
     return 0
 
 

@@ -23,6 +23,7 @@ from commands.application import CommandService, CrmApplication
 from commands.clock import Clock, SystemClock
 from crm.settings import Settings
 from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
+from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
 from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
@@ -144,12 +145,13 @@ class System:
     #: the Kafka publisher, when CRM_KAFKA_BOOTSTRAP_SERVERS is set (started by start_kafka)
     kafka: KafkaFeed | None = None
     audit_key: Ed25519PrivateKey | None = None
+    analytics: AnalyticsProjection | None = None
     _closed: bool = field(default=False, repr=False)
     _stop_checkpoints: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def http_app(self) -> FastAPI:
         return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
-                                   audit_key=self.audit_key))
+                                   audit_key=self.audit_key, analytics=self.analytics))
 
     def start_checkpoints(self) -> None:
         """Sign the chain head every ``audit_checkpoint_seconds`` in a thread of this process."""
@@ -172,6 +174,8 @@ class System:
         """Run the read models' runners as threads of this process."""
         assert self.read is not None
         self.read.start()
+        if self.analytics is not None and self.settings.analytics_enabled:
+            self.analytics.start()
 
     def start_kafka(self) -> None:
         """Run the Kafka publisher as a thread of this process."""
@@ -185,6 +189,8 @@ class System:
         if self.kafka is not None:
             self.kafka.stop()
         self._stop_checkpoints.set()
+        if self.analytics is not None:
+            self.analytics.stop()
         if self.read is not None:
             self.read.stop()
         self.app.close()
@@ -223,7 +229,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
     tokens = TokenIssuer(jwt_settings(settings))
     kafka = kafka_feed(settings, url, app) if settings.kafka_bootstrap_servers else None
     return System(settings, app, commands, tokens, embedded, read, url, kafka,
-                  audit_key=audit_signing_key(settings))
+                  audit_key=audit_signing_key(settings),
+                  analytics=AnalyticsProjection(analytics_config(settings, url)))
 
 
 # -- Kafka ----------------------------------------------------------------------------
@@ -242,3 +249,27 @@ def kafka_feed(settings: Settings, url: str, app: CrmApplication) -> KafkaFeed:
     publisher = KafkaPublisher(url, app.codec, feed_config(settings),
                                batch_size=settings.kafka_batch_size)
     return KafkaFeed(publisher)
+
+
+# -- analytics ----------------------------------------------------------------------------
+def analytics_config(settings: Settings, url: str) -> AnalyticsConfig:
+    """Where the analytics DuckDB file lives, its limits, and the pipelines' stages."""
+    from commands import PIPELINES
+
+    if settings.analytics_pseudonym_key is not None:
+        pseudonym_key = bytes.fromhex(settings.analytics_pseudonym_key.get_secret_value())
+    else:
+        pseudonym_key = hashlib.sha256(b"crm analytics pseudonyms|" + master_key(settings)).digest()
+    stages = tuple((p.name, s.name, i, s.probability)
+                   for p in PIPELINES.values() for i, s in enumerate(p.stages))
+    return AnalyticsConfig(
+        path=settings.analytics_path or settings.data_dir / "analytics.duckdb",
+        conninfo=url,
+        pseudonym_key=pseudonym_key,
+        stages=stages,
+        batch_size=settings.analytics_batch_size,
+        memory_limit=settings.analytics_memory_limit,
+        threads=settings.analytics_threads,
+        query_timeout_seconds=settings.analytics_query_timeout_seconds,
+        max_rows=settings.analytics_max_rows,
+    )

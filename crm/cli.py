@@ -676,6 +676,11 @@ def replay_timeline(
                        f"{json.dumps(change['after'])}")
     if page.next_after is not None:
         typer.echo(f"(more: --after {page.next_after})", err=True)
+# -- crm sql, crm analytics (DuckDB) ------------------------------------------------------
+from crm.analytics_cli import analytics_app, sql  # noqa: E402 -- kept in its own module
+
+app.command("sql")(sql)
+app.add_typer(analytics_app, name="analytics")
 
 
 if __name__ == "__main__":  # pragma: no cover

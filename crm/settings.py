@@ -72,3 +72,19 @@ class Settings(BaseSettings):
         description="How often `crm serve` signs the chain head (0: never; `crm audit "
         "checkpoint` signs on demand).",
     )
+    # -- analytics (DuckDB) --------------------------------------------------------------
+    analytics_enabled: bool = Field(
+        default=True, description="Run the analytics projection in `crm serve` (with the "
+        "read models' runners): the process that leads it owns the DuckDB file and answers SQL.")
+    analytics_path: Path | None = Field(default=None, description="Default: data_dir/analytics.duckdb")
+    analytics_pseudonym_key: SecretStr | None = Field(
+        default=None, description="64 hex digits: key of the customer keys' HMAC. Unset: "
+        "derived from the master key.")
+    analytics_batch_size: int = Field(default=100_000, ge=1)
+    analytics_memory_limit: str = "1GB"
+    analytics_threads: int = Field(default=2, ge=1)
+    analytics_query_timeout_seconds: float = Field(default=10.0, gt=0)
+    analytics_max_rows: int = Field(default=100_000, ge=1)
+    analytics_url: str | None = Field(
+        default=None, description="Where `crm sql` and `crm analytics` reach the owning "
+        "process when the file is in use. Default: http://CRM_HOST:CRM_PORT")

@@ -26,6 +26,7 @@ from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request as CommandRequest
 from commands.application import WriteResult
 from projections.kafka import KafkaFeed
+from projections.analytics.store import AnalyticsProjection
 from projections.service import ReadSide
 from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
@@ -47,6 +48,7 @@ class Services:
     #: the Kafka publisher, when publishing is on (for /metrics)
     kafka: KafkaFeed | None = None
     audit_key: Any = None  # the Ed25519 key that signs audit exports
+    analytics: AnalyticsProjection | None = None
 
 
 class WriteResponse(BaseModel):

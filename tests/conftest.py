@@ -26,8 +26,9 @@ import psycopg
 import pytest
 
 LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
-CRM_TABLES = ("crm_events", "crm_email_reservations", "crm_idempotency", "crm_subject_keys")
-CRM_TABLES += ("crm_event_chain", "crm_chain_checkpoints", "crm_snapshots")  # audit and replay
+CRM_TABLES = ("crm_events", "crm_email_reservations", "crm_idempotency", "crm_subject_keys",
+              "crm_analytics_customers",
+              "crm_event_chain", "crm_chain_checkpoints", "crm_snapshots")  # audit and replay
 #: 64 hex digits: the key-encryption key of every system the tests build.
 MASTER_KEY = "5e" * 32
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
