@@ -23,6 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
+from crm.progress import events_progress
+
 analytics_app = typer.Typer(help="Analytics (DuckDB): run, rebuild, export, report.",
                             no_args_is_help=True)
 
@@ -214,31 +216,14 @@ def run() -> None:
 def rebuild() -> None:
     """Build the analytics database again from position 0 beside the live file, then
     replace it. Exit 3 if another process owns the analytics projection."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
     from crm import bootstrap
     from projections.analytics.store import NotLeader
-
-    class Rate(ProgressColumn):
-        def render(self, task: Task) -> Text:
-            return Text(f"{task.speed or 0:,.0f} events/s")
 
     settings = _settings()
     system = bootstrap.build(settings)
     try:
         assert system.analytics is not None
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      Rate(), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+        with events_progress() as bar:
             task = bar.add_task("rebuilding analytics", total=None)
 
             def progress(position: int, head: int) -> None:

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from crm.progress import events_progress
+
 app = typer.Typer(help="Event-sourced CRM core.", no_args_is_help=True, add_completion=False)
 
 
@@ -207,29 +209,13 @@ def projections_rebuild(
     Exit 1 if a runner kept the old generation (not dropped), 3 if another rebuild or
     verify of the read model is under way.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
     from projections.operations import Busy, rebuild
-
-    class Rate(ProgressColumn):
-        def render(self, task: Task) -> Text:
-            return Text(f"{task.speed or 0:,.0f} events/s")
 
     projection = _projection(name)
     system = _system()
     try:
         assert system.read is not None
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      Rate(), TimeRemainingColumn(), transient=False) as bar:
+        with events_progress() as bar:
             task = bar.add_task(f"rebuilding {name}", total=None)
 
             def progress(position: int, head: int) -> None:
@@ -355,22 +341,7 @@ def kafka_republish(
 ) -> None:
     """Publish a range of the log again (to rebuild a downstream system); the live
     publisher's position is not touched. Consumers dedupe by event id."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
     from projections.kafka import republish
-
-    class Rate(ProgressColumn):
-        def render(self, task: Task) -> Text:
-            return Text(f"{task.speed or 0:,.0f} events/s")
 
     system = _kafka_system()
     try:
@@ -380,9 +351,7 @@ def kafka_republish(
             typer.echo(f"error: unknown topic(s) {', '.join(unknown)}; topics: "
                        f"{', '.join(config.all_topics())}", err=True)
             raise typer.Exit(2)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      Rate(),
-                      TimeRemainingColumn()) as bar:
+        with events_progress() as bar:
             task = bar.add_task("republishing", total=None)
 
             def progress(position: int, end: int) -> None:

@@ -39,6 +39,7 @@ from psycopg.rows import dict_row
 from events.base import all_event_types
 from events.codec import EventCodec, dump_fields
 from events.public import CONTENT_TYPE, EnvelopeWriter
+from projections.runner import RunnerStats
 
 log = structlog.get_logger("crm.kafka")
 
@@ -148,17 +149,10 @@ class PublishFailed(RuntimeError):
 
 
 @dataclass
-class PublisherStats:
-    """Counters for /metrics and `crm projections status` (this process's publisher)."""
+class PublisherStats(RunnerStats):
+    """The runner's counters, and the batches the broker did not acknowledge."""
 
-    batches: int = 0
-    events: int = 0
     failures: int = 0
-    parked: int = 0
-    position: int = 0
-    is_leader: bool = False
-    last_batch_size: int = 0
-    last_batch_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from commands import AGGREGATE_TYPES, Aggregate, CrmEvent, dump_fields
+from commands import AGGREGATE_TYPES, Aggregate, CrmEvent
 from commands import customer as cc
 from commands import interaction as ci
 from commands import opportunity as co
@@ -31,6 +31,7 @@ from projections.service import ReadSide
 from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.encoding import MASK, jsonable
+from replay.timeline import event_entry
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
@@ -258,31 +259,15 @@ def record_view(aggregate: Aggregate, principal: Principal) -> dict[str, Any]:
 
 
 def event_view(event: CrmEvent, position: int | None, principal: Principal) -> dict[str, Any]:
-    data = dump_fields(type(event), event.payload())
+    entry = event_entry(event, position or 0, None)
+    entry["position"] = position
+    del entry["changes"]
     if principal.role not in PERSONAL_DATA_ROLES:
+        data = entry["data"]
         for name in type(event).personal_fields:
             if data.get(name) is not None:
                 data[name] = MASK
-    meta = event.meta
-    return {
-        "position": position,
-        "event_id": str(meta.event_id),
-        "type": event.type_name,
-        "class_version": event.class_version,
-        "aggregate_type": event.aggregate_type,
-        "aggregate_id": str(event.originator_id),
-        "aggregate_version": event.originator_version,
-        "occurred_at": meta.occurred_at.isoformat(),
-        "recorded_at": meta.recorded_at.isoformat(),
-        "actor_id": meta.actor.id,
-        "actor_role": meta.actor.role,
-        "reason": meta.reason,
-        "correlation_id": meta.correlation_id,
-        "causation_id": meta.causation_id,
-        "command_id": str(meta.command_id),
-        "personal_data_erased": event.personal_data_erased,
-        "data": data,
-    }
+    return entry
 
 
 def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None:

@@ -14,6 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 from uuid import UUID
 
@@ -37,11 +38,13 @@ def known_type(type_name: str) -> bool:
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON value of a field value (ids, amounts and times as text)."""
+    """A JSON value of a field value (ids, amounts and times as text, enums by value)."""
     if isinstance(value, UUID | Decimal):
         return str(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):

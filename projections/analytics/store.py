@@ -40,6 +40,7 @@ import structlog
 
 from events.base import all_event_types
 from projections.analytics import schema
+from projections.runner import RunnerStats
 
 log = structlog.get_logger("crm.analytics")
 
@@ -91,14 +92,8 @@ class NotLeader(RuntimeError):
     """Another process owns the analytics database."""
 
 
-@dataclass
-class AnalyticsStats:
-    batches: int = 0
-    events: int = 0
-    parked: int = 0
-    position: int = 0
-    last_batch_seconds: float = 0.0
-    is_leader: bool = False
+#: Counters for status and /metrics: those of the read models' runners.
+AnalyticsStats = RunnerStats
 
 
 @dataclass
