@@ -24,6 +24,8 @@ from commands.clock import Clock, SystemClock
 from crm.settings import Settings
 from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
 from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
+from projections.automation import AutomationRunner, load_config
+from projections.automation.runner import create_tables as create_automation_tables
 from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
@@ -148,6 +150,24 @@ class System:
     analytics: AnalyticsProjection | None = None
     _closed: bool = field(default=False, repr=False)
     _stop_checkpoints: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stop_automation: threading.Event = field(default_factory=threading.Event, repr=False)
+    _automation: AutomationRunner | None = field(default=None, repr=False)
+    _automation_thread: threading.Thread | None = field(default=None, repr=False)
+
+    def automation(self) -> AutomationRunner:
+        """The automation runner of this process (its rules from settings)."""
+        if self._automation is None:
+            self._automation = AutomationRunner(
+                self.database_url, self.app, self.commands,
+                load_config(self.settings.automation_rules_file), self.commands.clock,
+                poll_seconds=self.settings.automation_poll_seconds)
+        return self._automation
+
+    def start_automation(self) -> None:
+        """Run the automation runner as a thread of this process."""
+        self._automation_thread = threading.Thread(
+            target=self.automation().run, args=(self._stop_automation,), name="crm-automation", daemon=True)
+        self._automation_thread.start()
 
     def http_app(self) -> FastAPI:
         return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
@@ -176,6 +196,8 @@ class System:
         self.read.start()
         if self.analytics is not None and self.settings.analytics_enabled:
             self.analytics.start()
+        if self.settings.automation_enabled:
+            self.start_automation()
 
     def start_kafka(self) -> None:
         """Run the Kafka publisher as a thread of this process."""
@@ -189,6 +211,11 @@ class System:
         if self.kafka is not None:
             self.kafka.stop()
         self._stop_checkpoints.set()
+        self._stop_automation.set()
+        if self._automation_thread is not None:
+            self._automation_thread.join(10)
+        if self._automation is not None:
+            self._automation.close()
         if self.analytics is not None:
             self.analytics.stop()
         if self.read is not None:
@@ -220,6 +247,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
             # The audit's tables; events stored before the chain existed get linked.
             audit.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
             replay_state.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
+            create_automation_tables(url)
             app.recorder.link_backlog()  # type: ignore[attr-defined]
     except Exception:
         if embedded is not None:
