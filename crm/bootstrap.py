@@ -7,6 +7,7 @@ import os
 import secrets
 import threading
 import warnings
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,11 @@ def master_key(settings: Settings) -> bytes:
 def email_key(settings: Settings) -> bytes:
     """The key of the e-mail reservations' HMAC, derived from the master key."""
     return hashlib.sha256(b"crm e-mail reservations|" + master_key(settings)).digest()
+
+
+def survey_key(settings: Settings) -> bytes:
+    """The key that signs satisfaction survey links, derived from the master key."""
+    return hashlib.sha256(b"crm survey links|" + master_key(settings)).digest()
 
 
 def audit_signing_key(settings: Settings) -> Ed25519PrivateKey:
@@ -160,7 +166,8 @@ class System:
             self._automation = AutomationRunner(
                 self.database_url, self.app, self.commands,
                 load_config(self.settings.automation_rules_file), self.commands.clock,
-                poll_seconds=self.settings.automation_poll_seconds)
+                poll_seconds=self.settings.automation_poll_seconds, survey_key=survey_key(self.settings),
+                survey_ttl=timedelta(days=self.settings.automation_survey_days))
         return self._automation
 
     def start_automation(self) -> None:
@@ -171,7 +178,8 @@ class System:
 
     def http_app(self) -> FastAPI:
         return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
-                                   audit_key=self.audit_key, analytics=self.analytics))
+                                   audit_key=self.audit_key, analytics=self.analytics,
+                                   survey_key=survey_key(self.settings)))
 
     def start_checkpoints(self) -> None:
         """Sign the chain head every ``audit_checkpoint_seconds`` in a thread of this process."""

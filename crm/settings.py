@@ -96,3 +96,4 @@ class Settings(BaseSettings):
         default=None, description="JSON rules: playbooks, teams, routes, SLAs, reminders. "
         "Unset: projections/automation/default_rules.json")
     automation_poll_seconds: float = Field(default=1.0, gt=0)
+    automation_survey_days: float = Field(default=14.0, gt=0, description="How long a survey link works.")

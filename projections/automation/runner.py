@@ -37,6 +37,7 @@ from events import opportunity as oe
 from events import service_request as se
 from events import task as te
 from events.base import CrmEvent
+from projections.automation import survey
 from projections.automation.config import AutomationConfig, Team, add_working_days, raised
 
 log = structlog.get_logger("crm.automation")
@@ -53,9 +54,11 @@ TABLES = (
     " WHERE fired_at IS NULL",
     "CREATE TABLE IF NOT EXISTS crm_automation_notifications (id text PRIMARY KEY,"
     " recipient text NOT NULL, kind text NOT NULL, message text NOT NULL,"
-    " related_type text, related_id uuid, created_at timestamptz NOT NULL)",
+    " related_type text, related_id uuid, link text, created_at timestamptz NOT NULL)",
     "CREATE INDEX IF NOT EXISTS crm_automation_notifications_recipient"
     " ON crm_automation_notifications (recipient, created_at)",
+    "CREATE TABLE IF NOT EXISTS crm_automation_surveys (request_id uuid PRIMARY KEY,"
+    " token text NOT NULL, expires_at timestamptz NOT NULL, created_at timestamptz NOT NULL)",
     "CREATE TABLE IF NOT EXISTS crm_automation_load (request_id uuid PRIMARY KEY,"
     " assignee_id text, open boolean NOT NULL)",
 )
@@ -77,7 +80,7 @@ def notifications_for(conn: psycopg.Connection[Any], recipient: str, limit: int 
     """The recipient's notifications, newest first."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT id, kind, message, related_type, related_id, created_at"
+            "SELECT id, kind, message, related_type, related_id, link, created_at"
             " FROM crm_automation_notifications WHERE recipient = %s"
             " ORDER BY created_at DESC, id LIMIT %s", (recipient, limit)).fetchall()
 
@@ -87,7 +90,8 @@ class AutomationRunner:
 
     def __init__(self, conninfo: str, app: CrmApplication, commands: CommandService,
                  config: AutomationConfig, clock: Clock, *, batch_size: int = 500,
-                 poll_seconds: float = 1.0):
+                 poll_seconds: float = 1.0, survey_key: bytes | None = None,
+                 survey_ttl: timedelta = timedelta(days=14)):
         self.conninfo = conninfo
         self.app = app
         self.commands = commands
@@ -95,6 +99,8 @@ class AutomationRunner:
         self.clock = clock
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
+        self.survey_key = survey_key
+        self.survey_ttl = survey_ttl
         self._lock_conn: psycopg.Connection[Any] | None = None
         self.issued = 0  # commands issued by this runner (not skipped as already issued)
 
@@ -174,6 +180,7 @@ class AutomationRunner:
             self._load(conn, event.originator_id, event.assignee_id, True)
         elif isinstance(event, se.ServiceRequestResolved):
             self._load(conn, event.originator_id, None, False)
+            self._survey(conn, event)
         elif isinstance(event, se.ServiceRequestStatusChanged):
             self._load(conn, event.originator_id, None, event.to_status != "closed")
         elif isinstance(event, te.TaskCreated | te.TaskDueChanged) and event.due_at is not None:
@@ -266,6 +273,28 @@ class AutomationRunner:
                payload: dict[str, Any]) -> None:
         conn.execute("INSERT INTO crm_automation_timers (id, due_at, kind, payload) VALUES (%s, %s, %s, %s)"
                      " ON CONFLICT (id) DO NOTHING", (timer_id, due_at, kind, Jsonb(payload)))
+
+    # -- satisfaction surveys ----------------------------------------------------------
+    def _survey(self, conn: psycopg.Connection[Any], event: se.ServiceRequestResolved) -> None:
+        """An invitation with a signed, expiring link; the request's agent is told the link."""
+        if self.survey_key is None:
+            return
+        request_id = event.originator_id
+        expires = event.meta.recorded_at + self.survey_ttl
+        token = survey.sign(self.survey_key, request_id, expires)
+        conn.execute("INSERT INTO crm_automation_surveys (request_id, token, expires_at, created_at)"
+                     " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                     (request_id, token, expires, event.meta.recorded_at))
+        row = conn.execute("SELECT assignee_id FROM crm_automation_load WHERE request_id = %s",
+                           (request_id,)).fetchone()
+        if row and row[0]:
+            conn.execute(
+                "INSERT INTO crm_automation_notifications (id, recipient, kind, message, related_type,"
+                " related_id, link, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO NOTHING",
+                (f"survey:{event.meta.event_id}", row[0], "survey_invitation",
+                 f"Satisfaction survey for service request {request_id}: send the customer the link",
+                 "service_request", request_id, f"/api/v1/survey/{token}", event.meta.recorded_at))
 
     # -- task reminders ---------------------------------------------------------------
     def _task_timers(self, conn: psycopg.Connection[Any], event: CrmEvent, due_at: datetime) -> None:
