@@ -168,8 +168,9 @@ class AutomationRunner:
 
     @staticmethod
     def _track(conn: psycopg.Connection[Any], position: int) -> None:
-        conn.execute("UPDATE crm_automation_tracking SET position = %s, updated_at = now()"
-                     " WHERE name = %s", (position, NAME))
+        conn.execute("INSERT INTO crm_automation_tracking (name, position) VALUES (%s, %s)"
+                     " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+                     (NAME, position))
 
     def _handle(self, conn: psycopg.Connection[Any], event: CrmEvent) -> None:
         if isinstance(event, STAGE_EVENTS):
