@@ -363,6 +363,7 @@ class AutomationRunner:
             sr = self.app.load(cls, request_id)
             self._issue(f"{timer_id}:assign", cs.AssignServiceRequest(assignee_id=team.escalate_to, reason=reason),
                         payload, target=request_id, expected_version=sr.version)
+        sr = self.app.load(cls, request_id)  # as escalated: its assignee must act now
         if team is not None:
             notes.append((f"{timer_id}:manager", team.manager, "sla_breach",
                           f"Service request {request_id}: {what} SLA breached; escalated",
