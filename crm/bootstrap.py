@@ -26,6 +26,7 @@ from crm.settings import Settings
 from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
 from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
 from projections.automation import AutomationRunner, load_config
+from projections.automation.mail import Mailer, SmtpConfig
 from projections.automation.runner import create_tables as create_automation_tables
 from projections.service import ReadSide
 from readapi.app import create_app
@@ -87,6 +88,14 @@ def email_key(settings: Settings) -> bytes:
 def survey_key(settings: Settings) -> bytes:
     """The key that signs satisfaction survey links, derived from the master key."""
     return hashlib.sha256(b"crm survey links|" + master_key(settings)).digest()
+
+
+def mailer(settings: Settings) -> Mailer | None:
+    if not settings.smtp_host:
+        return None
+    return Mailer(SmtpConfig(
+        settings.smtp_host, settings.smtp_port, settings.smtp_sender, settings.smtp_username,
+        settings.smtp_password.get_secret_value() if settings.smtp_password else None, settings.smtp_starttls))
 
 
 def audit_signing_key(settings: Settings) -> Ed25519PrivateKey:
@@ -167,7 +176,7 @@ class System:
                 self.database_url, self.app, self.commands,
                 load_config(self.settings.automation_rules_file), self.commands.clock,
                 poll_seconds=self.settings.automation_poll_seconds, survey_key=survey_key(self.settings),
-                survey_ttl=timedelta(days=self.settings.automation_survey_days))
+                survey_ttl=timedelta(days=self.settings.automation_survey_days), mailer=mailer(self.settings))
         return self._automation
 
     def start_automation(self) -> None:

@@ -97,3 +97,9 @@ class Settings(BaseSettings):
         "Unset: projections/automation/default_rules.json")
     automation_poll_seconds: float = Field(default=1.0, gt=0)
     automation_survey_days: float = Field(default=14.0, gt=0, description="How long a survey link works.")
+    smtp_host: str = Field(default="", description="SMTP server for notification e-mail; empty: none sent.")
+    smtp_port: int = 25
+    smtp_sender: str = "crm@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False

@@ -77,9 +77,14 @@ class AutomationConfig(_Model):
     routes: list[Route] = []
     sla: dict[Literal["low", "normal", "high", "urgent"], Sla] = {}
     reminders: Reminders = Reminders()
+    #: e-mail address per user id (a user id that is an address needs no entry)
+    emails: dict[str, str] = {}
 
     def playbook(self, pipeline: str, stage: str) -> Playbook | None:
         return next((p for p in self.playbooks if p.pipeline == pipeline and p.stage == stage), None)
+
+    def email_of(self, user_id: str) -> str | None:
+        return self.emails.get(user_id) or (user_id if "@" in user_id else None)
 
     def team(self, name: str) -> Team | None:
         return next((t for t in self.teams if t.name == name), None)

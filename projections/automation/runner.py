@@ -38,6 +38,7 @@ from events import service_request as se
 from events import task as te
 from events.base import CrmEvent
 from projections.automation import survey
+from projections.automation.mail import Mailer
 from projections.automation.config import AutomationConfig, Team, add_working_days, raised
 
 log = structlog.get_logger("crm.automation")
@@ -54,7 +55,8 @@ TABLES = (
     " WHERE fired_at IS NULL",
     "CREATE TABLE IF NOT EXISTS crm_automation_notifications (id text PRIMARY KEY,"
     " recipient text NOT NULL, kind text NOT NULL, message text NOT NULL,"
-    " related_type text, related_id uuid, link text, created_at timestamptz NOT NULL)",
+    " related_type text, related_id uuid, link text, created_at timestamptz NOT NULL,"
+    " emailed_at timestamptz)",
     "CREATE INDEX IF NOT EXISTS crm_automation_notifications_recipient"
     " ON crm_automation_notifications (recipient, created_at)",
     "CREATE TABLE IF NOT EXISTS crm_automation_surveys (request_id uuid PRIMARY KEY,"
@@ -91,7 +93,7 @@ class AutomationRunner:
     def __init__(self, conninfo: str, app: CrmApplication, commands: CommandService,
                  config: AutomationConfig, clock: Clock, *, batch_size: int = 500,
                  poll_seconds: float = 1.0, survey_key: bytes | None = None,
-                 survey_ttl: timedelta = timedelta(days=14)):
+                 survey_ttl: timedelta = timedelta(days=14), mailer: Mailer | None = None):
         self.conninfo = conninfo
         self.app = app
         self.commands = commands
@@ -101,6 +103,7 @@ class AutomationRunner:
         self.poll_seconds = poll_seconds
         self.survey_key = survey_key
         self.survey_ttl = survey_ttl
+        self.mailer = mailer
         self._lock_conn: psycopg.Connection[Any] | None = None
         self.issued = 0  # commands issued by this runner (not skipped as already issued)
 
@@ -133,7 +136,10 @@ class AutomationRunner:
             done += n
             if n < self.batch_size:
                 break
-        return done + self.fire_due()
+        done += self.fire_due()
+        if self.mailer is not None:
+            self.send_mail()
+        return done
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -328,6 +334,32 @@ class AutomationRunner:
                                  " WHERE id = %s AND fired_at IS NULL", (now, outcome, timer_id))
                 fired += 1
         return fired
+
+    # -- e-mail -------------------------------------------------------------------------
+    def send_mail(self) -> int:
+        """E-mail the notifications not sent yet to recipients with an address (an
+        outbox: at least once; a crash between sending and marking sends again)."""
+        assert self.mailer is not None
+        with psycopg.connect(self.conninfo) as conn:
+            rows = conn.execute(
+                "SELECT id, recipient, kind, message, link FROM crm_automation_notifications"
+                " WHERE emailed_at IS NULL ORDER BY created_at, id LIMIT 200").fetchall()
+            conn.commit()
+            outgoing: list[tuple[str, str, str]] = []
+            sent: list[str] = []
+            for nid, recipient, kind, message, link in rows:
+                address = self.config.email_of(recipient)
+                sent.append(nid)
+                if address is not None:
+                    subject = f"[CRM] {kind.replace('_', ' ')}"
+                    outgoing.append((address, subject, message + (f"\n\n{link}" if link else "")))
+            if outgoing:
+                self.mailer.send(outgoing)
+            if sent:
+                with conn.transaction():
+                    conn.execute("UPDATE crm_automation_notifications SET emailed_at = %s WHERE id = ANY(%s)",
+                                 (self.clock.now(), sent))
+            return len(outgoing)
 
     def _fire(self, timer_id: str, kind: str, payload: dict[str, Any],
               notes: list[tuple[str, str, str, str, str, UUID]]) -> str:

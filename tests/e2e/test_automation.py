@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from aiosmtpd.controller import Controller
 
 from commands.clock import FixedClock
 from projections.automation import survey
@@ -40,7 +41,25 @@ RULES: dict[str, Any] = {
     "sla": {"normal": {"first_response_minutes": 60, "resolution_minutes": 480},
             "high": {"first_response_minutes": 30, "resolution_minutes": 240}},
     "reminders": {"due_soon_minutes": 120},
+    "emails": {"boss": "boss@example.com"},
 }
+
+
+class Inbox:
+    """An aiosmtpd handler keeping what it received."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
+        return "250 OK"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -49,6 +68,7 @@ class World:
     system: Any
     clock: FixedClock
     database_url: str
+    inbox: Inbox
 
     def step(self) -> int:
         return int(self.system.automation().step())
@@ -78,8 +98,13 @@ def world(database_url: str, pg_env: dict[str, str], tmp_path: Path) -> Iterator
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps(RULES))
     clock = FixedClock(MONDAY_9)
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    smtp.start()
     system = build(settings_for(database_url, tmp_path / "data", automation_rules_file=rules,
-                                analytics_enabled=False, automation_enabled=False), clock=clock)
+                                analytics_enabled=False, automation_enabled=False,
+                                smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_sender="crm@example.com"),
+                   clock=clock)
     system.start_projections()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -92,12 +117,13 @@ def world(database_url: str, pg_env: dict[str, str], tmp_path: Path) -> Iterator
     try:
         _wait_for_health(base_url)
         with httpx.Client(base_url=base_url, timeout=10.0) as client:
-            yield World(Api(client, system.tokens), system, clock, database_url)
+            yield World(Api(client, system.tokens), system, clock, database_url, inbox)
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
         system.close()
+        smtp.stop()
 
 
 def _customer(w: World) -> str:
@@ -194,6 +220,10 @@ def test_routing_sla_breach_escalates_once_and_notifies(world: World) -> None:
     assert all(e["type"] != "ServiceRequestPriorityChanged" for e in first_events)  # met
     assert len(w.notifications("boss")) == 2
     assert [n["kind"] for n in w.notifications("agent-b")] == ["sla_breach"]
+    # the manager has an e-mail address: one message per breach
+    mail = [m for m in w.inbox.messages if m[0] == ["boss@example.com"]]
+    assert len(mail) == 2 and all(b"Subject: [CRM] sla breach" in body for _, body in mail)
+    assert all(b"From: crm@example.com" in body for _, body in mail)
 
     # Stepping again, replaying from 0 and re-firing every timer: no new events.
     before = w.count_events()
@@ -204,6 +234,7 @@ def test_routing_sla_breach_escalates_once_and_notifies(world: World) -> None:
     w.step()
     assert w.count_events() == before
     assert len(w.notifications("boss")) == 2
+    assert len([m for m in w.inbox.messages if m[0] == ["boss@example.com"]]) == 2
 
 
 def test_task_reminders_due_soon_then_overdue(world: World) -> None:
