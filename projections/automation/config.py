@@ -71,12 +71,27 @@ class Reminders(_Model):
     due_soon_minutes: float = Field(default=24 * 60, ge=0)
 
 
+class Attention(_Model):
+    """A high-value customer (in one of ``segments``, or with purchases of at least
+    ``min_purchases`` in ``currency``) with no interaction for ``quiet_days`` gets a task
+    for its owner, once per quiet spell."""
+
+    enabled: bool = True
+    segments: list[str] = ["key_account", "vip"]
+    min_purchases: float | None = Field(default=None, ge=0)
+    currency: str = "EUR"
+    quiet_days: float = Field(default=30, gt=0)
+    title: str = "Get in touch: no interaction for a while"
+    due_in_working_days: int = Field(default=2, ge=0)
+
+
 class AutomationConfig(_Model):
     playbooks: list[Playbook] = []
     teams: list[Team] = []
     routes: list[Route] = []
     sla: dict[Literal["low", "normal", "high", "urgent"], Sla] = {}
     reminders: Reminders = Reminders()
+    attention: Attention = Attention()
     #: e-mail address per user id (a user id that is an address needs no entry)
     emails: dict[str, str] = {}
 

@@ -33,6 +33,8 @@ from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request
 from commands.clock import Clock
 from commands.errors import ConcurrencyConflict, IdempotencyKeyReused
+from events import customer as ce
+from events import interaction as ie
 from events import opportunity as oe
 from events import service_request as se
 from events import task as te
@@ -61,12 +63,21 @@ TABLES = (
     " ON crm_automation_notifications (recipient, created_at)",
     "CREATE TABLE IF NOT EXISTS crm_automation_surveys (request_id uuid PRIMARY KEY,"
     " token text NOT NULL, expires_at timestamptz NOT NULL, created_at timestamptz NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS crm_automation_customers (customer_id uuid PRIMARY KEY,"
+    " owner_id text NOT NULL, segment text, last_contact_at timestamptz NOT NULL,"
+    " last_contact_event text NOT NULL, last_contact_correlation text NOT NULL,"
+    " attended_for timestamptz)",
+    "CREATE TABLE IF NOT EXISTS crm_automation_purchases (event_id uuid PRIMARY KEY,"
+    " customer_id uuid NOT NULL, amount numeric NOT NULL, currency text NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS crm_automation_purchases_customer ON crm_automation_purchases (customer_id)",
     "CREATE TABLE IF NOT EXISTS crm_automation_load (request_id uuid PRIMARY KEY,"
     " assignee_id text, open boolean NOT NULL)",
 )
+CUSTOMER_EVENTS = (ce.CustomerRegistered, ce.OwnerReassigned, ce.CustomerClassified,
+                   ce.PurchaseRecorded, ie.InteractionLogged)
 STAGE_EVENTS = (oe.OpportunityOpened, oe.OpportunityStageChanged, oe.OpportunityReopened)
 TOPICS = frozenset(e.type_name for e in (
-    *STAGE_EVENTS, se.ServiceRequestOpened, se.ServiceRequestAssigned, se.ServiceRequestResolved,
+    *STAGE_EVENTS, *CUSTOMER_EVENTS, se.ServiceRequestOpened, se.ServiceRequestAssigned, se.ServiceRequestResolved,
     se.ServiceRequestStatusChanged, te.TaskCreated, te.TaskDueChanged))
 
 
@@ -137,6 +148,7 @@ class AutomationRunner:
             if n < self.batch_size:
                 break
         done += self.fire_due()
+        done += self.attend()
         if self.mailer is not None:
             self.send_mail()
         return done
@@ -192,6 +204,8 @@ class AutomationRunner:
             self._load(conn, event.originator_id, None, event.to_status != "closed")
         elif isinstance(event, te.TaskCreated | te.TaskDueChanged) and event.due_at is not None:
             self._task_timers(conn, event, event.due_at)
+        elif isinstance(event, CUSTOMER_EVENTS):
+            self._customer(conn, event)
 
     def _issue(self, key: str, command: BaseModel, cause: CrmEvent | dict[str, Any], *,
                target: UUID | None = None, expected_version: int | None = None) -> bool:
@@ -302,6 +316,65 @@ class AutomationRunner:
                 (f"survey:{event.meta.event_id}", row[0], "survey_invitation",
                  f"Satisfaction survey for service request {request_id}: send the customer the link",
                  "service_request", request_id, f"/api/v1/survey/{token}", event.meta.recorded_at))
+
+    # -- attention: quiet high-value customers ----------------------------------------
+    @staticmethod
+    def _customer(conn: psycopg.Connection[Any], event: CrmEvent) -> None:
+        meta = event.meta
+        if isinstance(event, ce.CustomerRegistered):
+            conn.execute(
+                "INSERT INTO crm_automation_customers (customer_id, owner_id, last_contact_at,"
+                " last_contact_event, last_contact_correlation) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (event.originator_id, event.owner_id, meta.occurred_at, str(meta.event_id), meta.correlation_id))
+        elif isinstance(event, ce.OwnerReassigned):
+            conn.execute("UPDATE crm_automation_customers SET owner_id = %s WHERE customer_id = %s",
+                         (event.owner_id, event.originator_id))
+        elif isinstance(event, ce.CustomerClassified):
+            conn.execute("UPDATE crm_automation_customers SET segment = %s WHERE customer_id = %s",
+                         (event.segment, event.originator_id))
+        elif isinstance(event, ce.PurchaseRecorded):
+            conn.execute("INSERT INTO crm_automation_purchases (event_id, customer_id, amount, currency)"
+                         " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                         (meta.event_id, event.originator_id, event.amount, event.currency))
+        elif isinstance(event, ie.InteractionLogged):
+            conn.execute(
+                "UPDATE crm_automation_customers SET last_contact_at = %s, last_contact_event = %s,"
+                " last_contact_correlation = %s WHERE customer_id = %s AND last_contact_at < %s",
+                (meta.occurred_at, str(meta.event_id), meta.correlation_id, event.customer_id, meta.occurred_at))
+
+    def attend(self) -> int:
+        """A task for the owner of each high-value customer quiet for too long; once per
+        quiet spell (keyed by the customer's last contact)."""
+        rule = self.config.attention
+        if not rule.enabled:
+            return 0
+        now = self.clock.now()
+        with psycopg.connect(self.conninfo) as conn:
+            rows = conn.execute(
+                "SELECT c.customer_id, c.owner_id, c.last_contact_at, c.last_contact_event,"
+                " c.last_contact_correlation FROM crm_automation_customers c"
+                " WHERE c.last_contact_at <= %s"
+                " AND (c.attended_for IS NULL OR c.attended_for < c.last_contact_at)"
+                " AND (c.segment = ANY(%s) OR (%s::numeric IS NOT NULL AND %s::numeric <= (SELECT"
+                "  coalesce(sum(p.amount), 0) FROM crm_automation_purchases p"
+                "  WHERE p.customer_id = c.customer_id AND p.currency = %s)))"
+                " ORDER BY c.last_contact_at LIMIT 500",
+                (now - timedelta(days=rule.quiet_days), rule.segments, rule.min_purchases,
+                 rule.min_purchases, rule.currency)).fetchall()
+            conn.commit()
+            for customer_id, owner_id, last_at, last_event, correlation in rows:
+                command = ct.CreateTask(
+                    title=rule.title, due_at=add_working_days(now, rule.due_in_working_days),
+                    assignee_id=owner_id, related_type="customer", related_id=customer_id,
+                    description=f"No interaction since {last_at.date().isoformat()}.",
+                    reason=f"attention: no interaction for {rule.quiet_days:g} days")
+                cause = {"causation_id": last_event, "correlation_id": correlation}
+                self._issue(f"attention:{customer_id}:{last_at.isoformat()}", command, cause)
+                with conn.transaction():
+                    conn.execute("UPDATE crm_automation_customers SET attended_for = %s WHERE customer_id = %s",
+                                 (last_at, customer_id))
+            return len(rows)
 
     # -- task reminders ---------------------------------------------------------------
     def _task_timers(self, conn: psycopg.Connection[Any], event: CrmEvent, due_at: datetime) -> None:

@@ -42,6 +42,8 @@ RULES: dict[str, Any] = {
             "high": {"first_response_minutes": 30, "resolution_minutes": 240}},
     "reminders": {"due_soon_minutes": 120},
     "emails": {"boss": "boss@example.com"},
+    "attention": {"segments": ["vip"], "min_purchases": 5000, "currency": "EUR", "quiet_days": 30,
+                  "title": "Call a quiet key customer"},
 }
 
 
@@ -306,3 +308,58 @@ def test_the_survey_link_works_once_and_rejects_forged_and_expired_ones(world: W
     w.clock.advance(timedelta(days=15))  # links live 14 days
     r = w.api.client.get(link)
     assert r.status_code == 410 and r.json()["field"] == "token"
+
+
+def test_a_quiet_high_value_customer_gets_a_task_for_the_owner(world: World) -> None:
+    w = world
+    vip = w.api.register("Vera Vip").json()
+    r = w.api.post(f"/api/v1/customers/{vip['id']}/classification", {"segment": "vip", "reason": "top ten"},
+                   **{"If-Match": f'"{vip["version"]}"'})
+    assert r.status_code == 200, r.text
+    big = w.api.register("Bob Buyer", owner_id="rep-8").json()
+    r = w.api.post(f"/api/v1/customers/{big['id']}/purchases",
+                   {"order_id": "o-1", "amount": "6000", "currency": "EUR"})
+    assert r.status_code in (200, 201), r.text
+    small = w.api.register("Sam Small").json()
+    r = w.api.post(f"/api/v1/customers/{small['id']}/purchases",
+                   {"order_id": "o-2", "amount": "6000", "currency": "USD"})  # not EUR: not counted
+    assert r.status_code in (200, 201), r.text
+    w.clock.advance(timedelta(days=10))
+    r = w.api.post("/api/v1/interactions", {"customer_id": vip["id"], "channel": "call", "direction": "outbound",
+                                            "subject": "Check-in"})
+    assert r.status_code == 201, r.text
+    last_call = r.json()
+
+    def attention_tasks() -> list[dict[str, Any]]:
+        position = w.wait_read()
+        r = w.api.get(f"/api/v1/tasks?min_position={position}", role="admin")
+        assert r.status_code == 200, r.text
+        return [t for t in r.json()["items"] if t["title"] == "Call a quiet key customer"]
+
+    w.clock.advance(timedelta(days=25))  # Bob quiet 35 days, Vera 25
+    w.step()
+    tasks = attention_tasks()
+    assert [(t["assignee_id"], t["related_id"]) for t in tasks] == [("rep-8", big["id"])]
+    w.clock.advance(timedelta(days=6))  # Vera quiet 31 days
+    w.step()
+    w.step()
+    tasks = attention_tasks()
+    assert sorted((t["assignee_id"], t["related_id"]) for t in tasks) == sorted(
+        [("rep-8", big["id"]), ("rep-1", vip["id"])])
+    vip_task = next(t for t in tasks if t["related_id"] == vip["id"])
+    created = w.events(f"/api/v1/tasks/{vip_task['id']}")[0]
+    call_event = w.events(f"/api/v1/interactions/{last_call['id']}")[0]
+    assert created["causation_id"] == call_event["event_id"]
+
+    # replaying from 0 makes nothing new; a new quiet spell after a new call does
+    before = w.count_events()
+    with connect(w.database_url) as conn:
+        conn.execute("UPDATE crm_automation_tracking SET position = 0")
+    w.step()
+    assert w.count_events() == before
+    r = w.api.post("/api/v1/interactions", {"customer_id": vip["id"], "channel": "email", "direction": "inbound",
+                                            "subject": "Hello"})
+    assert r.status_code == 201, r.text
+    w.clock.advance(timedelta(days=31))
+    w.step()
+    assert len([t for t in attention_tasks() if t["related_id"] == vip["id"]]) == 2
