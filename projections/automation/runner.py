@@ -47,6 +47,7 @@ log = structlog.get_logger("crm.automation")
 
 PRINCIPAL = Principal(id="automation", role="integration")
 NAME = "automation"
+PARK_AFTER = 3
 TABLES = (
     "CREATE TABLE IF NOT EXISTS crm_automation_tracking (name text PRIMARY KEY,"
     " position bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())",
@@ -70,6 +71,8 @@ TABLES = (
     "CREATE TABLE IF NOT EXISTS crm_automation_purchases (event_id uuid PRIMARY KEY,"
     " customer_id uuid NOT NULL, amount numeric NOT NULL, currency text NOT NULL)",
     "CREATE INDEX IF NOT EXISTS crm_automation_purchases_customer ON crm_automation_purchases (customer_id)",
+    "CREATE TABLE IF NOT EXISTS crm_automation_parked (position bigint PRIMARY KEY,"
+    " event_type text NOT NULL, error text NOT NULL, parked_at timestamptz NOT NULL DEFAULT now())",
     "CREATE TABLE IF NOT EXISTS crm_automation_load (request_id uuid PRIMARY KEY,"
     " assignee_id text, open boolean NOT NULL)",
 )
@@ -116,6 +119,7 @@ class AutomationRunner:
         self.survey_ttl = survey_ttl
         self.mailer = mailer
         self._lock_conn: psycopg.Connection[Any] | None = None
+        self._failures: dict[int, int] = {}
         self.issued = 0  # commands issued by this runner (not skipped as already issued)
 
     # -- leadership ------------------------------------------------------------
@@ -175,14 +179,33 @@ class AutomationRunner:
             notes = self.app.recorder.select_notifications(start=position + 1, limit=self.batch_size)
             for n in notes:
                 if n.topic in TOPICS:
-                    event: CrmEvent = self.app.mapper.to_domain_event(n)  # type: ignore[assignment]
-                    with conn.transaction():
-                        self._handle(conn, event)
-                        self._track(conn, n.id)
+                    try:
+                        event: CrmEvent = self.app.mapper.to_domain_event(n)  # type: ignore[assignment]
+                        with conn.transaction():
+                            self._handle(conn, event)
+                            self._track(conn, n.id)
+                    except (ConcurrencyConflict, psycopg.OperationalError):
+                        raise  # passing: the next step tries again
+                    except Exception as e:  # noqa: BLE001 -- retried, then parked
+                        self._park_or_raise(conn, n.id, n.topic, e)
+                    self._failures.pop(n.id, None)
             if notes:
                 with conn.transaction():
                     self._track(conn, notes[-1].id)
             return len(notes)
+
+    def _park_or_raise(self, conn: psycopg.Connection[Any], position: int, topic: str, error: Exception) -> None:
+        """An event whose rules fail ``PARK_AFTER`` times in a row is parked (recorded,
+        logged and passed) so one bad event does not stop the automation."""
+        failures = self._failures[position] = self._failures.get(position, 0) + 1
+        if failures < PARK_AFTER:
+            raise error
+        log.error("automation parked an event", position=position, event_type=topic, error=str(error))
+        with conn.transaction():
+            conn.execute("INSERT INTO crm_automation_parked (position, event_type, error) VALUES (%s, %s, %s)"
+                         " ON CONFLICT (position) DO NOTHING",
+                         (position, topic, f"{type(error).__name__}: {error}"[:2000]))
+            self._track(conn, position)
 
     @staticmethod
     def _track(conn: psycopg.Connection[Any], position: int) -> None:

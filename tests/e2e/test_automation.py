@@ -363,3 +363,30 @@ def test_a_quiet_high_value_customer_gets_a_task_for_the_owner(world: World) -> 
     w.clock.advance(timedelta(days=31))
     w.step()
     assert len([t for t in attention_tasks() if t["related_id"] == vip["id"]]) == 2
+
+
+def test_an_event_whose_rule_keeps_failing_is_parked_not_blocking(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = world
+    runner = w.system.automation()
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("broken rule")
+
+    customer_id = _customer(w)
+    deal = w.api.post("/api/v1/opportunities", {"customer_id": customer_id, "title": "Deal", "amount": "1",
+                                                "currency": "EUR"}).json()
+    monkeypatch.setattr(runner, "_playbook", broken)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            runner.step()
+    runner.step()  # the third failure parks it
+    monkeypatch.undo()
+    with connect(w.database_url) as conn:
+        parked = conn.execute("SELECT event_type, error FROM crm_automation_parked").fetchall()
+    assert parked == [("OpportunityOpened", "RuntimeError: broken rule")]
+    # what follows still runs
+    r = w.api.post(f"/api/v1/opportunities/{deal['id']}/stage", {"stage": "proposal"}, **{"If-Match": '"1"'})
+    assert r.status_code == 200, r.text
+    runner.step()
+    r = w.api.get(f"/api/v1/tasks?related_id={deal['id']}&min_position={w.wait_read()}")
+    assert len(r.json()["items"]) == 2
