@@ -119,7 +119,7 @@ class AutomationRunner:
         self.survey_ttl = survey_ttl
         self.mailer = mailer
         self._lock_conn: psycopg.Connection[Any] | None = None
-        self._failures: dict[int, int] = {}
+        self._failures: dict[int | str, int] = {}
         self.issued = 0  # commands issued by this runner (not skipped as already issued)
 
     # -- leadership ------------------------------------------------------------
@@ -419,7 +419,17 @@ class AutomationRunner:
             conn.commit()
             for timer_id, kind, payload in due:
                 notes: list[tuple[str, str, str, str, str, UUID]] = []
-                outcome = self._fire(timer_id, kind, payload, notes)
+                try:
+                    outcome = self._fire(timer_id, kind, payload, notes)
+                except (ConcurrencyConflict, psycopg.OperationalError):
+                    raise  # passing: the next step tries again
+                except Exception as e:  # noqa: BLE001 -- retried, then given up (recorded)
+                    failures = self._failures[timer_id] = self._failures.get(timer_id, 0) + 1
+                    if failures < PARK_AFTER:
+                        raise
+                    log.error("automation gave up a timer", timer=timer_id, error=str(e))
+                    outcome = f"failed: {type(e).__name__}: {e}"[:2000]
+                self._failures.pop(timer_id, None)
                 with conn.transaction():
                     conn.cursor().executemany(
                         "INSERT INTO crm_automation_notifications (id, recipient, kind, message,"

@@ -390,3 +390,21 @@ def test_an_event_whose_rule_keeps_failing_is_parked_not_blocking(world: World, 
     runner.step()
     r = w.api.get(f"/api/v1/tasks?related_id={deal['id']}&min_position={w.wait_read()}")
     assert len(r.json()["items"]) == 2
+
+
+def test_a_timer_that_keeps_failing_is_given_up_and_recorded(world: World) -> None:
+    w = world
+    with connect(w.database_url) as conn:
+        conn.execute(
+            "INSERT INTO crm_automation_timers (id, due_at, kind, payload) VALUES (%s, %s, %s, %s)",
+            ("sla-first-response:gone", MONDAY_9, "sla_first_response",
+             json.dumps({"request_id": "00000000-0000-4000-8000-000000000000", "team": None,
+                         "causation_id": "x", "correlation_id": "y"})))
+    runner = w.system.automation()
+    for _ in range(2):
+        with pytest.raises(Exception, match="no service_request"):
+            runner.step()
+    runner.step()
+    with connect(w.database_url) as conn:
+        row = conn.execute("SELECT fired_at, outcome FROM crm_automation_timers").fetchone()
+    assert row is not None and row[0] is not None and row[1].startswith("failed: NotFound")
