@@ -7,6 +7,7 @@ import os
 import secrets
 import threading
 import warnings
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from commands.clock import Clock, SystemClock
 from crm.settings import Settings
 from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
 from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
+from projections.automation import AutomationRunner, load_config
+from projections.automation.mail import Mailer, SmtpConfig
+from projections.automation.runner import create_tables as create_automation_tables
 from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
@@ -79,6 +83,19 @@ def master_key(settings: Settings) -> bytes:
 def email_key(settings: Settings) -> bytes:
     """The key of the e-mail reservations' HMAC, derived from the master key."""
     return hashlib.sha256(b"crm e-mail reservations|" + master_key(settings)).digest()
+
+
+def survey_key(settings: Settings) -> bytes:
+    """The key that signs satisfaction survey links, derived from the master key."""
+    return hashlib.sha256(b"crm survey links|" + master_key(settings)).digest()
+
+
+def mailer(settings: Settings) -> Mailer | None:
+    if not settings.smtp_host:
+        return None
+    return Mailer(SmtpConfig(
+        settings.smtp_host, settings.smtp_port, settings.smtp_sender, settings.smtp_username,
+        settings.smtp_password.get_secret_value() if settings.smtp_password else None, settings.smtp_starttls))
 
 
 def audit_signing_key(settings: Settings) -> Ed25519PrivateKey:
@@ -148,10 +165,30 @@ class System:
     analytics: AnalyticsProjection | None = None
     _closed: bool = field(default=False, repr=False)
     _stop_checkpoints: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stop_automation: threading.Event = field(default_factory=threading.Event, repr=False)
+    _automation: AutomationRunner | None = field(default=None, repr=False)
+    _automation_thread: threading.Thread | None = field(default=None, repr=False)
+
+    def automation(self) -> AutomationRunner:
+        """The automation runner of this process (its rules from settings)."""
+        if self._automation is None:
+            self._automation = AutomationRunner(
+                self.database_url, self.app, self.commands,
+                load_config(self.settings.automation_rules_file), self.commands.clock,
+                poll_seconds=self.settings.automation_poll_seconds, survey_key=survey_key(self.settings),
+                survey_ttl=timedelta(days=self.settings.automation_survey_days), mailer=mailer(self.settings))
+        return self._automation
+
+    def start_automation(self) -> None:
+        """Run the automation runner as a thread of this process."""
+        self._automation_thread = threading.Thread(
+            target=self.automation().run, args=(self._stop_automation,), name="crm-automation", daemon=True)
+        self._automation_thread.start()
 
     def http_app(self) -> FastAPI:
         return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
-                                   audit_key=self.audit_key, analytics=self.analytics))
+                                   audit_key=self.audit_key, analytics=self.analytics,
+                                   survey_key=survey_key(self.settings)))
 
     def start_checkpoints(self) -> None:
         """Sign the chain head every ``audit_checkpoint_seconds`` in a thread of this process."""
@@ -176,6 +213,8 @@ class System:
         self.read.start()
         if self.analytics is not None and self.settings.analytics_enabled:
             self.analytics.start()
+        if self.settings.automation_enabled:
+            self.start_automation()
 
     def start_kafka(self) -> None:
         """Run the Kafka publisher as a thread of this process."""
@@ -189,6 +228,11 @@ class System:
         if self.kafka is not None:
             self.kafka.stop()
         self._stop_checkpoints.set()
+        self._stop_automation.set()
+        if self._automation_thread is not None:
+            self._automation_thread.join(10)
+        if self._automation is not None:
+            self._automation.close()
         if self.analytics is not None:
             self.analytics.stop()
         if self.read is not None:
@@ -220,6 +264,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
             # The audit's tables; events stored before the chain existed get linked.
             audit.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
             replay_state.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
+            create_automation_tables(url)
             app.recorder.link_backlog()  # type: ignore[attr-defined]
     except Exception:
         if embedded is not None:

@@ -652,5 +652,27 @@ app.command("sql")(sql)
 app.add_typer(analytics_app, name="analytics")
 
 
+# -- crm automation ------------------------------------------------------------------------
+automation_app = typer.Typer(help="Automation: playbooks, routing, SLA timers, reminders.",
+                             no_args_is_help=True)
+app.add_typer(automation_app, name="automation")
+
+
+@automation_app.command("run")
+def automation_run() -> None:
+    """Run the automation in the foreground until SIGTERM or SIGINT (when `crm serve`
+    runs with CRM_AUTOMATION_ENABLED=false). A second process waits as a standby."""
+    import threading
+
+    system = _system()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        system.automation().run(stop)
+    finally:
+        system.close()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

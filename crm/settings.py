@@ -88,3 +88,18 @@ class Settings(BaseSettings):
     analytics_url: str | None = Field(
         default=None, description="Where `crm sql` and `crm analytics` reach the owning "
         "process when the file is in use. Default: http://CRM_HOST:CRM_PORT")
+    # -- automation (process managers: playbooks, routing, SLAs, reminders) --------------
+    automation_enabled: bool = Field(
+        default=True, description="Run the automation runner in `crm serve` (with the read "
+        "models' runners); `crm automation run` runs it as a worker instead.")
+    automation_rules_file: Path | None = Field(
+        default=None, description="JSON rules: playbooks, teams, routes, SLAs, reminders. "
+        "Unset: projections/automation/default_rules.json")
+    automation_poll_seconds: float = Field(default=1.0, gt=0)
+    automation_survey_days: float = Field(default=14.0, gt=0, description="How long a survey link works.")
+    smtp_host: str = Field(default="", description="SMTP server for notification e-mail; empty: none sent.")
+    smtp_port: int = 25
+    smtp_sender: str = "crm@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False

@@ -50,6 +50,7 @@ class Services:
     kafka: KafkaFeed | None = None
     audit_key: Any = None  # the Ed25519 key that signs audit exports
     analytics: AnalyticsProjection | None = None
+    survey_key: bytes | None = None  # signs satisfaction survey links
 
 
 class WriteResponse(BaseModel):

@@ -28,7 +28,10 @@ import pytest
 LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 CRM_TABLES = ("crm_events", "crm_email_reservations", "crm_idempotency", "crm_subject_keys",
               "crm_analytics_customers",
-              "crm_event_chain", "crm_chain_checkpoints", "crm_snapshots")  # audit and replay
+              "crm_event_chain", "crm_chain_checkpoints", "crm_snapshots",  # audit and replay
+              "crm_automation_tracking", "crm_automation_timers", "crm_automation_notifications",
+              "crm_automation_surveys", "crm_automation_load", "crm_automation_customers",
+              "crm_automation_purchases", "crm_automation_parked")
 #: 64 hex digits: the key-encryption key of every system the tests build.
 MASTER_KEY = "5e" * 32
 JWT_SECRET = "test-jwt-secret-" + "x" * 32

@@ -50,3 +50,9 @@ def test_nothing_but_the_composition_root_reads_the_environment() -> None:
             if ("os.environ" in text or "os.getenv" in text) and package != "crm":
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders
+
+
+def test_only_the_automation_issues_commands_from_projections() -> None:
+    offenders = {f for f, top in project_imports("projections")
+                 if top == "commands" and not f.startswith("projections/automation/")}
+    assert not offenders, sorted(offenders)
