@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from aiosmtpd.controller import Controller
 
 from commands.clock import FixedClock
 from projections.automation import survey
 from tests.conftest import connect, settings_for
-from tests.e2e.test_http import Api, _wait_for_health
+from tests.e2e.test_http import Api, served
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -108,22 +105,10 @@ def world(database_url: str, pg_env: dict[str, str], tmp_path: Path) -> Iterator
                                 smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_sender="crm@example.com"),
                    clock=clock)
     system.start_projections()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(system.http_app(), host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False, lifespan="off", ws="none"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_health(base_url)
-        with httpx.Client(base_url=base_url, timeout=10.0) as client:
-            yield World(Api(client, system.tokens), system, clock, database_url, inbox)
+        with served(system) as api:
+            yield World(api, system, clock, database_url, inbox)
     finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
         system.close()
         smtp.stop()
 

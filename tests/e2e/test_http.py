@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -97,8 +98,8 @@ def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> 
     return body
 
 
-@pytest.fixture
-def api(system: Any) -> Iterator[Api]:
+@contextmanager
+def served(system: Any) -> Iterator[Api]:
     """The app of ``system`` served by uvicorn on a free port in a background thread."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,6 +122,12 @@ def api(system: Any) -> Iterator[Api]:
         thread.join(10)
         sock.close()
         assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture
+def api(system: Any) -> Iterator[Api]:
+    with served(system) as api:
+        yield api
 
 
 def event_log_position(api: Api) -> int:
