@@ -12,9 +12,7 @@ with the configured JWT secret -- so the query still runs in the owning process.
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -23,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from crm.progress import events_progress
+from crm.progress import events_progress, stop_on_signals
 
 analytics_app = typer.Typer(help="Analytics (DuckDB): run, rebuild, export, report.",
                             no_args_is_help=True)
@@ -198,13 +196,7 @@ def run() -> None:
 
     settings = _settings()
     system = bootstrap.build(settings)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     try:
         assert system.analytics is not None
         system.analytics.run(stop)

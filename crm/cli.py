@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from crm.progress import events_progress
+from crm.progress import events_progress, stop_on_signals
 
 app = typer.Typer(help="Event-sourced CRM core.", no_args_is_help=True, add_completion=False)
 
@@ -141,7 +141,6 @@ def projections_run(
     CRM_RUN_PROJECTIONS=false. A second process for the same read model waits as a
     standby and takes over when the first one dies.
     """
-    import threading
 
     import projections
     from projections.operations import run_projections
@@ -151,13 +150,7 @@ def projections_run(
         raise typer.Exit(2)
     chosen = list(projections.ALL) if all_ else [_projection(n) for n in names or []]
     system = _system()
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     try:
         assert system.read is not None
         ok = run_projections(system.read.store, chosen, system.app.codec, system.database_url,
@@ -302,16 +295,9 @@ def kafka_publish() -> None:
     Run it as its own process when `crm serve` runs with CRM_RUN_PROJECTIONS=false. A
     second process waits as a standby and takes over when the first one dies.
     """
-    import threading
 
     system = _kafka_system()
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     try:
         system.kafka.publisher.run(stop)
     finally:
@@ -395,18 +381,12 @@ def kafka_consume(
 
     chosen = topics or feed_config(settings).all_topics()
     seen = SeenIds(Path(state) if state else None, window)
-    stopping = {"stop": False}
-
-    def _stop(signum: int, frame: Any) -> None:
-        stopping["stop"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     try:
         summary = consume(settings.kafka_bootstrap_servers, chosen, group,
                           lambda e: typer.echo(json.dumps(e, sort_keys=True)), seen=seen,
                           idle_seconds=idle_timeout, max_events=max_events,
-                          should_stop=lambda: stopping["stop"])
+                          should_stop=stop.is_set)
     finally:
         seen.close()
     typer.echo(f"received {summary.received}, handed on {summary.handed_on}, duplicates "
@@ -662,12 +642,9 @@ app.add_typer(automation_app, name="automation")
 def automation_run() -> None:
     """Run the automation in the foreground until SIGTERM or SIGINT (when `crm serve`
     runs with CRM_AUTOMATION_ENABLED=false). A second process waits as a standby."""
-    import threading
 
     system = _system()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    stop = stop_on_signals()
     try:
         system.automation().run(stop)
     finally:

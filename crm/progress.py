@@ -1,9 +1,12 @@
-"""The progress bar of the long commands (rebuilds, republishing): position of total,
-events/s, time elapsed and remaining."""
+"""What the long-running commands share: the progress bar of rebuilds and republishing
+(position of total, events/s, time elapsed and remaining), and the stop event of the
+workers that run until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -28,3 +31,15 @@ def events_progress() -> Progress:
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
                     TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set when the process receives SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stop

@@ -39,7 +39,7 @@ from psycopg.rows import dict_row
 from events.base import all_event_types
 from events.codec import EventCodec, dump_fields
 from events.public import CONTENT_TYPE, EnvelopeWriter
-from projections.runner import RunnerStats
+from projections.runner import RunnerStats, listen, wait_for_events
 
 log = structlog.get_logger("crm.kafka")
 
@@ -617,14 +617,10 @@ class KafkaPublisher:
                         stop.wait(self.poll_seconds)
                         continue
                     if listener is None or listener.closed:
-                        listener = psycopg.connect(self.conninfo, autocommit=True)
-                        listener.execute(f'LISTEN "{self.events_table}"')
+                        listener = listen(self.conninfo, self.events_table)
                     if self.run_batch() >= self.batch_size:
                         continue
-                    deadline = time.monotonic() + self.poll_seconds
-                    while not stop.is_set() and time.monotonic() < deadline:
-                        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
-                            break
+                    wait_for_events(listener, stop, self.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the publisher must not die
                     log.error("kafka publisher failed; retrying", name=self.name,
                               error=f"{type(e).__name__}: {e}")

@@ -46,6 +46,22 @@ _SELECT_AFTER = ("SELECT notification_id, originator_id, originator_version, top
                  ' FROM "{table}" WHERE notification_id > %s ORDER BY notification_id LIMIT %s')
 
 
+def listen(conninfo: str, events_table: str) -> psycopg.Connection[Any]:
+    """A connection notified of every append to the events table."""
+    listener = psycopg.connect(conninfo, autocommit=True)
+    listener.execute(f'LISTEN "{events_table}"')
+    return listener
+
+
+def wait_for_events(listener: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
+    """Until an append is notified on ``listener``, ``stop`` is set or ``seconds`` pass
+    (the poll that covers a missed notification)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
+            return
+
+
 def _json_dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
 
@@ -525,16 +541,12 @@ class BatchRunner:
                         stop.wait(self.poll_seconds)
                         continue
                     if listener is None or listener.closed:
-                        listener = psycopg.connect(self.conninfo, autocommit=True)
-                        listener.execute(f'LISTEN "{self.events_table}"')
+                        listener = listen(self.conninfo, self.events_table)
                     result = self.run_batch()
                     if result.events >= self._limit:
                         self.catch_up(stop=stop)  # a long way behind: read ahead
                         continue
-                    deadline = time.monotonic() + self.poll_seconds
-                    while not stop.is_set() and time.monotonic() < deadline:
-                        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
-                            break
+                    wait_for_events(listener, stop, self.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the runner must not die
                     log.exception("projection runner failed; retrying",
                                   projection=self.projection.name, schema=self.schema, error=str(e))

@@ -40,7 +40,7 @@ import structlog
 
 from events.base import all_event_types
 from projections.analytics import schema
-from projections.runner import RunnerStats
+from projections.runner import RunnerStats, listen, wait_for_events
 
 log = structlog.get_logger("crm.analytics")
 
@@ -285,15 +285,11 @@ class AnalyticsProjection:
                         stop.wait(self.config.poll_seconds)
                         continue
                     if listener is None or listener.closed:
-                        listener = psycopg.connect(self.config.conninfo, autocommit=True)
-                        listener.execute(f'LISTEN "{self.config.events_table}"')
+                        listener = listen(self.config.conninfo, self.config.events_table)
                     if self.run_batch() >= self.config.batch_size:
                         self.catch_up(stop=stop)  # a backlog: the catch-up path is faster
                         continue
-                    deadline = time.monotonic() + self.config.poll_seconds
-                    while not stop.is_set() and time.monotonic() < deadline:
-                        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
-                            break
+                    wait_for_events(listener, stop, self.config.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the projection must not die
                     log.exception("analytics projection failed; retrying", error=str(e))
                     self.close()

@@ -99,14 +99,14 @@ def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> 
 
 
 @contextmanager
-def served(system: Any) -> Iterator[Api]:
-    """The app of ``system`` served by uvicorn on a free port in a background thread."""
+def serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port in a background thread; its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        system.http_app(), host="127.0.0.1", port=port, log_config=None, access_log=False,
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False,
         lifespan="off", ws="none",
     )
     server = uvicorn.Server(config)
@@ -115,13 +115,19 @@ def served(system: Any) -> Iterator[Api]:
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_for_health(base_url)
-        with httpx.Client(base_url=base_url, timeout=10.0) as client:
-            yield Api(client, system.tokens)
+        yield base_url
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
         assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@contextmanager
+def served(system: Any) -> Iterator[Api]:
+    """The app of ``system`` served, with a client for it."""
+    with serving(system.http_app()) as base_url, httpx.Client(base_url=base_url, timeout=10.0) as client:
+        yield Api(client, system.tokens)
 
 
 @pytest.fixture

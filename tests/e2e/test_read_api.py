@@ -6,8 +6,6 @@ min_position, and /health, /ready and /metrics."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,10 +16,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
 import projections
 from readapi.auth import TokenIssuer
+from tests.e2e.test_http import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -84,40 +82,11 @@ class Api:
         return [c["name"] for c in self.items(C, params, **kw)]
 
 
-def _serve(app: Any) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False, lifespan="off", ws="none"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer /health"
-            time.sleep(0.02)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
-
-
 @pytest.fixture
 def api(system: Any) -> Iterator[Api]:
     """The app served by uvicorn; the read models are NOT kept up to date."""
-    for base in _serve(system.http_app()):
-        with httpx.Client(base_url=base, timeout=20) as client:
-            yield Api(client, system.tokens)
+    with serving(system.http_app()) as base, httpx.Client(base_url=base, timeout=20) as client:
+        yield Api(client, system.tokens)
 
 
 @pytest.fixture

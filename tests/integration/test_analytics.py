@@ -32,7 +32,7 @@ from events.codec import EventCodec
 from events.values import PurchaseLine
 from projections.analytics import report, sandbox
 from projections.analytics.schema import DATA_TABLES
-from tests.e2e.test_read_api import _serve
+from tests.e2e.test_http import serving
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,13 +248,9 @@ def test_star_keeps_history_and_pseudonymous_keys(analytics_system: Any, databas
 
 def test_sql_over_http_is_read_only_and_sandboxed(analytics_system: Any) -> None:
     s = analytics_system
-    serving = _serve(s.http_app())
-    base = next(serving)
-    try:
+    with serving(s.http_app()) as base:
         with httpx.Client(base_url=base, timeout=30) as client:
             _sql_checks(s, client)
-    finally:
-        next(serving, None)
 
 
 def _sql_checks(s: Any, client: httpx.Client) -> None:
@@ -430,9 +426,7 @@ def test_crm_sql_calls_the_owning_process_when_the_file_is_in_use(
         analytics_system: Any, database_url: str) -> None:
     s = analytics_system
     path = s.analytics.config.path  # held open for writing by this process
-    serving = _serve(s.http_app())
-    base = next(serving)
-    try:
+    with serving(s.http_app()) as base:
         env = {**os.environ, "CRM_DATABASE_URL": database_url, "CRM_DATA_DIR": str(path.parent),
                "CRM_MASTER_KEY": "5e" * 32, "CRM_JWT_SECRET": s.settings.jwt_secret.get_secret_value(),
                "CRM_ANALYTICS_URL": base, "CRM_LOG_FORMAT": "console"}
@@ -444,5 +438,3 @@ def test_crm_sql_calls_the_owning_process_when_the_file_is_in_use(
         out = subprocess.run([sys.executable, "-m", "crm.cli", "sql", "ATTACH 'x.db'"],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and "ATTACH is not allowed" in out.stderr
-    finally:
-        next(serving, None)

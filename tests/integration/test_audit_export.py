@@ -19,7 +19,7 @@ from crm.cli import app as cli
 from replay.export import verify_export
 from replay.signing import private_key_from_seed, public_key_pem
 from replay.timeline import TimelineQuery, timeline
-from tests.e2e.test_read_api import _serve
+from tests.e2e.test_http import serving
 from tests.integration.test_audit_chain import _cli_env
 from tests.integration.test_replay import Story, _related_story
 
@@ -121,7 +121,7 @@ def test_an_export_signed_by_another_key_is_rejected(system: Any, tmp_path: Path
 def test_the_api_gives_auditors_a_signed_export(system: Any) -> None:
     story = Story(system)
     cid, _ = _related_story(story)
-    for base in _serve(system.http_app()):
+    with serving(system.http_app()) as base:
         with httpx.Client(base_url=base, timeout=20) as client:
             token = system.tokens.issue("aud-2", "auditor")
             r = client.get(f"/api/v1/customers/{cid}/audit-export",

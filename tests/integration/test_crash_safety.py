@@ -24,6 +24,7 @@ from projections.runner import BatchRunner
 from projections.store import ProjectionStore
 from tests.integration.test_projection_ops import (
     ROOT,
+    assert_purchases_counted_once,
     Writer,
     crm_command,
     crm_env,
@@ -173,10 +174,7 @@ def test_runner_killed_at_random_moments_loses_and_doubles_nothing(
     assert result.differences == [], result.differences[:5]
     assert result.schema == schema
     assert result.position == store.head() == store.position(schema)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        counted = dict(conn.execute("SELECT id, purchases FROM crm_read.customers").fetchall())
-    for customer, n in writer.purchases.items():
-        assert counted[customer] == n
+    assert_purchases_counted_once(database_url, writer)
 
 
 def test_eight_writers_every_event_applied_exactly_once(

@@ -171,6 +171,14 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
+def assert_purchases_counted_once(database_url: str, writer: Writer) -> None:
+    """Every purchase the writer sent is counted once in the live customer list."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        counted = dict(conn.execute("SELECT id, purchases FROM crm_read.customers").fetchall())
+    for customer, n in writer.purchases.items():
+        assert counted[customer] == n
+
+
 def caught_up(store: ProjectionStore) -> bool:
     schema = store.active_schema(CustomerList)
     return schema is not None and store.position(schema) == store.head()
@@ -287,10 +295,7 @@ def test_rebuild_while_writing_and_reading_loses_nothing(
     assert result.differences == []
     assert result.position == store.head() == store.position(summary.new_schema)
     # And every purchase the writers sent is counted once.
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        counted = dict(conn.execute("SELECT id, purchases FROM crm_read.customers").fetchall())
-    for customer, n in writer.purchases.items():
-        assert counted[customer] == n
+    assert_purchases_counted_once(database_url, writer)
 
 
 def test_rebuild_with_no_runner_and_a_failed_rebuild_leaves_the_live_one(

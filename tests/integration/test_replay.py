@@ -30,7 +30,7 @@ from events.keys import KeyWrapper
 from replay.state import Replayer, history
 from replay.timeline import TimelineQuery, timeline
 from tests.conftest import MASTER_KEY
-from tests.e2e.test_read_api import _serve
+from tests.e2e.test_http import serving
 
 pytestmark = pytest.mark.postgres
 
@@ -283,7 +283,7 @@ def test_old_stored_versions_appear_upcast_in_the_timeline(system: Any, db: psyc
 # -- over HTTP -------------------------------------------------------------------------------
 @pytest.fixture
 def client(system: Any) -> Iterator[httpx.Client]:
-    for base in _serve(system.http_app()):
+    with serving(system.http_app()) as base:
         with httpx.Client(base_url=base, timeout=20) as c:
             yield c
 
