@@ -122,6 +122,8 @@ class Principal:
 
     id: str
     role: str
+    #: the team the caller belongs to (a manager's reach is the team's records)
+    team_id: str | None = None
 
 
 @dataclass(frozen=True)
