@@ -116,6 +116,8 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
     ("ContactRemoved", 1): (CUSTOMER_ID, 2, {"contact_id": PHONE_ID, "kind": "phone"}),
     ("CustomerOwnerReassigned", 1): (CUSTOMER_ID, 2, {"previous_owner_id": "u1",
                                                       "owner_id": "u2"}),
+    ("CustomerShared", 1): (CUSTOMER_ID, 2, {"user_id": "u3"}),
+    ("CustomerUnshared", 1): (CUSTOMER_ID, 3, {"user_id": "u3"}),
     ("CustomerLifecycleStageChanged", 1): (CUSTOMER_ID, 2, {"from_stage": "prospect",
                                                             "to_stage": "customer"}),
     ("CustomerClassified", 1): (CUSTOMER_ID, 2, {"previous_segment": None, "segment": "smb"}),
@@ -153,6 +155,8 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
     ("OpportunityOwnerChanged", 1): (OPPORTUNITY_ID, 2, {
         "customer_id": CUSTOMER_ID, "previous_owner_id": "u1", "owner_id": "u3",
     }),
+    ("OpportunityShared", 1): (OPPORTUNITY_ID, 2, {"customer_id": CUSTOMER_ID, "user_id": "u3"}),
+    ("OpportunityUnshared", 1): (OPPORTUNITY_ID, 3, {"customer_id": CUSTOMER_ID, "user_id": "u3"}),
     ("OpportunityWon", 1): (OPPORTUNITY_ID, 2, {
         "customer_id": CUSTOMER_ID, "from_stage": "negotiation", "amount": Decimal("3500.125"),
         "currency": "KWD",
