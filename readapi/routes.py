@@ -28,6 +28,7 @@ from commands.application import WriteResult
 from projections.kafka import KafkaFeed
 from projections.analytics.store import AnalyticsProjection
 from projections.service import ReadSide
+from readapi.access import Reach, reach_of
 from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.encoding import MASK, jsonable
@@ -120,6 +121,7 @@ class CallInfo:
     correlation_id: str
     expected_version: int | None
     idempotency_key: str | None
+    reach: Reach
 
 
 def call_info(
@@ -141,7 +143,7 @@ def call_info(
             [{"loc": ("header", "idempotency_key"), "msg": "1 to 255 visible ASCII characters",
               "type": "value_error"}]
         )
-    return CallInfo(caller, request.state.correlation_id, expected, idempotency_key)
+    return CallInfo(caller, request.state.correlation_id, expected, idempotency_key, reach_of(request, caller))
 
 
 Call = Annotated[CallInfo, Depends(call_info)]
@@ -165,6 +167,7 @@ def _run(svc: Services, call: CallInfo, command: BaseModel, target: UUID | None,
             target=target,
             expected_version=call.expected_version,
             idempotency_key=call.idempotency_key,
+            guard=None if call.reach.unlimited else call.reach.guard(svc.app),
         ),
     )
     return _respond(result, base_path)
@@ -276,7 +279,9 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
 
     def get_record(id: UUID, caller: Caller, request: Request) -> Any:
         read_after(request)  # checked, never waited for: the event store has every position
-        aggregate = services(request).app.load(cls, id)
+        app = services(request).app
+        aggregate = app.load(cls, id)
+        reach_of(request, caller).require(app, aggregate)
         return JSONResponse(record_view(aggregate, caller), headers={"ETag": f'"{aggregate.version}"'})
 
     get_record.__name__ = f"get_current_{aggregate_type}"
@@ -301,6 +306,7 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
         read_after(request)  # checked, never waited for: the event store has every position
         svc = services(request)
         aggregate = svc.app.load(cls, id)  # 404 for absent ids and other types
+        reach_of(request, caller).require(svc.app, aggregate)
         stored = list(svc.app.events.get(id, gt=after_version, limit=limit))
         positions = svc.app.recorder.positions(id)  # type: ignore[attr-defined]
         items = [event_view(e, positions.get(e.originator_version), caller) for e in stored]  # type: ignore[arg-type]
