@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -29,7 +29,7 @@ from projections.kafka import KafkaFeed
 from projections.analytics.store import AnalyticsProjection
 from projections.service import ReadSide
 from readapi.access import Reach, reach_of
-from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
+from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, authenticate, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.encoding import MASK, jsonable
 from replay.timeline import event_entry
@@ -100,14 +100,10 @@ def services(request: Request) -> Services:
 
 def principal(
     request: Request,
-    authorization: Annotated[str | None, Header(description="Bearer <JWT>")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer <JWT> or Bearer crmk_... (API key)")] = None,
+    x_api_key: Annotated[str | None, Header(description="An API key, crmk_... (systems)")] = None,
 ) -> Principal:
-    if not authorization:
-        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(401, "use a Bearer token", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
-    p = services(request).tokens.verify(token.strip())
+    p = authenticate(request, services(request).tokens, authorization, x_api_key)
     structlog.contextvars.bind_contextvars(actor_id=p.id, actor_role=p.role)
     return p
 

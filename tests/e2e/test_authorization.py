@@ -29,7 +29,6 @@ from fastapi.routing import APIRoute
 from readapi.access import READABLE
 from readapi.analytics import ANALYTICS_ROLES
 from readapi.auth import ROLES, WRITE_SCOPES
-from readapi.replay_routes import EXPORT_ROLES
 from readapi.routes import COMMAND_ROUTES
 from tests.e2e.test_http import serving
 
