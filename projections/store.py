@@ -39,6 +39,9 @@ SETUP = [
     " version int NOT NULL,"
     " position bigint NOT NULL DEFAULT 0,"
     " updated_at timestamptz NOT NULL DEFAULT now())",
+    # Bumped by each erasure that cleaned the schema's rows: its runner forgets the rows
+    # it keeps in memory (and any batch decoded ahead) before its next batch.
+    "ALTER TABLE crm_projection_tracking ADD COLUMN IF NOT EXISTS erasures bigint NOT NULL DEFAULT 0",
     "CREATE TABLE IF NOT EXISTS crm_parked_events ("
     " id bigserial PRIMARY KEY,"
     " schema_name text NOT NULL,"

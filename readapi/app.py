@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from readapi import problems
 from readapi.analytics import build_analytics_router
 from readapi.automation_routes import build_automation_router
+from readapi.erasure_routes import build_erasure_router
 from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
 from readapi.queries import build_read_router
@@ -35,6 +36,7 @@ def create_app(services: Services, *, title: str = "CRM core API") -> FastAPI:
     app.include_router(build_schemas_router())
     app.include_router(build_analytics_router())
     app.include_router(build_automation_router())
+    app.include_router(build_erasure_router())
     app.add_middleware(CorrelationMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     return app
