@@ -107,7 +107,7 @@ class Eraser:
     analytics: AnalyticsProjection | None = None
     kafka_topic: str | None = None
     kafka_wait_seconds: float = 10.0
-    vacuum_full: bool = False
+    vacuum_full: bool = True
 
     def create_tables(self) -> None:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -141,7 +141,8 @@ class Eraser:
         was_present = self.app.keys.destroy(customer_id)
         destroyed_at = self._wait_out_key_caches(customer_id)
         cleaned: list[Cleaned] = [*erase_read_models(self.conninfo, projections.ALL, customer_id),
-                                  *erase_other_tables(self.conninfo, customer_id)]
+                                  *erase_other_tables(self.conninfo, customer_id,
+                                                      erasure_version=(event or {}).get("version"))]
         touched = {c.table for c in cleaned if c.rows}
         touched |= {c.table for c in cleaned if c.table.endswith(".customers")}  # the runner's own update
         touched.add("crm_subject_keys")  # the old row version still holds the wrapped key

@@ -112,8 +112,9 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="How long an erasure waits for the Kafka publisher to "
         "publish its event before the receipt says `queued`.")
     erasure_vacuum_full: bool = Field(
-        default=False, description="VACUUM FULL the tables an erasure touched (rewrites their "
-        "files; locks each table meanwhile) instead of a plain VACUUM.")
+        default=True, description="VACUUM FULL the tables an erasure touched: rewrites their "
+        "files, so no old row version or freed space keeps the personal data (a plain VACUUM "
+        "leaves those bytes in the pages), but locks each table while it does. false: plain VACUUM.")
     analytics_exports_ledger: Path | None = Field(
         default=None, description="Where Parquet exports are recorded (found again by erasures). "
         "Default: data_dir/analytics-exports.jsonl")

@@ -118,8 +118,12 @@ def _run(conn: psycopg.Connection[Any], store_table: str, action: str, statement
     return Cleaned("postgresql", store_table, action, conn.execute(statement, params).rowcount)
 
 
-def erase_other_tables(conninfo: str, customer_id: UUID) -> list[Cleaned]:
-    """The tables beside the read models that can hold copies of the customer's data."""
+def erase_other_tables(conninfo: str, customer_id: UUID, *, erasure_version: int | None = None,
+                       ) -> list[Cleaned]:
+    """The tables beside the read models that can hold copies of the customer's data.
+    ``erasure_version``: the customer's version the erasure was recorded at; the erasure's
+    own Idempotency-Key record keeps its fingerprint (it holds no personal data), so a
+    different request with that key is still refused."""
     out: list[Cleaned] = []
     with psycopg.connect(conninfo, autocommit=True) as conn, conn.transaction():
         records = customer_records(conn, customer_id)
@@ -150,8 +154,10 @@ def erase_other_tables(conninfo: str, customer_id: UUID) -> list[Cleaned]:
             ("crm_email_reservations", "deleted",
              "DELETE FROM crm_email_reservations WHERE customer_id = %s", (customer_id,)),
             ("crm_idempotency", "request fingerprint erased",
-             "UPDATE crm_idempotency SET fingerprint = %s WHERE body->>'id' = ANY(%s) AND fingerprint <> %s",
-             (ERASED_FINGERPRINT, ids, ERASED_FINGERPRINT)),
+             "UPDATE crm_idempotency SET fingerprint = %s WHERE body->>'id' = ANY(%s) AND fingerprint <> %s"
+             " AND NOT (body->>'id' = %s AND (body->>'version')::int >= %s)",
+             (ERASED_FINGERPRINT, ids, ERASED_FINGERPRINT, str(customer_id),
+              erasure_version if erasure_version is not None else 2**31 - 1)),
             ("crm_snapshots", "deleted",
              "DELETE FROM crm_snapshots WHERE subject_id = %s OR aggregate_id = ANY(%s)",
              (customer_id, records)),
