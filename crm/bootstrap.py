@@ -10,7 +10,7 @@ import warnings
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
@@ -22,8 +22,8 @@ import projections
 from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
 from commands.clock import Clock, SystemClock
-from crm.erasure import ERASURES_DDL, Eraser, ErasureLedger
 from crm.settings import Settings
+from projections.erasure import ERASURES_DDL
 from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
 from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
 from projections.automation import AutomationRunner, load_config
@@ -36,6 +36,9 @@ from readapi.routes import Services
 from replay import audit
 from replay import state as replay_state
 from replay.signing import private_key_from_seed
+
+if TYPE_CHECKING:
+    from crm.erasure import Eraser
 
 log = structlog.get_logger("crm")
 
@@ -193,10 +196,12 @@ class System:
     def http_app(self) -> FastAPI:
         return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
                                    audit_key=self.audit_key, analytics=self.analytics,
-                                   survey_key=survey_key(self.settings), erasure=self.eraser()))
+                                   survey_key=survey_key(self.settings), erasure=_LazyEraser(self)))
 
     def eraser(self) -> Eraser:
         """Runs erasures across every store of this system."""
+        from crm.erasure import Eraser, ErasureLedger  # the Parquet side only when erasing
+
         s = self.settings
         return Eraser(
             self.app, self.commands, self.database_url, ErasureLedger(erasure_ledger_path(s)),
@@ -254,6 +259,16 @@ class System:
         self.app.close()
         if self.embedded is not None:
             self.embedded.stop()
+
+
+class _LazyEraser:
+    """The system's eraser, made on the first erasure (its imports are not small)."""
+
+    def __init__(self, system: System):
+        self._system = system
+
+    def erase(self, *args: Any, **kwargs: Any) -> Any:
+        return self._system.eraser().erase(*args, **kwargs)
 
 
 def build(settings: Settings, *, clock: Clock | None = None) -> System:

@@ -45,16 +45,16 @@ from commands.application import CommandService, CrmApplication, Principal, Requ
 from commands.customer import EraseCustomerPersonalData
 from projections.analytics.erasure import erase_from_duckdb, erase_from_exports, needles_of
 from projections.analytics.store import AnalyticsConfig, AnalyticsProjection, NotLeader
-from projections.erasure import Cleaned, erase_other_tables, erase_read_models, vacuum
+from projections.erasure import (
+    ERASURES_DDL,
+    ERASURES_TABLE,
+    Cleaned,
+    erase_other_tables,
+    erase_read_models,
+    vacuum,
+)
 
-TABLE = "crm_erasures"
-ERASURES_DDL = (f"CREATE TABLE IF NOT EXISTS {TABLE} (customer_id uuid PRIMARY KEY,"
-        " position bigint, requested_by text NOT NULL, requested_role text NOT NULL,"
-        " requested_at timestamptz NOT NULL, completed_at timestamptz, receipt jsonb)")
-
-
-class LedgerMissing(RuntimeError):
-    """The erasure ledger is not where the settings say."""
+TABLE = ERASURES_TABLE
 
 
 class ErasureLedger:
@@ -281,4 +281,4 @@ class Eraser:
                  Jsonb(receipt)))
 
 
-__all__ = ["Eraser", "ErasureLedger", "ErasureOutcome", "LedgerMissing", "NotFound"]
+__all__ = ["ERASURES_DDL", "Eraser", "ErasureLedger", "ErasureOutcome", "NotFound"]

@@ -24,6 +24,11 @@ from psycopg import sql
 
 from projections.base import Projection, Table
 
+#: Each erasure's receipt (the first answer, for a repeat with the same Idempotency-Key).
+ERASURES_TABLE = "crm_erasures"
+ERASURES_DDL = (f"CREATE TABLE IF NOT EXISTS {ERASURES_TABLE} (customer_id uuid PRIMARY KEY,"
+                " position bigint, requested_by text NOT NULL, requested_role text NOT NULL,"
+                " requested_at timestamptz NOT NULL, completed_at timestamptz, receipt jsonb)")
 #: Written where a text held personal data and the row itself must stay.
 ERASED_TEXT = "(erased: the customer's personal data)"
 #: An Idempotency-Key's request fingerprint (a digest of the request, personal data
