@@ -182,7 +182,7 @@ def export(body: ExportRequest, request: Request, caller: Caller) -> Any:
         raise Problem(400, "give an absolute path", code="validation", field="directory")
     con = _cursor(analytics)
     try:
-        return sandbox.export_parquet(con, directory)
+        return sandbox.export_parquet(con, directory, record_to=analytics.config.exports_ledger)
     except OSError as e:
         raise Problem(400, f"cannot write there: {e}", code="validation", field="directory") from None
     finally:

@@ -114,6 +114,8 @@ class AnalyticsConfig:
     max_rows: int = 100_000
     poll_seconds: float = 1.0
     events_table: str = "crm_events"
+    #: where each Parquet export is recorded (one JSON line each), so an erasure finds them
+    exports_ledger: Path | None = None
 
 
 def customer_key(pseudonym_key: bytes, customer_id: str) -> str:
