@@ -51,6 +51,7 @@ from projections.erasure import (
     Cleaned,
     erase_other_tables,
     erase_read_models,
+    refresh_statistics,
     vacuum,
 )
 
@@ -147,6 +148,10 @@ class Eraser:
         touched |= {c.table for c in cleaned if c.table.endswith(".customers")}  # the runner's own update
         touched.add("crm_subject_keys")  # the old row version still holds the wrapped key
         vacuumed = vacuum(self.conninfo, touched, full=self.vacuum_full)
+        # Every other read table with personal columns: its statistics may sample them.
+        analysed = refresh_statistics(
+            self.conninfo, {c.table for c in cleaned if "." in c.table} - touched, full=self.vacuum_full,
+            values=needles)
         receipt: dict[str, Any] = {
             "customer_id": str(customer_id),
             "status": "completed",
@@ -155,7 +160,7 @@ class Eraser:
                     "destroyed_at": destroyed_at.isoformat() if destroyed_at else None},
             "ledger": {"path": str(self.ledger.path), "appended": ledger_added},
             "stores": [c.as_dict() for c in cleaned],
-            "vacuumed": {"tables": vacuumed, "full": self.vacuum_full},
+            "vacuumed": {"tables": vacuumed, "full": self.vacuum_full, "statistics": analysed},
             "analytics": self._erase_analytics(needles),
             "parquet_exports": erase_from_exports(
                 self.analytics_config.exports_ledger if self.analytics_config else None, needles),

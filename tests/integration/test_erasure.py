@@ -234,6 +234,12 @@ def test_an_erased_customer_is_found_in_no_store_and_the_other_is_untouched(
         assert time.monotonic() < deadline, "the publisher did not publish the last event"
         time.sleep(0.1)
 
+    # The analytics projection applied the later events: the pseudonym's link stays gone.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM crm_analytics_customers WHERE customer_id = %s",
+                            (history.gone,)).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM crm_analytics_customers WHERE customer_id = %s",
+                            (history.kept,)).fetchone() == (1,)
     # PostgreSQL: every table of every schema, through pg_dump, and every raw page.
     dump = pg_dump_data(database_url)
     assert hits(dump, GONE) == {}
