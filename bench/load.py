@@ -377,7 +377,7 @@ def measure(settings: Settings) -> dict[str, Any]:
         profile_path = Path(tmp) / "server.pyspy"
         if settings.profile:
             pyspy = Path(sys.executable).with_name("py-spy")
-            command = [str(pyspy), "record", "--subprocesses", "--idle", "-r", "100", "-f", "raw",
+            command = [str(pyspy), "record", "--subprocesses", "--nonblocking", "-r", "100", "-f", "raw",
                        "-o", str(profile_path), "--", *command]
         base = f"http://127.0.0.1:{port}"
         log(f"starting {' '.join(command[-6:])} on {base}")
