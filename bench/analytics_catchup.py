@@ -230,9 +230,21 @@ def kpi_times(settings: Settings) -> dict[str, Any]:
                 times[name] = {"median_ms": statistics.median(samples) * 1000,
                                "max_ms": max(samples) * 1000, "rows": result.table.num_rows}
                 log(f"kpi_{name:20} {times[name]['median_ms']:8.1f} ms  ({result.table.num_rows:,} rows)")
+            # The floor: one plain scan and aggregation of the whole fact table.
+            con = db.cursor()
+            scans = []
+            for rep in range(settings.reps + 1):
+                result = sandbox.run_query(
+                    con, "SELECT event_type, count(*), max(occurred_at) FROM fact_events GROUP BY 1",
+                    timeout=600, max_rows=1000)
+                if rep:
+                    scans.append(result.seconds)
+            con.close()
+            scan_ms = statistics.median(scans) * 1000
+            log(f"plain scan of fact_events   {scan_ms:8.1f} ms")
         finally:
             db.close()
-    return {"events": settings.kpi_events, "table_rows": rows, "kpis": times}
+    return {"events": settings.kpi_events, "table_rows": rows, "kpis": times, "scan_ms": scan_ms}
 
 
 def measure(settings: Settings) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Run the benchmarks and write a report: ``.venv/bin/python -m bench.run [--quick] [--only NAME]``.
 
-Each benchmark's report goes to ``bench/reports/`` (git-ignored) as Markdown and JSON,
-and the Markdown is printed. Progress goes to stderr.
+The one-page report of what ran -- each figure beside the baseline or limit measured in
+the same run, and the ratio -- goes to ``bench/report.md`` and ``bench/report.json``;
+each benchmark's own report to ``bench/reports/`` (git-ignored) as Markdown and JSON,
+and its Markdown is printed. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import analytics_catchup, kafka_publish, projection_catchup, replay_audit, write_throughput
+from bench import (
+    analytics_catchup,
+    kafka_publish,
+    load,
+    projection_catchup,
+    replay_audit,
+    report,
+    write_throughput,
+)
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 #: --only names -> (report file stem, what it measures)
@@ -25,6 +35,7 @@ BENCHMARKS = {
     "kafka": ("kafka_publish", "Kafka publication events/s and lag drain after a broker stall"),
     "replay": ("replay_audit", "timeline and as-of latency; audit verify events/s"),
     "analytics": ("analytics_catchup", "DuckDB catch-up events/s beside PostgreSQL; KPI query times"),
+    "load": ("load", "the running server under a mixed HTTP load: requests/s, latency, lag"),
 }
 
 
@@ -93,23 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.server or args.embedded:
         replay = dataclasses.replace(replay, server=args.server, embedded=args.embedded)
 
+    # The rebuild of every read model runs over the whole log.
+    catchup = dataclasses.replace(catchup, all_events=catchup.events)
+
     signal.signal(signal.SIGTERM, _terminate)
+    started_at = datetime.now().isoformat(timespec="seconds")
+    docs: dict[str, dict[str, Any]] = {}
     if "write" in only:
-        doc = write_throughput.measure(settings)
+        doc = docs["write"] = write_throughput.measure(settings)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["write"][0], args.quick, doc, write_throughput.markdown(doc))
     if "catchup" in only:
-        doc = projection_catchup.measure(catchup)
+        doc = docs["catchup"] = projection_catchup.measure(catchup)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["catchup"][0], args.quick, doc, projection_catchup.markdown(doc))
     if "kafka" in only:
         kafka = kafka_publish.QUICK if args.quick else kafka_publish.FULL
         kafka = dataclasses.replace(kafka, server=args.server, embedded=args.embedded)
-        doc = kafka_publish.measure(kafka)
+        doc = docs["kafka"] = kafka_publish.measure(kafka)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["kafka"][0], args.quick, doc, kafka_publish.markdown(doc))
     if "replay" in only:
-        doc = replay_audit.measure(replay)
+        doc = docs["replay"] = replay_audit.measure(replay)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["replay"][0], args.quick, doc, replay_audit.markdown(doc))
     if "analytics" in only:
@@ -119,9 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.reps is not None:
             analytics = dataclasses.replace(analytics, reps=args.reps)
         analytics = dataclasses.replace(analytics, server=catchup.server, embedded=catchup.embedded)
-        doc = analytics_catchup.measure(analytics)
+        doc = docs["analytics"] = analytics_catchup.measure(analytics)
         doc["settings"]["quick"] = args.quick
         _write_report(BENCHMARKS["analytics"][0], args.quick, doc, analytics_catchup.markdown(doc))
+    if "load" in only:
+        load_settings = load.QUICK if args.quick else load.FULL
+        load_settings = dataclasses.replace(load_settings, server=args.server, embedded=args.embedded)
+        doc = docs["load"] = load.measure(load_settings)
+        doc["settings"]["quick"] = args.quick
+        _write_report(BENCHMARKS["load"][0], args.quick, doc, load.markdown(doc))
+    summary = report.summarize(docs, quick=args.quick, started_at=started_at)
+    report.write(summary)
+    print(report.markdown(summary))
+    print(f"report: {report.REPORT_MD} and {report.REPORT_JSON.name}", file=sys.stderr)
     return 0
 
 

@@ -62,8 +62,11 @@ from crm.bootstrap import EmbeddedPostgres, postgres_env
 
 #: Where a server is looked for first (a throw-away database is created in it).
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-#: Connection pool of each application; must be >= the largest client count.
-POOL_SIZE = 10
+#: Connection pool of each application (and as many again on demand): with more
+#: clients than connections the clients queue for one, as they would in a server.
+POOL_SIZE = 16
+#: The most connections the raw-insert ceiling opens (the server allows ~100 in all).
+LIMIT_CONNECTIONS = 16
 #: Events per transaction of the raw-insert ceiling.
 LIMIT_BATCH = 100
 #: The operations of one customer, in order: each appends one event.
@@ -75,7 +78,7 @@ LIMIT_TABLE = "bench_limit_rows"
 class Settings:
     commands: int = 3_000  # per case (contender x client count x repetition)
     reps: int = 5
-    clients: tuple[int, ...] = (1, 8)
+    clients: tuple[int, ...] = (1, 8, 64)
     warmup_commands: int = 300  # per contender and client count, not measured
     #: Rows per case of the raw-insert ceiling: more than ``commands``, because a few
     #: thousand rows take only ~0.1 s, too short to measure steadily with 8 threads.
@@ -310,6 +313,7 @@ class CaseRun:
     commands: int
     seconds: float
     latencies: dict[str, list[float]] = field(default_factory=dict)  # op -> seconds
+    groups: int | None = None  # ours: transactions the commands were appended in
 
     @property
     def rate(self) -> float:
@@ -372,9 +376,12 @@ def run_commands(contender: Contender, clients: int, commands: int, tag: str) ->
             lat["update"].append(t2 - t1)
             lat["add"].append(t3 - t2)
 
+    committer = getattr(getattr(getattr(contender, "app", None), "recorder", None), "committer", None)
+    groups_before = committer.groups if committer is not None else 0
     seconds = _run_threads(clients, work)
     latencies = {op: [x for c in per_client for x in c[op]] for op in OPS}
-    return CaseRun(contender.label, clients, len(OPS) * sum(customers), seconds, latencies)
+    groups = committer.groups - groups_before if committer is not None else None
+    return CaseRun(contender.label, clients, len(OPS) * sum(customers), seconds, latencies, groups)
 
 
 class Limit:
@@ -397,14 +404,15 @@ class Limit:
         self.payloads = [os.urandom(state_bytes) for _ in range(64)]
 
     def run(self, clients: int, rows: int) -> CaseRun:
-        per_client = _split(rows, clients)
+        threads = min(clients, LIMIT_CONNECTIONS)
+        per_client = _split(rows, threads)
         statement = (
             f"INSERT INTO {LIMIT_TABLE} (originator_id, originator_version, topic, state)"
             " VALUES (%s, %s, %s, %s)"
         )
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {LIMIT_TABLE}")  # keeps the disk use of the run small
-        connections = [psycopg.connect(self.url, autocommit=True) for _ in range(clients)]
+        connections = [psycopg.connect(self.url, autocommit=True) for _ in range(threads)]
 
         def work(i: int, barrier: threading.Barrier) -> None:
             conn = connections[i]
@@ -420,7 +428,7 @@ class Limit:
                         cur.executemany(statement, batch)
 
         try:
-            seconds = _run_threads(clients, work)
+            seconds = _run_threads(threads, work)
         finally:
             for conn in connections:
                 conn.close()
@@ -534,6 +542,10 @@ def _document(settings: Settings, runs: list[CaseRun], ours_stats: dict[str, flo
                 "min": round(min(rates), 1),
                 "max": round(max(rates), 1),
             }
+            groups = [r.groups for r in mine if r.groups]
+            if groups:
+                entry["commands_per_transaction"] = round(
+                    sum(r.commands for r in mine) / sum(groups), 1)
             if label == "limit":
                 entry["commands_per_case"] = settings.limit_rows
             else:
@@ -592,15 +604,16 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Whole run {doc['duration_seconds']:.0f} s.",
         "",
         "| clients | ours cmd/s | baseline cmd/s | limit rows/s | ours/baseline | ours/limit "
-        "| ours p50 ms | ours p95 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ours p50 ms | ours p95 ms | ours cmd/transaction |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for clients, c in doc["cases"].items():
         o, b, li, r = c["ours"], c["baseline"], c["limit"], c["ratios"]
         lines.append(
             f"| {clients} | {o['median']:,.0f} | {b['median']:,.0f} | {li['median']:,.0f} "
             f"| {r['ours_over_baseline']:.2f} | {r['ours_over_limit']:.3f} "
-            f"| {o['latency']['all']['p50_ms']:.2f} | {o['latency']['all']['p95_ms']:.2f} |"
+            f"| {o['latency']['all']['p50_ms']:.2f} | {o['latency']['all']['p95_ms']:.2f} "
+            f"| {o.get('commands_per_transaction', 1):.1f} |"
         )
     lines += [
         "",

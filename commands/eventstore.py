@@ -9,16 +9,23 @@ commit and response finds the answer, and never stores the events twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.popo import POPOApplicationRecorder
-from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
-from psycopg.sql import SQL, Identifier, Literal
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import retry
+from psycopg.sql import SQL, Composable, Identifier, Literal
 
 from events.chain import GENESIS, link_hash, subject_of
 from events.keys import PostgresKeyRing, SubjectKeyDestroyed
@@ -90,11 +97,6 @@ def _lookup(state: bytes) -> tuple[UUID | None, str | None, str | None, str | No
         return None, None, None, None
 
 
-def _lookup_columns(ids: Sequence[int], stored_events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
-    rows = [(i, *_lookup(e.state)) for i, e in zip(ids, stored_events, strict=True)]
-    return tuple(list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [], [], [])
-
-
 class EmailTaken(Exception):
     """An e-mail reservation collided with another customer's."""
 
@@ -105,6 +107,77 @@ class EmailTaken(Exception):
 
 class IdempotencyKeyTaken(Exception):
     """Another request with the same Idempotency-Key committed first."""
+
+
+@dataclass(eq=False)
+class _Append:
+    """One command's append, waiting for (or being) its group's transaction."""
+
+    stored_events: Sequence[StoredEvent]
+    extras: WriteExtras | None
+    #: (originator id, version) of each event: what the append claims
+    claims: list[tuple[UUID, int]] = field(default_factory=list)
+    #: each event's look-up columns for the chain (subject, times, actor)
+    lookups: list[tuple[UUID | None, str | None, str | None, str | None]] = field(default_factory=list)
+    ids: list[int] | None = None
+    error: Exception | None = None
+    #: set when this append's thread is to commit the next group
+    lead: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+class GroupCommitter:
+    """Commits appends in groups: whoever arrives while no group is committing commits
+    at once (a lone writer never waits for company); appends arriving meanwhile queue
+    up, and when the running group is done the first of them commits all queued, up to
+    ``max_group``. Each append's own result (ids or error) is set by ``commit``."""
+
+    def __init__(self, commit: Callable[[list[_Append]], None], *, max_group: int = 256):
+        self._commit = commit
+        self._max_group = max_group
+        self._lock = threading.Lock()
+        self._queue: list[_Append] = []
+        self._busy = False
+        #: groups committed, and the most appends one of them held
+        self.groups = 0
+        self.largest = 0
+
+    def queued(self) -> int:
+        """Appends waiting for the running group to finish."""
+        with self._lock:
+            return len(self._queue)
+
+    def submit(self, append: _Append) -> None:
+        with self._lock:
+            self._queue.append(append)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            append.wake.wait()
+            if not append.lead:
+                return  # committed (or refused) by another append's thread
+        with self._lock:
+            group = self._queue[: self._max_group]
+            del self._queue[: self._max_group]
+            self.groups += 1
+            self.largest = max(self.largest, len(group))
+        try:
+            self._commit(group)
+        except BaseException as e:
+            for a in group:
+                if a.ids is None and a.error is None:
+                    a.error = e if isinstance(e, Exception) else RuntimeError("append interrupted")
+            raise
+        finally:
+            with self._lock:
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].wake.set()
+                else:
+                    self._busy = False
+            for a in group:
+                if a is not append:
+                    a.wake.set()
 
 
 def _finish_body(record: IdempotencyRecord, notification_ids: Sequence[int] | None) -> None:
@@ -156,6 +229,8 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             ).format(self.reservations_table)
         )
         self._add_chain_statements()
+        self._add_group_statements()
+        self.committer = GroupCommitter(self._commit_group)
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} ("
@@ -174,60 +249,256 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         subjects = extras.sealed_subjects if extras is not None else set()
         stored = False
         try:
-            ids = self._insert_with_errors_mapped(stored_events, **kwargs)
+            if not stored_events:
+                return []
+            # What can be worked out alone is, here, before joining a group: the
+            # group's transaction holds the log's lock.
+            append = _Append(
+                stored_events, extras,
+                claims=[(UUID(str(e.originator_id)), e.originator_version) for e in stored_events],
+                lookups=[_lookup(e.state) for e in stored_events],
+            )
+            self.committer.submit(append)
+            if append.error is not None:
+                raise append.error
             stored = True
-            return ids
+            return append.ids
         finally:
             if self.keys is not None and subjects:
                 self.keys.settle(subjects, stored=stored)
 
-    def _insert_with_errors_mapped(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+    # -- group commit ------------------------------------------------------------
+    # Appends that arrive while another transaction is committing wait for it and are
+    # then appended together, in one transaction under the events table's lock, by one
+    # of them (see ``GroupCommitter``). Each append is checked on its own before
+    # anything is written (versions, e-mail reservations, Idempotency-Keys, destroyed
+    # keys), so a refused append is left out and the others go on; notification ids
+    # are given explicitly, one after the highest stored, so a transaction that rolls
+    # back leaves no gap in the log.
+    def _commit_group(self, batch: list[_Append]) -> None:
         try:
-            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
-            return ids
-        except IntegrityError as e:
-            constraint = getattr(getattr(e.__cause__, "diag", None), "constraint_name", "") or ""
-            extras: WriteExtras | None = kwargs.get("extras")
-            if constraint.startswith("crm_email_reservations") and extras:
-                taken = self._first_taken(extras)
-                if taken is not None:
-                    raise EmailTaken(taken) from e
-            if constraint.startswith("crm_idempotency"):
-                raise IdempotencyKeyTaken() from e
-            raise
-        except PersistenceError as e:
-            message = str(e)
-            if KEY_DESTROYED in message:
-                subject = message.split(KEY_DESTROYED, 1)[1].strip(' "').split('"')[0]
-                raise SubjectKeyDestroyed(UUID(subject)) from e
-            raise
+            self._append_together(batch)
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].error = self._mapped(e, batch[0])
+                return
+            # Nothing of the group was stored: each append is tried again alone, so a
+            # failure is the failing append's own.
+            for append in batch:
+                append.ids, append.error = None, None
+                try:
+                    self._append_together([append])
+                except Exception as alone:
+                    append.error = self._mapped(alone, append)
 
-    def _insert_stored_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        self._lock_table(curs)
-        extras: WriteExtras | None = kwargs.get("extras")
-        new_keys = self.keys.pending_subjects() if self.keys is not None else set()
-        existing = extras.sealed_subjects - new_keys if extras is not None else set()
-        if existing:
-            # Under the events table's lock, which key destruction also takes: a key
-            # destroyed before this point fails the append; one destroyed later sees
-            # these events already stored (and makes them unreadable like the rest).
-            # A plain statement that fails only if a key is gone: the cast of the text
-            # to int runs only for destroyed keys' rows and its error names the subject.
-            curs.execute(
-                SQL(
-                    "SELECT ({0} || subject_id::text)::int FROM {1}.{2}"
-                    " WHERE subject_id = ANY(%s) AND wrapped_key IS NULL"
-                ).format(
-                    Literal(KEY_DESTROYED + " "),
-                    Identifier(self.datastore.schema),
-                    Identifier(PostgresKeyRing.TABLE),
-                ),
-                (sorted(existing),),
-                prepare=True,
-            )
-        self._notify_channel(curs)
-        # The plain insert (the table is locked above, the channel notified).
-        PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
+    def _mapped(self, error: Exception, append: _Append) -> Exception:
+        """A failure of a lone append, as the command layer knows it."""
+        if isinstance(error, IntegrityError):
+            constraint = getattr(getattr(error.__cause__, "diag", None), "constraint_name", "") or ""
+            if constraint.startswith("crm_email_reservations") and append.extras:
+                taken = self._first_taken(append.extras)
+                if taken is not None:
+                    return EmailTaken(taken)
+            if constraint.startswith("crm_idempotency"):
+                return IdempotencyKeyTaken()
+        return error
+
+    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
+    def _append_together(self, batch: list[_Append]) -> None:
+        for append in batch:
+            append.ids, append.error = None, None
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline, conn.transaction():
+                self._append_in(conn, pipeline, batch)
+
+    def _append_in(self, conn: Any, pipeline: Any, batch: list[_Append]) -> None:
+        keys = self.keys
+        new_keys = [dict(keys.pending_rows(a.extras.sealed_subjects)) if keys is not None and a.extras
+                    else {} for a in batch]
+        originators = [e.originator_id for a in batch for e in a.stored_events]
+        versions = [e.originator_version for a in batch for e in a.stored_events]
+        emails = sorted({h for a in batch if a.extras for h, _ in a.extras.reserve_emails + a.extras.release_emails})
+        idem = [a.extras.idempotency for a in batch if a.extras and a.extras.idempotency]
+        subjects = sorted({s for a in batch if a.extras for s in a.extras.sealed_subjects})
+        with conn.cursor() as head, conn.cursor() as taken, conn.cursor() as owners, \
+                conn.cursor() as used, conn.cursor() as keyrows:
+            for statement in self._lock_statements:
+                head.execute(statement, prepare=True)
+            head.execute(self._head_statement, prepare=True)
+            taken.execute(self._taken_statement, (originators, versions), prepare=True)
+            if emails:
+                owners.execute(self._owners_statement, (emails,), prepare=True)
+            if idem:
+                used.execute(self._used_keys_statement,
+                             ([r.principal for r in idem], [r.key for r in idem]), prepare=True)
+            if subjects:
+                keyrows.execute(self._key_rows_statement, (subjects,), prepare=True)
+            pipeline.sync()
+            row = head.fetchone()
+            position = int(row["head"]) if row else 0
+            stored_versions = {(r["originator_id"], r["originator_version"]) for r in taken.fetchall()}
+            owner: dict[bytes, UUID | None] = dict.fromkeys(emails)
+            if emails:
+                owner.update({bytes(r["email_hmac"]): r["customer_id"] for r in owners.fetchall()})
+            stored_owner = dict(owner)
+            used_keys = {(r["principal"], r["key"]) for r in used.fetchall()} if idem else set()
+            key_destroyed: dict[UUID, bool] = (
+                {r["subject_id"]: r["destroyed"] for r in keyrows.fetchall()} if subjects else {})
+
+        accepted = [a for a, rows in zip(batch, new_keys, strict=True)
+                    if self._admit(a, rows, stored_versions, owner, used_keys, key_destroyed)]
+        if not accepted:
+            return
+        key_rows: list[tuple[UUID, bytes]] = []
+        for a, rows in zip(batch, new_keys, strict=True):
+            if a.error is None:
+                key_rows.extend(rows.items())
+        stored_events: list[StoredEvent] = []
+        lookups: list[tuple[UUID | None, str | None, str | None, str | None]] = []
+        ids: list[int] = []
+        for a in accepted:
+            a.ids = list(range(position + 1, position + 1 + len(a.stored_events)))
+            position += len(a.stored_events)
+            stored_events.extend(a.stored_events)
+            lookups.extend(a.lookups)
+            ids.extend(a.ids)
+            if a.extras is not None and a.extras.idempotency is not None:
+                _finish_body(a.extras.idempotency, a.ids)
+        with conn.cursor() as curs:
+            curs.execute(self._notify_statement, prepare=True)
+            if key_rows:
+                curs.execute(self._insert_keys_statement,
+                             ([s for s, _ in key_rows], [w for _, w in key_rows]), prepare=True)
+            for a in accepted:
+                if a.extras is not None:
+                    self._insert_credentials(curs, a.extras)
+            # The reservations as the admitted appends leave them, one after the other.
+            changed = [h for h in emails if owner[h] != stored_owner[h]]
+            gone = [h for h in changed if stored_owner[h] is not None]
+            if gone:
+                curs.execute(self._release_statement, (gone,), prepare=True)
+            reserved = [(h, owner[h]) for h in changed if owner[h] is not None]
+            if reserved:
+                curs.execute(self._reserve_statement,
+                             ([h for h, _ in reserved], [c for _, c in reserved]), prepare=True)
+            curs.execute(self._insert_statement, (
+                ids,
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ), prepare=True)
+            curs.execute(self._chain_statement, (ids, *(list(c) for c in zip(*lookups, strict=True))),
+                         prepare=True)
+            records = [a.extras.idempotency for a in accepted
+                       if a.extras is not None and a.extras.idempotency is not None]
+            if records:
+                curs.execute(self._insert_idempotency_statement, (
+                    [r.principal for r in records], [r.key for r in records],
+                    [r.fingerprint for r in records], [r.status for r in records],
+                    [json.dumps(r.body) for r in records],
+                ), prepare=True)
+            # Writers that take ids from the sequence (eventsourcing's own insert) carry
+            # on after these.
+            curs.execute(self._setval_statement, (position,), prepare=True)
+        # The commit sends all this and fails if any of it failed.
+
+    @staticmethod
+    def _admit(append: _Append, new_keys: dict[UUID, bytes],
+               stored_versions: set[tuple[UUID, int]], owner: dict[bytes, UUID | None],
+               used_keys: set[tuple[str, str]], key_destroyed: dict[UUID, bool]) -> bool:
+        """Whether the append can be stored after the ones admitted before it in its
+        group; if it can, what it claims is marked taken for those after it; if not, its
+        own error is set."""
+        claims = append.claims
+        if any(c in stored_versions for c in claims) or len(set(claims)) < len(claims):
+            first = claims[0]
+            append.error = IntegrityError(
+                f"version {first[1]} of {first[0]} was stored by another writer")
+            return False
+        extras = append.extras
+        if extras is not None:
+            for subject in sorted(extras.sealed_subjects):
+                destroyed = key_destroyed.get(subject)
+                if destroyed:
+                    append.error = SubjectKeyDestroyed(subject)
+                    return False
+                if destroyed is not None and subject in new_keys:
+                    # A key was stored for this subject since this append made one.
+                    append.error = IntegrityError(f"a key for {subject} exists already")
+                    return False
+            record = extras.idempotency
+            if record is not None and (record.principal, record.key) in used_keys:
+                append.error = IdempotencyKeyTaken()
+                return False
+            after = dict(owner)
+            for email_hmac, customer_id in extras.release_emails:
+                if after.get(email_hmac) == customer_id:
+                    after[email_hmac] = None
+            for email_hmac, customer_id in extras.reserve_emails:
+                holder = after.get(email_hmac)
+                if holder is not None and holder != customer_id:
+                    append.error = EmailTaken(email_hmac)
+                    return False
+                after[email_hmac] = customer_id
+            owner.update(after)
+            if record is not None:
+                used_keys.add((record.principal, record.key))
+            for subject in new_keys:
+                key_destroyed[subject] = False
+        stored_versions.update(claims)
+        return True
+
+    def _add_group_statements(self) -> None:
+        schema = Identifier(self.datastore.schema)
+        events = SQL("{0}.{1}").format(schema, Identifier(self.events_table_name))
+        self._head_statement = SQL(
+            "SELECT COALESCE(max(notification_id), 0) AS head FROM {0}").format(events)
+        self._taken_statement = SQL(
+            "SELECT e.originator_id, e.originator_version FROM {0} e"
+            " JOIN unnest(%s::uuid[], %s::bigint[]) AS c(originator_id, originator_version)"
+            " USING (originator_id, originator_version)").format(events)
+        self._owners_statement = SQL(
+            "SELECT email_hmac, customer_id FROM {0} WHERE email_hmac = ANY(%s)"
+        ).format(self.reservations_table)
+        self._used_keys_statement = SQL(
+            "SELECT i.principal, i.key FROM {0} i"
+            " JOIN unnest(%s::text[], %s::text[]) AS u(principal, key) USING (principal, key)"
+        ).format(self.idempotency_table)
+        keys_table = SQL("{0}.{1}").format(schema, Identifier(PostgresKeyRing.TABLE))
+        self._key_rows_statement = SQL(
+            "SELECT subject_id, wrapped_key IS NULL AS destroyed FROM {0}"
+            " WHERE subject_id = ANY(%s)").format(keys_table)
+        self._insert_keys_statement = SQL(
+            "INSERT INTO {0} (subject_id, wrapped_key)"
+            " SELECT * FROM unnest(%s::uuid[], %s::bytea[])").format(keys_table)
+        self._release_statement = SQL(
+            "DELETE FROM {0} WHERE email_hmac = ANY(%s)").format(self.reservations_table)
+        self._reserve_statement = SQL(
+            "INSERT INTO {0} (email_hmac, customer_id)"
+            " SELECT * FROM unnest(%s::bytea[], %s::uuid[])").format(self.reservations_table)
+        self._insert_statement = SQL(
+            "INSERT INTO {0} (notification_id, originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+        ).format(events)
+        self._insert_idempotency_statement = SQL(
+            "INSERT INTO {0} (principal, key, fingerprint, status, body)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::jsonb[])"
+        ).format(self.idempotency_table)
+        self._setval_statement = SQL(
+            "SELECT setval(pg_get_serial_sequence({0}, 'notification_id'), %s)"
+        ).format(Literal(f"{self.datastore.schema}.{self.events_table_name}"))
+        self._notify_statement = SQL("NOTIFY {0}").format(Identifier(self.channel_name))
+        self._chain_statement = self.chain_statement
+        # Rendered once: a composed statement would be rendered again at every execution.
+        for name in ("_head_statement", "_taken_statement", "_owners_statement",
+                     "_used_keys_statement", "_key_rows_statement", "_insert_keys_statement",
+                     "_release_statement", "_reserve_statement", "_insert_statement",
+                     "_insert_idempotency_statement", "_setval_statement", "_notify_statement",
+                     "_chain_statement"):
+            setattr(self, name, getattr(self, name).as_bytes(None))
+        self._lock_statements = [s.as_bytes(None) for s in self.lock_table_statements
+                                 if isinstance(s, Composable)]
 
     # -- the hash chain ----------------------------------------------------------
     # Each event's chain link (see events/chain.py) and the columns an audit looks
@@ -336,38 +607,6 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 return email_hmac
         return None
 
-    def _insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        extras: WriteExtras | None = kwargs.get("extras")
-        if extras is None:
-            return
-        if self.keys is not None:
-            for subject_id, wrapped in self.keys.pending_rows(extras.sealed_subjects):
-                curs.execute(
-                    SQL("INSERT INTO {0}.{1} (subject_id, wrapped_key) VALUES (%s, %s)").format(
-                        Identifier(self.datastore.schema), Identifier(PostgresKeyRing.TABLE)
-                    ),
-                    (subject_id, wrapped),
-                )
-        for email_hmac, customer_id in extras.release_emails:
-            curs.execute(
-                SQL("DELETE FROM {0} WHERE email_hmac = %s AND customer_id = %s").format(
-                    self.reservations_table
-                ),
-                (email_hmac, customer_id),
-            )
-        self._insert_credentials(curs, extras)
-        for email_hmac, customer_id in extras.reserve_emails:
-            # Another customer's address violates the primary key and fails the whole
-            # transaction (a customer never re-reserves an address it holds: the
-            # aggregate refuses duplicate contacts).
-            curs.execute(
-                SQL("INSERT INTO {0} (email_hmac, customer_id) VALUES (%s, %s)").format(
-                    self.reservations_table
-                ),
-                (email_hmac, customer_id),
-                prepare=True,
-            )
-
     def _insert_credentials(self, curs: Any, extras: WriteExtras) -> None:
         for user_id, password_hash in extras.passwords:
             curs.execute(
@@ -394,25 +633,6 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                     self.api_keys_table),
                 (key_id,),
             )
-
-    def _fetch_ids_after_insert_events(
-        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        curs.execute(self.chain_statement, _lookup_columns(ids or [], stored_events), prepare=True)
-        extras: WriteExtras | None = kwargs.get("extras")
-        if extras is not None and extras.idempotency is not None:
-            record = extras.idempotency
-            _finish_body(record, ids)
-            curs.execute(
-                SQL(
-                    "INSERT INTO {0} (principal, key, fingerprint, status, body)"
-                    " VALUES (%s, %s, %s, %s, %s)"
-                ).format(self.idempotency_table),
-                (record.principal, record.key, record.fingerprint, record.status,
-                 json.dumps(record.body)),
-            )
-        return ids
 
     # -- reads -----------------------------------------------------------------
     def email_owner(self, email_hmac: bytes) -> UUID | None:

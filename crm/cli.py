@@ -21,6 +21,8 @@ def serve(
     demo: Annotated[bool, typer.Option(help="Load the demo data first (once per data directory).")] = False,
     host: Annotated[str | None, typer.Option(help="Default: CRM_HOST or 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="Default: CRM_PORT or 8000")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="uvicorn worker processes. Default: CRM_WORKERS or 1")] = None,
 ) -> None:
     """Run the CRM: the HTTP API (and the embedded PostgreSQL unless CRM_DATABASE_URL is set)."""
     import uvicorn
@@ -30,6 +32,8 @@ def serve(
     from crm.settings import Settings
 
     settings = Settings()
+    if workers is not None:
+        settings = settings.model_copy(update={"workers": workers})
     configure(settings.log_format, settings.log_level)
     system = bootstrap.build(settings)
     # uvicorn handles SIGINT/SIGTERM itself; make sure we stop the server we started.

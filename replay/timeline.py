@@ -37,8 +37,13 @@ def known_type(type_name: str) -> bool:
     return type_name in all_event_types()
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(value: Any) -> Any:
     """A JSON value of a field value (ids, amounts and times as text, enums by value)."""
+    if type(value) in _PLAIN:  # most values of most rows: nothing to do
+        return value
     if isinstance(value, UUID | Decimal):
         return str(value)
     if isinstance(value, datetime | date):
