@@ -32,6 +32,7 @@ from projections.service import ReadSide
 from readapi.app import create_app
 from readapi.auth import JwtSettings, TokenIssuer
 from readapi.routes import Services
+from readapi.web import mount_web_ui
 from replay import audit
 from replay import state as replay_state
 from replay.signing import private_key_from_seed
@@ -58,6 +59,13 @@ def postgres_env(url: str, pool_size: int = 10) -> dict[str, str]:
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "CREATE_TABLE": "y",
     }
+
+
+def web_dir(settings: Settings) -> Path:
+    """Where the built web UI is: CRM_WEB_DIR, else web/dist beside the packages."""
+    if settings.web_dir is not None:
+        return settings.web_dir
+    return Path(__file__).resolve().parents[1] / "web" / "dist"
 
 
 def _local_secret(data_dir: Path, name: str, nbytes: int) -> bytes:
@@ -186,9 +194,11 @@ class System:
         self._automation_thread.start()
 
     def http_app(self) -> FastAPI:
-        return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
-                                   audit_key=self.audit_key, analytics=self.analytics,
-                                   survey_key=survey_key(self.settings)))
+        app = create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
+                                  audit_key=self.audit_key, analytics=self.analytics,
+                                  survey_key=survey_key(self.settings)))
+        mount_web_ui(app, web_dir(self.settings))
+        return app
 
     def start_checkpoints(self) -> None:
         """Sign the chain head every ``audit_checkpoint_seconds`` in a thread of this process."""
