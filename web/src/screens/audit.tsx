@@ -92,7 +92,7 @@ function AsOf({ id, start }: { id: string; start: number }) {
   const day = 86_400_000;
   const steps = Math.max(1, Math.ceil((end - start) / day));
   return (
-    <section class="card as-of" data-testid="as-of">
+    <section class="card as-of" data-testid="as-of" data-as-of={new Date(when).toISOString()}>
       <h2>{t("recordAsOf", { when: dateTime(new Date(when).toISOString()) })}</h2>
       <div class="as-of-controls">
         <input
