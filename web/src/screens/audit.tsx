@@ -151,13 +151,14 @@ function AuditCustomer({ id, session }: { id: string; session: Session }) {
     async (signal) => (await get<{ items: TimelineEntry[] }>(`/customers/${id}/timeline`, { limit: 1000 }, signal)).items,
     [id],
   );
+  const record = useLoad((signal) => get<CustomerRow>(`/customers/${id}`, {}, signal), [id]);
   const [busy, run] = useAction();
   return (
     <section class="audit">
       <div class="page-head">
         <div>
           <Link href="/audit" class="muted small">← {t("audit")}</Link>
-          <h1>{t("audit")}: <Link href={`/customers/${id}`}>{id.slice(0, 8)}</Link></h1>
+          <h1>{t("audit")}: <Link href={`/customers/${id}`}>{record.data?.name ?? id.slice(0, 8)}</Link></h1>
         </div>
         {canAuditExport(session.user.role) && (
           <button

@@ -197,8 +197,8 @@ export function ServiceQueue({ session }: { session: Session }) {
       <table class="list" data-testid="queue">
         <thead>
           <tr>
-            <th>{t("priority")}</th>
             <th>{t("subject")}</th>
+            <th>{t("priority")}</th>
             <th>{t("customer")}</th>
             <th>{t("status")}</th>
             <th>{t("assignee")}</th>
@@ -208,8 +208,8 @@ export function ServiceQueue({ session }: { session: Session }) {
         <tbody>
           {rows.map((r) => (
             <tr key={r.id} class="clickable" data-id={r.id} data-testid="request-row" onClick={() => setSelected(r)}>
-              <td data-label={t("priority")}><span class={`badge pr-${r.priority}`}>{v(r.priority)}</span></td>
               <td data-label={t("subject")}><button type="button" class="link strong">{r.subject}</button></td>
+              <td data-label={t("priority")}><span class={`badge pr-${r.priority}`}>{v(r.priority)}</span></td>
               <td data-label={t("customer")}>{r.customer_name}</td>
               <td data-label={t("status")}>{v(r.status)}</td>
               <td data-label={t("assignee")}>{r.assignee_id ?? t("unassigned")}</td>
