@@ -26,6 +26,8 @@ from events.customer import (
     CustomerTagged,
     CustomerUntagged,
     LifecycleStageChanged,
+    CustomerShared,
+    CustomerUnshared,
     OwnerReassigned,
     PreferencesSet,
     PurchaseRecorded,
@@ -80,6 +82,8 @@ class Customer(Aggregate):
     preferences: dict[str, Any]
     purchases: dict[str, dict[str, Any]]
     personal_data_erased: bool
+    #: users (besides the owner) the customer is shared with; () in snapshots taken before sharing
+    shared_with: list[str] = []  # noqa: RUF012 -- replaced, never mutated
 
     # -- decisions -------------------------------------------------------------
     @classmethod
@@ -199,6 +203,18 @@ class Customer(Aggregate):
         self._trigger(
             OwnerReassigned, ctx, previous_owner_id=self.owner_id, owner_id=owner_id
         )
+        return True
+
+    def share(self, ctx: CommandContext, user_id: str) -> bool:
+        if user_id in self.shared_with or user_id == self.owner_id:
+            return False
+        self._trigger(CustomerShared, ctx, user_id=user_id)
+        return True
+
+    def unshare(self, ctx: CommandContext, user_id: str) -> bool:
+        if user_id not in self.shared_with:
+            return False
+        self._trigger(CustomerUnshared, ctx, user_id=user_id)
         return True
 
     def change_lifecycle_stage(self, ctx: CommandContext, to_stage: str) -> None:
@@ -338,6 +354,7 @@ class Customer(Aggregate):
         self.preferences = {}
         self.purchases = {}
         self.personal_data_erased = e.personal_data_erased
+        self.shared_with = []
 
     @applies(CustomerDetailsChanged)
     def _details_changed(self, e: CustomerDetailsChanged) -> None:
@@ -359,6 +376,14 @@ class Customer(Aggregate):
     @applies(OwnerReassigned)
     def _owner_reassigned(self, e: OwnerReassigned) -> None:
         self.owner_id = e.owner_id
+
+    @applies(CustomerShared)
+    def _shared(self, e: CustomerShared) -> None:
+        self.shared_with = sorted({*self.shared_with, e.user_id})
+
+    @applies(CustomerUnshared)
+    def _unshared(self, e: CustomerUnshared) -> None:
+        self.shared_with = [u for u in self.shared_with if u != e.user_id]
 
     @applies(LifecycleStageChanged)
     def _lifecycle_changed(self, e: LifecycleStageChanged) -> None:

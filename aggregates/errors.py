@@ -43,6 +43,13 @@ class NotFound(DomainError):
     code = "not-found"
 
 
+class Forbidden(DomainError):
+    """The caller may not do this (403)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class PersonalDataErased(DomainError):
     """The customer's personal data was erased; the record is closed to changes (409)."""
 

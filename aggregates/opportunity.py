@@ -17,7 +17,9 @@ from events.opportunity import (
     OpportunityOpened,
     OpportunityOwnerChanged,
     OpportunityReopened,
+    OpportunityShared,
     OpportunityStageChanged,
+    OpportunityUnshared,
     OpportunityWon,
 )
 
@@ -37,6 +39,8 @@ class Opportunity(Aggregate):
     status: str  # open | won | lost
     loss_reason: str | None
     last_open_stage: str
+    #: users (besides the owner) the deal is shared with
+    shared_with: list[str] = []  # noqa: RUF012 -- replaced, never mutated
 
     @classmethod
     def open(
@@ -128,6 +132,18 @@ class Opportunity(Aggregate):
         )
         return True
 
+    def share(self, ctx: CommandContext, user_id: str) -> bool:
+        if user_id in self.shared_with or user_id == self.owner_id:
+            return False
+        self._trigger(OpportunityShared, ctx, customer_id=self.customer_id, user_id=user_id)
+        return True
+
+    def unshare(self, ctx: CommandContext, user_id: str) -> bool:
+        if user_id not in self.shared_with:
+            return False
+        self._trigger(OpportunityUnshared, ctx, customer_id=self.customer_id, user_id=user_id)
+        return True
+
     def change_owner(self, ctx: CommandContext, owner_id: str) -> bool:
         self._check_open()
         if owner_id == self.owner_id:
@@ -200,6 +216,15 @@ class Opportunity(Aggregate):
         self.owner_id = e.owner_id
         self.status = "open"
         self.loss_reason = None
+        self.shared_with = []
+
+    @applies(OpportunityShared)
+    def _shared(self, e: OpportunityShared) -> None:
+        self.shared_with = sorted({*self.shared_with, e.user_id})
+
+    @applies(OpportunityUnshared)
+    def _unshared(self, e: OpportunityUnshared) -> None:
+        self.shared_with = [u for u in self.shared_with if u != e.user_id]
 
     @applies(OpportunityStageChanged)
     def _stage_changed(self, e: OpportunityStageChanged) -> None:

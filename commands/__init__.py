@@ -10,7 +10,7 @@ from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate
 from aggregates.errors import DomainError
 from aggregates.pipeline import PIPELINES
-from commands import audit, customer, interaction, opportunity, service_request, task
+from commands import audit, customer, identity, interaction, opportunity, service_request, task
 from events.base import CrmEvent
 from events.codec import dump_fields
 
@@ -18,5 +18,5 @@ __all__ = ["AGGREGATE_TYPES", "HANDLERS", "PIPELINES", "Aggregate", "CrmEvent", 
 
 #: The one map from command type to handler.
 HANDLERS: dict[type[BaseModel], Any] = {}
-for _module in (customer, opportunity, interaction, service_request, task, audit):
+for _module in (customer, opportunity, interaction, service_request, task, audit, identity):
     HANDLERS.update(_module.HANDLERS)

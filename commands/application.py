@@ -136,6 +136,9 @@ class Request:
     expected_version: int | None = None
     idempotency_key: str | None = None
     causation_id: str | None = None
+    #: checks every record the command loads (created=False) or creates (created=True):
+    #: record-level access; raises to refuse (None: no limit, e.g. the system's own rules)
+    guard: Callable[[Aggregate, bool], None] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -184,6 +187,8 @@ class UnitOfWork:
                 raise NotFound(f"no {cls.type_name} {aggregate_id}")
             return existing
         aggregate = self.app.load(cls, aggregate_id)
+        if self.request.guard is not None:
+            self.request.guard(aggregate, False)
         if aggregate_id == self.request.target and self.request.expected_version is not None:
             if aggregate.version != self.request.expected_version:
                 raise ConcurrencyConflict(
@@ -259,6 +264,10 @@ class CommandService:
             ctx = self._context(command, request, command_id)
             uow = UnitOfWork(self.app, request, self._email_key)
             aggregate = handler(command, uow, ctx)
+            if request.guard is not None:
+                for a in uow.loaded.values():
+                    if a.pending_events and a.version == len(a.pending_events):
+                        request.guard(a, True)
             created = aggregate.version == len(aggregate.pending_events)
             pending = [a for a in uow.loaded.values() if a.pending_events]
             if not pending:  # nothing changed: answer with the current state

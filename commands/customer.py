@@ -103,6 +103,16 @@ class ReassignCustomerOwner(Command):
     owner_id: UserId
 
 
+class ShareCustomer(Command):
+    """Share with a user (besides the owner): they can see and change the customer."""
+
+    user_id: UserId
+
+
+class UnshareCustomer(Command):
+    user_id: UserId
+
+
 class ChangeLifecycleStage(Command):
     requires_version = True
     stage: Literal["lead", "prospect", "customer", "churned"]
@@ -206,6 +216,18 @@ def reassign_customer_owner(cmd: ReassignCustomerOwner, uow: UnitOfWork, ctx: Co
     return customer
 
 
+def share_customer(cmd: ShareCustomer, uow: UnitOfWork, ctx: CommandContext) -> Customer:
+    customer = _customer(uow)
+    customer.share(ctx, cmd.user_id)
+    return customer
+
+
+def unshare_customer(cmd: UnshareCustomer, uow: UnitOfWork, ctx: CommandContext) -> Customer:
+    customer = _customer(uow)
+    customer.unshare(ctx, cmd.user_id)
+    return customer
+
+
 def change_lifecycle_stage(cmd: ChangeLifecycleStage, uow: UnitOfWork, ctx: CommandContext) -> Customer:
     customer = _customer(uow)
     customer.change_lifecycle_stage(ctx, cmd.stage)
@@ -261,6 +283,8 @@ HANDLERS = {
     AddContact: add_contact,
     RemoveContact: remove_contact,
     ReassignCustomerOwner: reassign_customer_owner,
+    ShareCustomer: share_customer,
+    UnshareCustomer: unshare_customer,
     ChangeLifecycleStage: change_lifecycle_stage,
     ClassifyCustomer: classify_customer,
     TagCustomer: tag_customer,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -47,6 +48,35 @@ class WriteExtras:
     sealed_subjects: set[UUID] = field(default_factory=set)
     release_emails: list[tuple[bytes, UUID]] = field(default_factory=list)
     idempotency: IdempotencyRecord | None = None
+    #: users' new password hashes (user id, argon2 hash), kept outside the log
+    passwords: list[tuple[UUID, str]] = field(default_factory=list)
+    #: users whose sign-in is switched on (True) or off (False)
+    sign_in: list[tuple[UUID, bool]] = field(default_factory=list)
+    #: API keys issued: their secrets' hashes, kept outside the log
+    api_keys: list[ApiKeySecret] = field(default_factory=list)
+    #: API keys revoked (refused from the moment this commits)
+    revoked_api_keys: list[UUID] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ApiKeySecret:
+    """What a request's API key is checked against (never in an event)."""
+
+    key_id: UUID
+    secret_sha256: bytes
+    role: str
+    expires_at: datetime | None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A user's password hash and whether they may sign in."""
+
+    user_id: UUID
+    password_hash: str
+    active: bool
 
 
 def _lookup(state: bytes) -> tuple[UUID | None, str | None, str | None, str | None]:
@@ -94,6 +124,29 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         schema = Identifier(self.datastore.schema)
         self.reservations_table = SQL("{0}.{1}").format(schema, Identifier("crm_email_reservations"))
         self.idempotency_table = SQL("{0}.{1}").format(schema, Identifier("crm_idempotency"))
+        self.credentials_table = SQL("{0}.{1}").format(schema, Identifier("crm_credentials"))
+        self.api_keys_table = SQL("{0}.{1}").format(schema, Identifier("crm_api_keys"))
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                " user_id uuid PRIMARY KEY,"
+                " password_hash text NOT NULL,"
+                " active boolean NOT NULL DEFAULT true,"
+                " updated_at timestamptz NOT NULL DEFAULT now())"
+            ).format(self.credentials_table)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                " key_id uuid PRIMARY KEY,"
+                " secret_sha256 bytea NOT NULL,"
+                " role text NOT NULL,"
+                " expires_at timestamptz,"
+                " revoked_at timestamptz,"
+                " last_used_at timestamptz,"
+                " created_at timestamptz NOT NULL DEFAULT now())"
+            ).format(self.api_keys_table)
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} ("
@@ -302,6 +355,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 ),
                 (email_hmac, customer_id),
             )
+        self._insert_credentials(curs, extras)
         for email_hmac, customer_id in extras.reserve_emails:
             # Another customer's address violates the primary key and fails the whole
             # transaction (a customer never re-reserves an address it holds: the
@@ -312,6 +366,33 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 ),
                 (email_hmac, customer_id),
                 prepare=True,
+            )
+
+    def _insert_credentials(self, curs: Any, extras: WriteExtras) -> None:
+        for user_id, password_hash in extras.passwords:
+            curs.execute(
+                SQL("INSERT INTO {0} (user_id, password_hash) VALUES (%s, %s)"
+                    " ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash,"
+                    " updated_at = now()").format(self.credentials_table),
+                (user_id, password_hash),
+            )
+        for user_id, active in extras.sign_in:
+            curs.execute(
+                SQL("UPDATE {0} SET active = %s, updated_at = now() WHERE user_id = %s").format(
+                    self.credentials_table),
+                (active, user_id),
+            )
+        for key in extras.api_keys:
+            curs.execute(
+                SQL("INSERT INTO {0} (key_id, secret_sha256, role, expires_at) VALUES (%s, %s, %s, %s)"
+                    ).format(self.api_keys_table),
+                (key.key_id, key.secret_sha256, key.role, key.expires_at),
+            )
+        for key_id in extras.revoked_api_keys:
+            curs.execute(
+                SQL("UPDATE {0} SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL").format(
+                    self.api_keys_table),
+                (key_id,),
             )
 
     def _fetch_ids_after_insert_events(
@@ -356,6 +437,51 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             return None
         return IdempotencyRecord(principal, key, row["fingerprint"], row["status"], row["body"])
 
+    def credential(self, user_id: UUID) -> Credential | None:
+        """The user's password hash and sign-in state (None: no such user)."""
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                SQL("SELECT password_hash, active FROM {0} WHERE user_id = %s").format(
+                    self.credentials_table),
+                (user_id,),
+            ).fetchone()
+        return Credential(user_id, row["password_hash"], row["active"]) if row else None
+
+    def rehash_password(self, user_id: UUID, old_hash: str, new_hash: str) -> None:
+        """Store a stronger hash of the same password (unless it changed meanwhile)."""
+        with self.datastore.get_connection() as conn:
+            conn.execute(
+                SQL("UPDATE {0} SET password_hash = %s WHERE user_id = %s AND password_hash = %s"
+                    ).format(self.credentials_table),
+                (new_hash, user_id, old_hash),
+            )
+
+    def api_key_secret(self, key_id: UUID) -> ApiKeySecret | None:
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                SQL("SELECT key_id, secret_sha256, role, expires_at, revoked_at, last_used_at"
+                    " FROM {0} WHERE key_id = %s").format(self.api_keys_table),
+                (key_id,),
+            ).fetchone()
+        return _api_key(row) if row else None
+
+    def api_keys(self) -> list[ApiKeySecret]:
+        with self.datastore.get_connection() as conn:
+            rows = conn.execute(
+                SQL("SELECT key_id, secret_sha256, role, expires_at, revoked_at, last_used_at"
+                    " FROM {0} ORDER BY created_at, key_id").format(self.api_keys_table),
+            ).fetchall()
+        return [_api_key(r) for r in rows]
+
+    def touch_api_key(self, key_id: UUID, at: datetime) -> None:
+        """Record when the key was last used."""
+        with self.datastore.get_connection() as conn:
+            conn.execute(
+                SQL("UPDATE {0} SET last_used_at = %s WHERE key_id = %s"
+                    " AND (last_used_at IS NULL OR last_used_at < %s)").format(self.api_keys_table),
+                (at, key_id, at),
+            )
+
     def positions(self, originator_id: UUID) -> dict[int, int]:
         """Log position of each of an aggregate's events, by version."""
         with self.datastore.get_connection() as conn:
@@ -380,6 +506,11 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         return row["notification_id"] if row else None
 
 
+def _api_key(row: dict[str, Any]) -> ApiKeySecret:
+    return ApiKeySecret(row["key_id"], bytes(row["secret_sha256"]), row["role"], row["expires_at"],
+                        row["revoked_at"], row["last_used_at"])
+
+
 class CrmMemoryRecorder(POPOApplicationRecorder):
     """The in-memory twin of ``CrmPostgresRecorder``, for unit tests."""
 
@@ -387,6 +518,8 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
         super().__init__()
         self._reservations: dict[bytes, UUID] = {}
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._credentials: dict[UUID, Credential] = {}
+        self._api_keys: dict[UUID, ApiKeySecret] = {}
 
     def _insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         extras: WriteExtras | None = kwargs.get("extras")
@@ -412,7 +545,45 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
                     rec = extras.idempotency
                     _finish_body(rec, ids)
                     self._idempotency[(rec.principal, rec.key)] = rec
+                self._keep_credentials(extras)
             return ids
+
+    def _keep_credentials(self, extras: WriteExtras) -> None:
+        for user_id, password_hash in extras.passwords:
+            old = self._credentials.get(user_id)
+            self._credentials[user_id] = Credential(user_id, password_hash, old.active if old else True)
+        for user_id, active in extras.sign_in:
+            if (old := self._credentials.get(user_id)) is not None:
+                self._credentials[user_id] = replace(old, active=active)
+        for key in extras.api_keys:
+            self._api_keys[key.key_id] = key
+        for key_id in extras.revoked_api_keys:
+            if (k := self._api_keys.get(key_id)) is not None and k.revoked_at is None:
+                self._api_keys[key_id] = replace(k, revoked_at=datetime.now(UTC))
+
+    def credential(self, user_id: UUID) -> Credential | None:
+        with self._database_lock:
+            return self._credentials.get(user_id)
+
+    def rehash_password(self, user_id: UUID, old_hash: str, new_hash: str) -> None:
+        with self._database_lock:
+            old = self._credentials.get(user_id)
+            if old is not None and old.password_hash == old_hash:
+                self._credentials[user_id] = replace(old, password_hash=new_hash)
+
+    def api_key_secret(self, key_id: UUID) -> ApiKeySecret | None:
+        with self._database_lock:
+            return self._api_keys.get(key_id)
+
+    def api_keys(self) -> list[ApiKeySecret]:
+        with self._database_lock:
+            return list(self._api_keys.values())
+
+    def touch_api_key(self, key_id: UUID, at: datetime) -> None:
+        with self._database_lock:
+            k = self._api_keys.get(key_id)
+            if k is not None and (k.last_used_at is None or k.last_used_at < at):
+                self._api_keys[key_id] = replace(k, last_used_at=at)
 
     def email_owner(self, email_hmac: bytes) -> UUID | None:
         with self._database_lock:

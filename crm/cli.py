@@ -74,14 +74,27 @@ def _load_demo(system: object) -> None:
     assert isinstance(system, System)
     if (system.app.recorder.max_notification_id() or 0) > 0:
         typer.echo("Demo data: the event store already has events; not loading again.", err=True)
+        _echo_demo_users()
         return
     loader = DemoLoader(system.app, email_key(system.settings), SystemClock())
     sent = loader.load()
     last = system.app.recorder.max_notification_id()
     typer.echo(f"Demo data: {sent} commands, event log at position {last}.", err=True)
-    first = next(iter(system.app.recorder.select_notifications(start=1, limit=1)), None)
+    first = next((n for n in system.app.recorder.select_notifications(start=1, limit=100)
+                  if n.topic == "CustomerRegistered"), None)
     if first is not None:
         typer.echo(f"  First customer: {first.originator_id}", err=True)
+    _echo_demo_users()
+
+
+def _echo_demo_users() -> None:
+    from crm.demo import DEMO_PASSWORD, DEMO_USERS
+
+    typer.echo(f"  Demo users (password for all: {DEMO_PASSWORD}):", err=True)
+    for username, role, team, _name in DEMO_USERS:
+        typer.echo(f"    {username:<10} {role:<14} {team or ''}", err=True)
+    typer.echo("  Sign in: POST /api/v1/auth/token {\"username\": \"rep\", \"password\": \"demo-password\"}",
+               err=True)
 
 
 @app.command()
@@ -101,6 +114,166 @@ def token(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+# -- crm users, crm teams, crm api-keys ----------------------------------------------------
+users_app = typer.Typer(help="People who sign in: create and list.", no_args_is_help=True)
+teams_app = typer.Typer(help="Teams: create.", no_args_is_help=True)
+api_keys_app = typer.Typer(help="API keys for other systems: issue and revoke.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(teams_app, name="teams")
+app.add_typer(api_keys_app, name="api-keys")
+#: The actor of the changes made from the command line (the operator at the console).
+CLI_PRINCIPAL = ("crm-cli", "admin")
+
+
+def _run_command(system: Any, command: Any, target: Any = None, version: int | None = None) -> Any:
+    import uuid
+
+    from aggregates.errors import DomainError
+    from commands.application import Principal, Request
+
+    try:
+        return system.commands.execute(command, Request(
+            Principal(*CLI_PRINCIPAL), correlation_id=f"cli-{uuid.uuid4().hex}", target=target,
+            expected_version=version))
+    except DomainError as e:
+        typer.echo(f"error: {e.field + ': ' if e.field else ''}{e.detail}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _validated(command_cls: Any, **values: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return command_cls.model_validate(values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        typer.echo(f"error: {where}: {first['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _team_id(system: Any, team: str) -> Any:
+    """A team named by its id or its name (names looked up in the directory)."""
+    import uuid
+
+    try:
+        return uuid.UUID(team)
+    except ValueError:
+        pass
+    with system.read.pool.connection() as conn:
+        rows = conn.execute("SELECT id FROM crm_read.teams WHERE lower(name) = lower(%s)", (team,)).fetchall()
+    if len(rows) != 1:
+        typer.echo(f"error: --team: {'no' if not rows else 'more than one'} team named {team!r}", err=True)
+        raise typer.Exit(2)
+    return rows[0]["id"]
+
+
+def _read_password(confirm: bool) -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    return password
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="Unique, case-insensitive.")],
+    role: Annotated[str, typer.Option("--role", help="admin, manager, sales_rep, service_agent, ...")],
+    team: Annotated[str | None, typer.Option("--team", help="The team's id or name.")] = None,
+    display_name: Annotated[str | None, typer.Option("--display-name")] = None,
+    email: Annotated[str | None, typer.Option("--email")] = None,
+) -> None:
+    """Create a user; the password is read from stdin (one line) or prompted for."""
+    from commands import identity as ci
+
+    password = _read_password(confirm=True)
+    system = _system()
+    try:
+        team_id = _team_id(system, team) if team else None
+        command = _validated(ci.CreateUser, username=username, password=password, role=role,
+                             display_name=display_name, email=email, team_id=team_id)
+        result = _run_command(system, command)
+        typer.echo(str(result.id))
+    finally:
+        system.close()
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Every user (from the directory read model)."""
+    system = _system()
+    try:
+        with system.read.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT u.id, u.username, u.role, u.active, t.name AS team FROM crm_read.users u"
+                " LEFT JOIN crm_read.teams t ON t.id = u.team_id ORDER BY u.username").fetchall()
+        for r in rows:
+            state = "" if r["active"] else "deactivated"
+            typer.echo(f"{r['id']}  {r['username']:<20} {r['role']:<14} {r['team'] or '-':<20} {state}".rstrip())
+    finally:
+        system.close()
+
+
+@teams_app.command("create")
+def teams_create(
+    name: Annotated[str, typer.Argument(help="The team's name.")],
+    manager: Annotated[str | None, typer.Option("--manager", help="The manager's username.")] = None,
+) -> None:
+    """Create a team; prints its id."""
+    from commands import identity as ci
+
+    system = _system()
+    try:
+        command = _validated(ci.CreateTeam, name=name,
+                             manager_id=ci.user_id(manager) if manager else None)
+        typer.echo(str(_run_command(system, command).id))
+    finally:
+        system.close()
+
+
+@api_keys_app.command("issue")
+def api_keys_issue(
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. the system's name.")],
+    role: Annotated[str, typer.Option("--role", help="The role the system acts in, e.g. integration.")],
+    expires_at: Annotated[str | None, typer.Option("--expires-at", help="ISO 8601 with a zone.")] = None,
+) -> None:
+    """Issue an API key and print it (shown only this once)."""
+    import uuid
+
+    from commands import identity as ci
+    from commands.application import Principal, Request
+
+    command = _validated(ci.IssueApiKey, name=name, role=role, expires_at=expires_at)
+    system = _system()
+    try:
+        from aggregates.errors import DomainError
+
+        try:
+            result, key = ci.issue_api_key(system.commands, command, Request(
+                Principal(*CLI_PRINCIPAL), correlation_id=f"cli-{uuid.uuid4().hex}"))
+        except DomainError as e:
+            typer.echo(f"error: {e.detail}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"API key {result.id} ({role}); the key, shown only now:", err=True)
+        typer.echo(key)
+    finally:
+        system.close()
+
+
+@api_keys_app.command("revoke")
+def api_keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")]) -> None:
+    """Revoke an API key: refused from now on."""
+    from commands import identity as ci
+
+    target = _uuid(key_id, "ID")
+    system = _system()
+    try:
+        _run_command(system, ci.RevokeApiKey(), target=target)
+        typer.echo(f"revoked {target}", err=True)
+    finally:
+        system.close()
 
 
 # -- crm projections ----------------------------------------------------------------

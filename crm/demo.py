@@ -16,6 +16,7 @@ from commands import customer as cc
 from commands import interaction as ci
 from commands import opportunity as co
 from commands import service_request as cs
+from commands import identity as ids
 from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request
 from commands.clock import Clock, SequentialIds
@@ -30,8 +31,25 @@ SUFFIX = ["Ltd", "GmbH", "Inc", "SA", "BV", "AB", "Co"]
 INDUSTRIES = ["retail", "manufacturing", "software", "logistics", "healthcare", "finance", "education"]
 COUNTRIES = ["DE", "FR", "GB", "US", "CN", "JP", "SE", "NL", "ES", "IT"]
 SOURCES = ["web", "referral", "event", "cold_call", "partner", "import"]
-OWNERS = ["rep-anna", "rep-ben", "rep-chloe", "rep-dev"]
-AGENTS = ["agent-eve", "agent-finn", "agent-gia"]
+#: Everybody signs in with this password in the demo (and only in the demo).
+DEMO_PASSWORD = "demo-password"
+#: The demo's users: username, role, team, display name.
+DEMO_USERS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("admin", "admin", None, "Ada Admin"),
+    ("manager", "manager", "Team North", "Maria Manager"),
+    ("rep", "sales_rep", "Team North", "Rita Rep"),
+    ("rep2", "sales_rep", "Team South", "Sam Rep"),
+    ("agent", "service_agent", None, "Alex Agent"),
+    ("marketing", "marketing", None, "Mia Marketing"),
+    ("analyst", "analyst", None, "Ana Analyst"),
+    ("auditor", "auditor", None, "Otto Auditor"),
+    ("dataadmin", "data_admin", None, "Dana Data"),
+)
+#: The customers' and deals' owners: the two sales reps, one in each team.
+OWNERS = [str(ids.user_id("rep")), str(ids.user_id("rep2"))]
+MANAGER = str(ids.user_id("manager"))
+AGENTS = [str(ids.user_id("agent"))]
+SETUP = Principal("crm-demo", "admin")
 CURRENCIES = ["EUR", "EUR", "USD", "GBP", "CNY"]
 PRODUCTS = [("SKU-100", "Starter licence", Decimal("49.00")), ("SKU-200", "Team licence", Decimal("199.00")),
             ("SKU-300", "Support plan", Decimal("99.50")), ("SKU-400", "Onboarding", Decimal("750.00"))]
@@ -62,6 +80,7 @@ class DemoLoader:
         return (self.now - timedelta(seconds=seconds)).astimezone(UTC)
 
     def load(self) -> int:
+        self._people()
         rng = self.rng
         for i in range(self.count):
             owner = OWNERS[i % len(OWNERS)]
@@ -91,7 +110,7 @@ class DemoLoader:
             if rng.random() < 0.5:
                 version = self._send(cc.ClassifyCustomer(
                     segment=rng.choice(["high_value", "potential", "at_risk", "standard"]),
-                    reason="quarterly review", occurred_at=self._when(100, 30)), "mgr-maria", "manager",
+                    reason="quarterly review", occurred_at=self._when(100, 30)), MANAGER, "manager",
                     cid, version).version
             for _ in range(rng.randint(0, 3)):
                 lines = [
@@ -119,6 +138,24 @@ class DemoLoader:
             if rng.random() < 0.8:
                 self._task(cid, owner)
         return self.sent
+
+    def _people(self) -> None:
+        """The teams and users of the demo (all with ``DEMO_PASSWORD``)."""
+        manager = ids.CreateUser.model_validate(dict(
+            username="manager", password=DEMO_PASSWORD, role="manager", display_name="Maria Manager",
+            email="manager@demo.example"))
+        created = self._send(manager, SETUP.id, SETUP.role)
+        north = self._send(ids.CreateTeam(name="Team North", manager_id=created.id), SETUP.id, SETUP.role).id
+        south = self._send(ids.CreateTeam(name="Team South"), SETUP.id, SETUP.role).id
+        self._send(ids.MoveUserToTeam(team_id=north), SETUP.id, SETUP.role, created.id, created.version)
+        teams = {"Team North": north, "Team South": south}
+        for username, role, team, name in DEMO_USERS:
+            if username == "manager":
+                continue
+            self._send(ids.CreateUser.model_validate(dict(
+                username=username, password=DEMO_PASSWORD, role=role, display_name=name,
+                email=f"{username}@demo.example", team_id=teams[team] if team else None)),
+                SETUP.id, SETUP.role)
 
     def _opportunity(self, cid: UUID, owner: str) -> None:
         rng = self.rng

@@ -38,6 +38,27 @@ class Settings(BaseSettings):
     jwt_audience: str = "crm-api"
     jwt_public_key_file: Path | None = None
     jwt_private_key_file: Path | None = None
+    # -- signing in and limits -------------------------------------------------------------
+    access_token_minutes: float = Field(
+        default=15.0, gt=0, description="Lifetime of the tokens POST /api/v1/auth/token hands out.")
+    auth_cache_seconds: float = Field(
+        default=2.0, ge=0, description="How long a process trusts a user's sign-in state (active or "
+        "deactivated) before re-reading it: the longest a deactivated user's token still works in "
+        "another process.")
+    api_key_touch_seconds: float = Field(
+        default=60.0, ge=0, description="At most one write of an API key's last-used time per interval.")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="Largest request body accepted (413 above it); 0: no limit.")
+    rate_limit_per_second: float = Field(
+        default=100.0, ge=0, description="Requests per second each caller (user, API key, or client "
+        "address when unauthenticated) may make, per API process; 0: no limit (load tests).")
+    rate_limit_burst: float = Field(
+        default=1000.0, ge=1, description="How many requests a caller may make at once before the "
+        "per-second rate applies.")
+    login_rate_limit_per_minute: float = Field(
+        default=12.0, ge=0, description="Sign-in attempts per minute for one username from one "
+        "address, after a burst of login_rate_limit_burst; 0: no limit.")
+    login_rate_limit_burst: float = Field(default=10.0, ge=1)
     key_cache_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -3,11 +3,12 @@
 Importing this package registers every event type under its stored name.
 """
 
-from events import audit, customer, interaction, opportunity, service_request, task
+from events import api_key, audit, customer, interaction, opportunity, service_request, task, team, user
 from events.base import Actor, CrmEvent, EventMeta, all_event_types, event_type
 
 __all__ = [
     "Actor",
+    "api_key",
     "audit",
     "CrmEvent",
     "EventMeta",
@@ -18,4 +19,6 @@ __all__ = [
     "opportunity",
     "service_request",
     "task",
+    "team",
+    "user",
 ]

@@ -69,6 +69,22 @@ class OwnerReassigned(CustomerEvent):
 
 
 @register
+class CustomerShared(CustomerEvent):
+    """The customer was shared with a user, who can now see and change it."""
+
+    type_name = "CustomerShared"
+
+    user_id: str
+
+
+@register
+class CustomerUnshared(CustomerEvent):
+    type_name = "CustomerUnshared"
+
+    user_id: str
+
+
+@register
 class LifecycleStageChanged(CustomerEvent):
     type_name = "CustomerLifecycleStageChanged"
 

@@ -32,6 +32,24 @@ class OpportunityOpened(OpportunityEvent):
 
 
 @register
+class OpportunityShared(OpportunityEvent):
+    """The deal was shared with a user, who can now see and change it."""
+
+    type_name = "OpportunityShared"
+
+    customer_id: UUID
+    user_id: str
+
+
+@register
+class OpportunityUnshared(OpportunityEvent):
+    type_name = "OpportunityUnshared"
+
+    customer_id: UUID
+    user_id: str
+
+
+@register
 class OpportunityStageChanged(OpportunityEvent):
     type_name = "OpportunityStageChanged"
 

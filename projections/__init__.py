@@ -9,6 +9,7 @@ from __future__ import annotations
 from projections.activity import ActivityFeed
 from projections.base import Projection
 from projections.customers import CustomerList
+from projections.directory import Directory
 from projections.interactions import InteractionTimeline
 from projections.pipeline import PipelineBoard
 from projections.service_queue import ServiceQueue
@@ -21,6 +22,7 @@ ALL: tuple[type[Projection], ...] = (
     ServiceQueue,
     TaskList,
     InteractionTimeline,
+    Directory,
 )
 
 

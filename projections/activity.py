@@ -85,6 +85,8 @@ SUMMARIES: dict[type[CrmEvent], Summary] = {
     ce.ContactAdded: lambda e: f"{(e.contact.kind if e.contact else 'A').capitalize()} contact added",
     ce.ContactRemoved: lambda e: f"{e.kind.capitalize()} contact removed",
     ce.OwnerReassigned: lambda e: f"Owner changed from {e.previous_owner_id} to {e.owner_id}",
+    ce.CustomerShared: lambda e: f"Shared with {e.user_id}",
+    ce.CustomerUnshared: lambda e: f"No longer shared with {e.user_id}",
     ce.LifecycleStageChanged: lambda e: f"Lifecycle stage changed from {_h(e.from_stage)} to {_h(e.to_stage)}",
     ce.CustomerClassified: lambda e: f"Classified as {_h(e.segment)}"
     + (f" (was {_h(e.previous_segment)})" if e.previous_segment else ""),
@@ -101,6 +103,8 @@ SUMMARIES: dict[type[CrmEvent], Summary] = {
         f"Amount changed from {e.previous_amount} {e.previous_currency} to {e.amount} {e.currency}"),
     oe.OpportunityCloseDateChanged: lambda e: (
         f"Expected close changed from {_day(e.previous_expected_close)} to {_day(e.expected_close)}"),
+    oe.OpportunityShared: lambda e: f"Opportunity shared with {e.user_id}",
+    oe.OpportunityUnshared: lambda e: f"Opportunity no longer shared with {e.user_id}",
     oe.OpportunityOwnerChanged: lambda e: f"Opportunity owner changed from {e.previous_owner_id} to {e.owner_id}",
     oe.OpportunityWon: lambda e: f"Opportunity won: {e.amount} {e.currency}",
     oe.OpportunityLost: lambda e: f"Opportunity lost at {_h(e.from_stage)} ({_h(e.loss_reason)})",

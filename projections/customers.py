@@ -24,6 +24,7 @@ CUSTOMERS = Table(
         "phones": "text[] NOT NULL DEFAULT '{}'",
         "contacts": "jsonb NOT NULL DEFAULT '[]'",
         "owner_id": "text NOT NULL",
+        "shared_with": "text[] NOT NULL DEFAULT '{}'",
         "lifecycle_stage": "text NOT NULL",
         "segment": "text",
         "tags": "text[] NOT NULL DEFAULT '{}'",
@@ -48,6 +49,7 @@ CUSTOMERS = Table(
     key="id",
     indexes=(
         "owner_id, id",
+        "CREATE INDEX {name} ON {table} USING gin (shared_with)",
         "lifecycle_stage, id",
         "segment, id",
         "created_at, id",
@@ -75,7 +77,7 @@ DEALS = Table(
 
 class CustomerList(Projection):
     name = "customers"
-    version = 1
+    version = 2
     tables = (CUSTOMERS, DEALS)
 
 
@@ -124,6 +126,7 @@ def _registered(view: BatchView, e: ce.CustomerRegistered) -> None:
         "name": e.name,
         **_contacts_columns(contacts),
         "owner_id": e.owner_id,
+        "shared_with": [],
         "lifecycle_stage": e.lifecycle_stage,
         "segment": None,
         "tags": sorted(e.tags),
@@ -180,6 +183,15 @@ def _contact_removed(view: BatchView, e: ce.ContactRemoved) -> None:
 @CustomerList.handles(ce.OwnerReassigned, needs=_me)
 def _owner(view: BatchView, e: ce.OwnerReassigned) -> None:
     _touch(view, e, owner_id=e.owner_id)
+
+
+@CustomerList.handles(ce.CustomerShared, ce.CustomerUnshared, needs=_me)
+def _sharing(view: BatchView, e: ce.CustomerShared | ce.CustomerUnshared) -> None:
+    row = view.get("customers", e.originator_id)
+    if row is not None:
+        users = set(row["shared_with"])
+        users = users | {e.user_id} if isinstance(e, ce.CustomerShared) else users - {e.user_id}
+        _touch(view, e, shared_with=sorted(users))
 
 
 @CustomerList.handles(ce.LifecycleStageChanged, needs=_me)

@@ -27,6 +27,7 @@ OPPORTUNITIES = Table(
         "weighted_amount": "numeric NOT NULL",  # amount * probability / 100
         "expected_close": "date",
         "owner_id": "text NOT NULL",
+        "shared_with": "text[] NOT NULL DEFAULT '{}'",
         "loss_reason": "text",
         "opened_at": "timestamptz NOT NULL",
         "closed_at": "timestamptz",
@@ -41,7 +42,7 @@ CUSTOMER_NAMES = names_table("opportunity_customers")
 
 class PipelineBoard(Projection):
     name = "pipeline"
-    version = 1
+    version = 2
     tables = (OPPORTUNITIES, CUSTOMER_NAMES)
 
 
@@ -88,6 +89,7 @@ def _opened(view: BatchView, e: oe.OpportunityOpened) -> None:
         "weighted_amount": _weighted(e.amount, e.probability),
         "expected_close": e.expected_close,
         "owner_id": e.owner_id,
+        "shared_with": [],
         "loss_reason": None,
         "opened_at": at,
         "closed_at": None,
@@ -114,6 +116,15 @@ def _close_date(view: BatchView, e: oe.OpportunityCloseDateChanged) -> None:
 @PipelineBoard.handles(oe.OpportunityOwnerChanged, needs=_opp)
 def _owner(view: BatchView, e: oe.OpportunityOwnerChanged) -> None:
     _change(view, e, owner_id=e.owner_id)
+
+
+@PipelineBoard.handles(oe.OpportunityShared, oe.OpportunityUnshared, needs=_opp)
+def _sharing(view: BatchView, e: oe.OpportunityShared | oe.OpportunityUnshared) -> None:
+    row = view.get("opportunities", e.originator_id)
+    if row is not None:
+        users = set(row["shared_with"])
+        users = users | {e.user_id} if isinstance(e, oe.OpportunityShared) else users - {e.user_id}
+        view.change_record("opportunities", e, shared_with=sorted(users))
 
 
 @PipelineBoard.handles(oe.OpportunityWon, needs=_opp)

@@ -18,6 +18,7 @@ from projections.analytics import report, sandbox
 from projections.analytics.clv import customer_lifetime_values
 from projections.analytics.schema import KPI_VIEWS
 from projections.analytics.store import AnalyticsProjection, NotLeader
+from readapi.access import reach_of
 from readapi.auth import PERSONAL_DATA_ROLES
 from readapi.problems import Problem
 from readapi.routes import Caller, services
@@ -129,7 +130,7 @@ def run_sql(body: SqlQuery, request: Request, caller: Caller) -> Any:
     finally:
         con.close()
     if body.reveal_customers:
-        result.table = _reveal(request, result.table)
+        result.table = _reveal(request, caller, result.table)
     headers = {"X-Log-Position": str(result.position),
                "X-Truncated": "true" if result.truncated else "false"}
     if body.format == "csv":
@@ -141,8 +142,9 @@ def run_sql(body: SqlQuery, request: Request, caller: Caller) -> Any:
     return JSONResponse(sandbox.to_json(result), headers=headers)
 
 
-def _reveal(request: Request, table: Any) -> Any:
-    """customer_id and customer_name beside customer_key, from the CRM's own tables."""
+def _reveal(request: Request, caller: Principal, table: Any) -> Any:
+    """customer_id and customer_name beside customer_key, from the CRM's own tables; only
+    for customers within the caller's reach (others stay keys: null id and name)."""
     import pyarrow as pa
 
     if "customer_key" not in table.column_names:
@@ -152,11 +154,13 @@ def _reveal(request: Request, table: Any) -> Any:
     if read is None:
         raise Problem(503, "the read models are not available", code="unavailable")
     keys = [k for k in set(table.column("customer_key").to_pylist()) if k is not None]
+    reach, params = reach_of(request, caller).condition("customers") or ("true", [])
     with read.pool.connection() as conn:
         rows = conn.execute(
-            "SELECT a.customer_key, a.customer_id::text AS customer_id, c.name"
-            " FROM crm_analytics_customers a LEFT JOIN crm_read.customers c ON c.id = a.customer_id"
-            " WHERE a.customer_key = ANY(%s)", (keys,)).fetchall()
+            "SELECT a.customer_key, c.id::text AS customer_id, c.name"
+            " FROM crm_analytics_customers a"
+            f" JOIN (SELECT id, name FROM crm_read.customers WHERE {reach}) c ON c.id = a.customer_id"
+            " WHERE a.customer_key = ANY(%s)", (*params, keys)).fetchall()
     found = {r["customer_key"]: r for r in rows}
     column = table.column("customer_key").to_pylist()
     table = table.append_column("customer_id", pa.array(

@@ -6,7 +6,10 @@ from fastapi import FastAPI
 
 from readapi import problems
 from readapi.analytics import build_analytics_router
+from readapi.auth import Authenticator
 from readapi.automation_routes import build_automation_router
+from readapi.identity_routes import build_identity_router
+from readapi.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, Rate, RateLimits
 from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
 from readapi.queries import build_read_router
@@ -15,7 +18,14 @@ from readapi.routes import Services, build_router
 from readapi.schemas import build_schemas_router
 
 
-def create_app(services: Services, *, title: str = "CRM core API") -> FastAPI:
+#: Limits when the composition root names none: more than a busy person or system sends.
+DEFAULT_CALLER_RATE = Rate(per_second=100.0, burst=1000.0)
+DEFAULT_LOGIN_RATE = Rate(per_second=0.2, burst=10.0)
+
+
+def create_app(services: Services, *, title: str = "CRM core API",
+               authenticator: Authenticator | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The HTTP app over already-built services (the composition root builds them)."""
     app = FastAPI(
         title=title,
@@ -25,16 +35,20 @@ def create_app(services: Services, *, title: str = "CRM core API") -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.services = services
+    app.state.authenticator = authenticator or Authenticator(
+        services.app, services.tokens, RateLimits(DEFAULT_CALLER_RATE, DEFAULT_LOGIN_RATE))
     metrics = HttpMetrics()
     app.state.http_metrics = metrics
     problems.install(app)
     app.include_router(build_ops_router(metrics))
+    app.include_router(build_identity_router())
     app.include_router(build_replay_router())  # before the record routes: /{id}/timeline
     app.include_router(build_router())
     app.include_router(build_read_router())
     app.include_router(build_schemas_router())
     app.include_router(build_analytics_router())
     app.include_router(build_automation_router())
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(CorrelationMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     return app

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import jwt
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 
-from commands.application import Principal
+from commands.application import CrmApplication, Principal
+from commands.identity import ROLES, check_api_key
+from readapi.limits import RateLimits
 
-ROLES = (
-    "admin",
-    "manager",
-    "sales_rep",
-    "service_agent",
-    "marketing",
-    "analyst",
-    "auditor",
-    "data_admin",
-    "integration",
-)
+__all__ = ["PERSONAL_DATA_ROLES", "ROLES", "WRITE_SCOPES", "Authenticator", "JwtSettings", "TokenIssuer"]
 
 #: What each role may write. Record-level rules (own / team / shared) come later.
 WRITE_SCOPES: dict[str, frozenset[str]] = {
-    "admin": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "service", "task"}),
+    "admin": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "service", "task",
+                        "identity"}),
     "manager": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "service", "task"}),
     "sales_rep": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "task"}),
     "service_agent": frozenset({"interaction", "service", "task"}),
@@ -73,7 +71,7 @@ class TokenIssuer:
         self.settings = settings
 
     def issue(self, user_id: str, role: str, *, ttl: timedelta = timedelta(hours=8),
-              now: datetime | None = None) -> str:
+              now: datetime | None = None, team_id: str | None = None) -> str:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         now = now or datetime.now(UTC)
@@ -84,7 +82,10 @@ class TokenIssuer:
             "aud": self.settings.audience,
             "iat": int(now.timestamp()),
             "exp": int((now + ttl).timestamp()),
+            "jti": uuid.uuid4().hex,
         }
+        if team_id is not None:
+            claims["team"] = team_id
         return jwt.encode(claims, self.settings.signing_key(), algorithm=self.settings.algorithm)
 
     def verify(self, token: str) -> Principal:
@@ -108,7 +109,123 @@ class TokenIssuer:
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub:
             raise _unauthorised("the token's subject is empty")
-        return Principal(id=sub, role=role)
+        team = claims.get("team")
+        if team is not None and not isinstance(team, str):
+            raise _unauthorised("the token's team is not a string")
+        return Principal(id=sub, role=role, team_id=team)
+
+
+class Authenticator:
+    """Who a request comes from: a bearer JWT (people, `crm token`) or an API key
+    (systems, as ``Authorization: Bearer crmk_...`` or ``X-API-Key``), and the rate
+    limits of callers.
+
+    A user's token stops working when the user is deactivated: each request checks the
+    user's sign-in state (``crm_credentials.active``, written with the deactivation's
+    event), remembered per process for ``active_cache_seconds`` and forgotten at once
+    by this process's own deactivations. Subjects that are no user (tokens made by
+    `crm token` for scripts and tests) are trusted on their signature alone.
+    """
+
+    def __init__(self, app: CrmApplication, tokens: TokenIssuer, limits: RateLimits, *,
+                 active_cache_seconds: float = 2.0, api_key_touch_seconds: float = 60.0,
+                 access_token_ttl: timedelta = timedelta(minutes=15),
+                 monotonic: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.app = app
+        self.tokens = tokens
+        self.limits = limits
+        self.access_token_ttl = access_token_ttl
+        self._cache_seconds = active_cache_seconds
+        self._touch_seconds = api_key_touch_seconds
+        self._monotonic = monotonic
+        self._now = now
+        self._lock = threading.Lock()
+        self._active: dict[UUID, tuple[float, bool]] = {}
+        self._touched: dict[UUID, float] = {}
+
+    def authenticate(self, request: Request, authorization: str | None, api_key: str | None) -> Principal:
+        """The caller, rate limited; 401 for a missing or bad credential, 429 over the limit."""
+        try:
+            principal = self._identify(authorization, api_key)
+        except HTTPException:
+            self.limits.check_caller(f"address:{client_address(request)}")
+            raise
+        self.limits.check_caller(f"principal:{principal.id}")
+        return principal
+
+    def _identify(self, authorization: str | None, api_key: str | None) -> Principal:
+        if api_key:
+            return self._api_key(api_key.strip())
+        if not authorization:
+            raise _unauthorised("authentication required")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorised("use a Bearer token")
+        if token.startswith("crmk_"):
+            return self._api_key(token)
+        principal = self.tokens.verify(token)
+        if not self._is_active(principal.id):
+            raise _unauthorised("the user is deactivated")
+        return principal
+
+    def _api_key(self, presented: str) -> Principal:
+        checked = check_api_key(self.app, presented, self._now())
+        if checked.principal is None:
+            raise HTTPException(401, checked.problem or "bad API key",
+                                headers={"WWW-Authenticate": 'Bearer realm="crm", ApiKey'})
+        key_id = UUID(checked.principal.id)
+        now = self._monotonic()
+        with self._lock:
+            due = now - self._touched.get(key_id, float("-inf")) >= self._touch_seconds
+            if due:
+                self._touched[key_id] = now
+        if due:  # at most one write per key per interval and process
+            self.app.recorder.touch_api_key(key_id, self._now())  # type: ignore[attr-defined]
+        return checked.principal
+
+    def _is_active(self, subject: str) -> bool:
+        try:
+            user_id = UUID(subject)
+        except ValueError:
+            return True  # not a user: a token made for a script or test
+        now = self._monotonic()
+        with self._lock:
+            cached = self._active.get(user_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        credential = self.app.recorder.credential(user_id)  # type: ignore[attr-defined]
+        active = credential is None or bool(credential.active)
+        with self._lock:
+            if len(self._active) > 100_000:
+                self._active.clear()
+            self._active[user_id] = (now + self._cache_seconds, active)
+        return active
+
+    def forget(self, user_id: UUID) -> None:
+        """Re-read this user's sign-in state on their next request."""
+        with self._lock:
+            self._active.pop(user_id, None)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def authenticate(request: Request, tokens: TokenIssuer, authorization: str | None,
+                 api_key: str | None) -> Principal:
+    """The request's principal: through the app's ``Authenticator`` when it has one, else
+    by the bearer JWT alone."""
+    authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
+    if authenticator is not None:
+        return authenticator.authenticate(request, authorization, api_key)
+    if not authorization:
+        raise _unauthorised("authentication required")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorised("use a Bearer token")
+    return tokens.verify(token.strip())
 
 
 def _unauthorised(detail: str) -> HTTPException:

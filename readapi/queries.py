@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from commands import PIPELINES
 from commands.application import Principal
 from projections.service import ReadSide
+from readapi.access import reach_of
 from readapi.consistency import OPENAPI_PARAMETERS, ReadAfter, ensure, invalid, read_after, require_read
 from readapi.listing import (
     DEFAULT_LIMIT,
@@ -240,7 +241,10 @@ _PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 def _page(spec: ListSpec, request: Request, caller: Principal, fixed: dict[str, Any] | None = None
           ) -> dict[str, Any]:
     after = read_after(request)
+    reach = reach_of(request, caller).condition(spec.view)
     q = parse_query(spec, request.query_params.multi_items(), caller, fixed)
+    if reach is not None:
+        q.where.append(reach)
     with reading(services(request).read, after) as conn:
         return run_query(conn, q, caller).body()
 
@@ -261,8 +265,10 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
         if "as_of" in request.query_params or "as_known_at" in request.query_params:
             return as_of_record(request, caller, aggregate_type, id)  # from the events
         after = read_after(request)
+        reach = reach_of(request, caller).condition(spec.view) or ("true", [])
         with reading(services(request).read, after) as conn:
-            row = conn.execute(f'SELECT * FROM {spec.table} WHERE "{spec.key}" = %s', (id,)).fetchone()
+            row = conn.execute(f'SELECT * FROM {spec.table} WHERE "{spec.key}" = %s AND {reach[0]}',
+                               (id, *reach[1])).fetchone()
         if row is None:
             raise Problem(404, f"no {label} {id} in the read model", code="not-found")
         return JSONResponse(spec.row(row, caller), headers={"ETag": f'"{row["version"]}"'})
@@ -279,9 +285,11 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
 
 def _customer_activity(id: UUID, caller: Caller, request: Request) -> JSONResponse:
     body = _page(CUSTOMER_ACTIVITY, request, caller, {"customer_id": id})
-    if not body["items"] and "cursor" not in request.query_params:
+    if not body["items"]:
+        reach = reach_of(request, caller).condition(CUSTOMERS.view) or ("true", [])
         with reading(services(request).read, ReadAfter(None, 0)) as conn:
-            known = conn.execute(f"SELECT 1 FROM {CUSTOMERS.table} WHERE id = %s", (id,)).fetchone()
+            known = conn.execute(f"SELECT 1 FROM {CUSTOMERS.table} WHERE id = %s AND {reach[0]}",
+                                 (id, *reach[1])).fetchone()
         if known is None:
             raise Problem(404, f"no customer {id} in the read model", code="not-found")
     return JSONResponse(body)
@@ -317,6 +325,10 @@ def _board(request: Request, caller: Caller) -> JSONResponse:
     if owner:
         sql += " AND owner_id = %s"
         params.append(owner)
+    reach = reach_of(request, caller).condition(OPPORTUNITIES.view)
+    if reach is not None:
+        sql += f" AND {reach[0]}"
+        params += reach[1]
     with reading(services(request).read, after) as conn:
         rows = conn.execute(sql + " GROUP BY stage, status, currency", params).fetchall()
 

@@ -21,6 +21,7 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from commands import AGGREGATE_TYPES, Aggregate
 from commands.application import Principal
+from readapi.access import READABLE, reach_of, readable
 from readapi.auth import PERSONAL_DATA_ROLES
 from readapi.consistency import invalid
 from readapi.encoding import MASK
@@ -92,6 +93,17 @@ def _mask_entry(entry: dict[str, Any], caller: Principal) -> dict[str, Any]:
     return entry
 
 
+def require_current(request: Request, caller: Principal, aggregate_type: str, id: UUID) -> None:
+    """404 unless the record, as it is now, is within the caller's reach: who may read a
+    record's past is decided by who it belongs to now."""
+    readable(caller, aggregate_type)
+    reach = reach_of(request, caller)
+    if reach.unlimited:
+        return
+    app = services(request).app
+    reach.require(app, app.load(AGGREGATE_TYPES[aggregate_type], id))
+
+
 def as_of_record(request: Request, caller: Principal, aggregate_type: str, id: UUID) -> JSONResponse:
     """``GET /{collection}/{id}?as_of=T&as_known_at=T2``: the record rebuilt from the
     events that had happened by T (business time) and were recorded by T2."""
@@ -101,6 +113,7 @@ def as_of_record(request: Request, caller: Principal, aggregate_type: str, id: U
     r = replayer(request)
     if r.kind_of(id) != aggregate_type:
         raise Problem(404, f"no {label} {id}", code="not-found")
+    require_current(request, caller, aggregate_type, id)
     aggregate = r.state(id, as_of=as_of, as_known_at=as_known_at)
     if aggregate is None:
         raise Problem(404, f"the {label} {id} did not exist then", code="not-found-then")
@@ -134,6 +147,7 @@ def add_history_route(router: APIRouter, base: str, aggregate_type: str) -> None
         r = replayer(request)
         if r.kind_of(id) != aggregate_type:
             raise Problem(404, f"no {label} {id}", code="not-found")
+        require_current(request, caller, aggregate_type, id)
         before, after, seen = history(r, id, start=from_, end=to, as_known_at=as_known_at)
         at = positions(r, id)
         return JSONResponse({
@@ -174,9 +188,12 @@ def get_timeline(id: UUID, caller: Caller, request: Request,
     r = replayer(request)
     if r.kind_of(id) != "customer":
         raise Problem(404, f"no customer {id}", code="not-found")
+    require_current(request, caller, "customer", id)
     page = timeline(r, id, TimelineQuery(after=after, limit=limit, occurred_from=from_, occurred_to=to,
                                          types=tuple(type or ()), actor=actor))
-    return JSONResponse({"items": [_mask_entry(e, caller) for e in page.items],
+    types = READABLE.get(caller.role, frozenset())
+    return JSONResponse({"items": [_mask_entry(e, caller) for e in page.items
+                                   if e["aggregate_type"] in types or e["aggregate_type"] == "audit_export"],
                          "next_after": page.next_after})
 
 
@@ -192,6 +209,7 @@ def get_export(id: UUID, caller: Caller, request: Request,
     r = replayer(request)
     if r.kind_of(id) != "customer":
         raise Problem(404, f"no customer {id}", code="not-found")
+    require_current(request, caller, "customer", id)
     files = export_customer(r, svc.audit_key, ExportRequest(id, from_, to, caller.id, caller.role))
     record_export(svc.commands, files.manifest, hashlib.sha256(files.manifest_bytes).hexdigest(),
                   caller, request.state.correlation_id)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import structlog
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -28,7 +28,8 @@ from commands.application import WriteResult
 from projections.kafka import KafkaFeed
 from projections.analytics.store import AnalyticsProjection
 from projections.service import ReadSide
-from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, require_scope
+from readapi.access import Reach, reach_of
+from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, authenticate, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.encoding import MASK, jsonable
 from replay.timeline import event_entry
@@ -99,14 +100,10 @@ def services(request: Request) -> Services:
 
 def principal(
     request: Request,
-    authorization: Annotated[str | None, Header(description="Bearer <JWT>")] = None,
+    authorization: Annotated[str | None, Header(description="Bearer <JWT> or Bearer crmk_... (API key)")] = None,
+    x_api_key: Annotated[str | None, Header(description="An API key, crmk_... (systems)")] = None,
 ) -> Principal:
-    if not authorization:
-        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(401, "use a Bearer token", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
-    p = services(request).tokens.verify(token.strip())
+    p = authenticate(request, services(request).tokens, authorization, x_api_key)
     structlog.contextvars.bind_contextvars(actor_id=p.id, actor_role=p.role)
     return p
 
@@ -120,6 +117,7 @@ class CallInfo:
     correlation_id: str
     expected_version: int | None
     idempotency_key: str | None
+    reach: Reach
 
 
 def call_info(
@@ -141,7 +139,7 @@ def call_info(
             [{"loc": ("header", "idempotency_key"), "msg": "1 to 255 visible ASCII characters",
               "type": "value_error"}]
         )
-    return CallInfo(caller, request.state.correlation_id, expected, idempotency_key)
+    return CallInfo(caller, request.state.correlation_id, expected, idempotency_key, reach_of(request, caller))
 
 
 Call = Annotated[CallInfo, Depends(call_info)]
@@ -165,6 +163,7 @@ def _run(svc: Services, call: CallInfo, command: BaseModel, target: UUID | None,
             target=target,
             expected_version=call.expected_version,
             idempotency_key=call.idempotency_key,
+            guard=None if call.reach.unlimited else call.reach.guard(svc.app),
         ),
     )
     return _respond(result, base_path)
@@ -276,7 +275,9 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
 
     def get_record(id: UUID, caller: Caller, request: Request) -> Any:
         read_after(request)  # checked, never waited for: the event store has every position
-        aggregate = services(request).app.load(cls, id)
+        app = services(request).app
+        aggregate = app.load(cls, id)
+        reach_of(request, caller).require(app, aggregate)
         return JSONResponse(record_view(aggregate, caller), headers={"ETag": f'"{aggregate.version}"'})
 
     get_record.__name__ = f"get_current_{aggregate_type}"
@@ -301,6 +302,7 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
         read_after(request)  # checked, never waited for: the event store has every position
         svc = services(request)
         aggregate = svc.app.load(cls, id)  # 404 for absent ids and other types
+        reach_of(request, caller).require(svc.app, aggregate)
         stored = list(svc.app.events.get(id, gt=after_version, limit=limit))
         positions = svc.app.recorder.positions(id)  # type: ignore[attr-defined]
         items = [event_view(e, positions.get(e.originator_version), caller) for e in stored]  # type: ignore[arg-type]
@@ -335,6 +337,9 @@ COMMAND_ROUTES: tuple[tuple[str, str, type[BaseModel], str, str], ...] = (
      "Remove a contact (If-Match required)"),
     ("POST", "/customers/{id}/owner", cc.ReassignCustomerOwner, "customer",
      "Reassign the owner (If-Match required)"),
+    ("POST", "/customers/{id}/shares", cc.ShareCustomer, "customer",
+     "Share with a user besides the owner: they can see and change it"),
+    ("POST", "/customers/{id}/shares/removal", cc.UnshareCustomer, "customer", "Stop sharing with a user"),
     ("POST", "/customers/{id}/lifecycle", cc.ChangeLifecycleStage, "customer",
      "Change the lifecycle stage, with a reason (If-Match required)"),
     ("POST", "/customers/{id}/classification", cc.ClassifyCustomer, "customer.marketing",
@@ -350,6 +355,10 @@ COMMAND_ROUTES: tuple[tuple[str, str, type[BaseModel], str, str], ...] = (
      "Change amount, close date or owner (If-Match required)"),
     ("POST", "/opportunities/{id}/stage", co.ChangeOpportunityStage, "opportunity",
      "Move to another stage (If-Match required)"),
+    ("POST", "/opportunities/{id}/shares", co.ShareOpportunity, "opportunity",
+     "Share with a user besides the owner: they can see and change it"),
+    ("POST", "/opportunities/{id}/shares/removal", co.UnshareOpportunity, "opportunity",
+     "Stop sharing with a user"),
     ("POST", "/opportunities/{id}/won", co.WinOpportunity, "opportunity", "Mark won (If-Match required)"),
     ("POST", "/opportunities/{id}/lost", co.LoseOpportunity, "opportunity",
      "Mark lost, with a loss reason (If-Match required)"),

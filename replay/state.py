@@ -37,14 +37,14 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.rows import tuple_row
 
-from aggregates import AGGREGATE_TYPES, AUDIT_TYPES
+from aggregates import AGGREGATE_TYPES, AUDIT_TYPES, IDENTITY_TYPES
 from aggregates.base import Aggregate
 from events.base import CrmEvent, UnknownEventType, event_type
 from events.codec import EventCodec
 from events.values import ContactPoint, PurchaseLine
 from replay.audit import CHAIN_TABLE, EVENTS_TABLE, Connect
 
-RECORD_TYPES = {**AGGREGATE_TYPES, **AUDIT_TYPES}
+RECORD_TYPES = {**AGGREGATE_TYPES, **AUDIT_TYPES, **IDENTITY_TYPES}
 SNAPSHOTS_TABLE = "crm_snapshots"
 SNAPSHOT_EVERY = 200
 #: Called for each event applied: (event, state before, aggregate after).

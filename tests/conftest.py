@@ -27,6 +27,7 @@ import pytest
 
 LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 CRM_TABLES = ("crm_events", "crm_email_reservations", "crm_idempotency", "crm_subject_keys",
+              "crm_credentials", "crm_api_keys",  # identity: password and key hashes
               "crm_analytics_customers",
               "crm_event_chain", "crm_chain_checkpoints", "crm_snapshots",  # audit and replay
               "crm_automation_tracking", "crm_automation_timers", "crm_automation_notifications",

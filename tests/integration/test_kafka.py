@@ -44,7 +44,7 @@ from tests.kafka_broker import MockBroker, Record, read_all
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = ["crm.customer.v1", "crm.opportunity.v1", "crm.interaction.v1",
-          "crm.service_request.v1", "crm.task.v1"]
+          "crm.service_request.v1", "crm.task.v1", "crm.user.v1", "crm.team.v1"]
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from eventsourcing.persistence import StoredEvent
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
 from aggregates.errors import PersonalDataErased
+from events.api_key import ApiKeyIssued, ApiKeyRevoked
 from events.audit import AuditExported
 from events.base import Actor, CrmEvent, EventMeta, UnknownEventType, all_event_types
 from events.codec import CrmMapper, EventCodec, EventDecodeError
@@ -31,6 +32,8 @@ from events.customer import (
     CustomerUntagged,
     LifecycleStageChanged,
     OwnerReassigned,
+    CustomerShared,
+    CustomerUnshared,
     PreferencesSet,
     PurchaseRecorded,
 )
@@ -42,6 +45,8 @@ from events.opportunity import (
     OpportunityLost,
     OpportunityOpened,
     OpportunityOwnerChanged,
+    OpportunityShared,
+    OpportunityUnshared,
     OpportunityReopened,
     OpportunityStageChanged,
     OpportunityWon,
@@ -54,6 +59,15 @@ from events.service_request import (
     ServiceRequestPriorityChanged,
     ServiceRequestResolved,
     ServiceRequestStatusChanged,
+)
+from events.team import TeamCreated, TeamRenamed
+from events.user import (
+    UserCreated,
+    UserDeactivated,
+    UserJoinedTeam,
+    UserPasswordChanged,
+    UserReactivated,
+    UserRoleChanged,
 )
 from events.task import (
     TaskCancelled,
@@ -72,6 +86,8 @@ IID = UUID("00000000-0000-4000-8000-0000000000b1")
 SRID = UUID("00000000-0000-4000-8000-0000000000d1")
 TID = UUID("00000000-0000-4000-8000-0000000000f1")
 TID_NO_CUSTOMER = UUID("00000000-0000-4000-8000-0000000000f2")
+UID = UUID("00000000-0000-4000-8000-0000000000a1")
+TEAM = UUID("00000000-0000-4000-8000-0000000000a2")
 
 OCCURRED = datetime(2024, 4, 30, 18, 15, 30, 123456, tzinfo=timezone(timedelta(hours=2)))
 RECORDED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -124,6 +140,10 @@ SAMPLES: list[Sample] = [
     Sample(ContactAdded, CID, {"contact": EMAIL}, ("ada.lovelace@example.com",)),
     Sample(ContactRemoved, CID, {"contact_id": UUID(int=0xE2), "kind": "phone"}),
     Sample(OwnerReassigned, CID, {"previous_owner_id": "u1", "owner_id": "u2"}),
+    Sample(CustomerShared, CID, {"user_id": "u3"}),
+    Sample(CustomerUnshared, CID, {"user_id": "u3"}),
+    Sample(OpportunityShared, OID, {"customer_id": CID, "user_id": "u3"}),
+    Sample(OpportunityUnshared, OID, {"customer_id": CID, "user_id": "u3"}),
     Sample(LifecycleStageChanged, CID, {"from_stage": "lead", "to_stage": "prospect"}),
     Sample(CustomerClassified, CID, {"previous_segment": None, "segment": "smb"}),
     Sample(CustomerTagged, CID, {"tag": "vip"}),
@@ -209,6 +229,19 @@ SAMPLES: list[Sample] = [
         "customer_id": CID, "occurred_from": None, "occurred_to": RECORDED, "events": 3,
         "last_position": 10, "head_position": 12, "manifest_sha256": "cd" * 32,
     }),
+    Sample(UserCreated, UID, {"username": "grete", "display_name": "Grete Müller",
+                              "email": "grete@example.ch", "role": "sales_rep", "team_id": TEAM},
+           ("Grete Müller", "grete@example.ch")),
+    Sample(UserRoleChanged, UID, {"role": "manager", "previous_role": "sales_rep"}),
+    Sample(UserJoinedTeam, UID, {"team_id": None, "previous_team_id": TEAM}),
+    Sample(UserDeactivated, UID, {}),
+    Sample(UserReactivated, UID, {}),
+    Sample(UserPasswordChanged, UID, {}),
+    Sample(TeamCreated, TEAM, {"name": "Team North", "manager_id": UID}),
+    Sample(TeamRenamed, TEAM, {"name": "Team Northeast", "previous_name": "Team North"}),
+    Sample(ApiKeyIssued, UUID("00000000-0000-4000-8000-0000000000a3"),
+           {"name": "ERP", "role": "integration", "expires_at": None}),
+    Sample(ApiKeyRevoked, UUID("00000000-0000-4000-8000-0000000000a3"), {}),
     # A task with no customer: its own id is the data subject.
     Sample(TaskCreated, TID_NO_CUSTOMER, {
         "customer_id": None, "title": "Internal: renew certificates", "description": "",

@@ -81,6 +81,10 @@ INTERACTION_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e03")
 REQUEST_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e04")
 TASK_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e05")
 EXPORT_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e41")
+USER_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e51")
+TEAM_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e52")
+OTHER_TEAM_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e53")
+API_KEY_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e54")
 EMAIL_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e11")
 PHONE_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e12")
 COMMENT_ID = UUID("5f0c1a2e-7d1b-4c3a-9e8f-0a1b2c3d4e21")
@@ -116,6 +120,8 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
     ("ContactRemoved", 1): (CUSTOMER_ID, 2, {"contact_id": PHONE_ID, "kind": "phone"}),
     ("CustomerOwnerReassigned", 1): (CUSTOMER_ID, 2, {"previous_owner_id": "u1",
                                                       "owner_id": "u2"}),
+    ("CustomerShared", 1): (CUSTOMER_ID, 2, {"user_id": "u3"}),
+    ("CustomerUnshared", 1): (CUSTOMER_ID, 3, {"user_id": "u3"}),
     ("CustomerLifecycleStageChanged", 1): (CUSTOMER_ID, 2, {"from_stage": "prospect",
                                                             "to_stage": "customer"}),
     ("CustomerClassified", 1): (CUSTOMER_ID, 2, {"previous_segment": None, "segment": "smb"}),
@@ -153,6 +159,8 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
     ("OpportunityOwnerChanged", 1): (OPPORTUNITY_ID, 2, {
         "customer_id": CUSTOMER_ID, "previous_owner_id": "u1", "owner_id": "u3",
     }),
+    ("OpportunityShared", 1): (OPPORTUNITY_ID, 2, {"customer_id": CUSTOMER_ID, "user_id": "u3"}),
+    ("OpportunityUnshared", 1): (OPPORTUNITY_ID, 3, {"customer_id": CUSTOMER_ID, "user_id": "u3"}),
     ("OpportunityWon", 1): (OPPORTUNITY_ID, 2, {
         "customer_id": CUSTOMER_ID, "from_stage": "negotiation", "amount": Decimal("3500.125"),
         "currency": "KWD",
@@ -217,6 +225,21 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
         "occurred_to": datetime(2026, 3, 1, tzinfo=UTC), "events": 42, "last_position": 1234,
         "head_position": 1240, "manifest_sha256": "ab" * 32,
     }),
+    ("UserCreated", 1): (USER_ID, 1, {
+        "username": "grete", "display_name": "Grete Müller", "email": "grete@example.ch",
+        "role": "sales_rep", "team_id": TEAM_ID,
+    }),
+    ("UserRoleChanged", 1): (USER_ID, 2, {"role": "manager", "previous_role": "sales_rep"}),
+    ("UserJoinedTeam", 1): (USER_ID, 3, {"team_id": OTHER_TEAM_ID, "previous_team_id": TEAM_ID}),
+    ("UserDeactivated", 1): (USER_ID, 4, {}),
+    ("UserReactivated", 1): (USER_ID, 5, {}),
+    ("UserPasswordChanged", 1): (USER_ID, 6, {}),
+    ("TeamCreated", 1): (TEAM_ID, 1, {"name": "Team Nord", "manager_id": USER_ID}),
+    ("TeamRenamed", 1): (TEAM_ID, 2, {"name": "Team Nordost", "previous_name": "Team Nord"}),
+    ("ApiKeyIssued", 1): (API_KEY_ID, 1, {
+        "name": "ERP", "role": "integration", "expires_at": datetime(2027, 1, 1, tzinfo=UTC),
+    }),
+    ("ApiKeyRevoked", 1): (API_KEY_ID, 2, {}),
 }
 
 
