@@ -12,13 +12,14 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from crm.demo import DEMO_PASSWORD
 from tests.conftest import settings_for, truncate_crm_tables
 from tests.e2e.test_http import serving
 
@@ -31,20 +32,25 @@ PHONE = (390, 844)
 
 @dataclass
 class App:
-    """The served app: its URL, an API client, and a way to make tokens."""
+    """The served app: its URL, and an API client that signs in as the demo's users."""
 
     base_url: str
     client: httpx.Client
     system: Any
+    tokens: dict[str, str] = field(default_factory=dict)
 
-    def token(self, user: str, role: str) -> str:
-        return str(self.system.tokens.issue(user, role))
+    def token(self, username: str) -> str:
+        if username not in self.tokens:
+            r = self.client.post("/api/v1/auth/token", json={"username": username, "password": DEMO_PASSWORD})
+            assert r.status_code == 200, r.text
+            self.tokens[username] = r.json()["access_token"]
+        return self.tokens[username]
 
-    def headers(self, user: str, role: str, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(user, role)}", **extra}
+    def headers(self, username: str = "admin", *_: str, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(username)}", **extra}
 
-    def get(self, path: str, user: str = "mgr-maria", role: str = "manager", **params: Any) -> Any:
-        r = self.client.get(path, params=params, headers=self.headers(user, role))
+    def get(self, path: str, username: str = "admin", **params: Any) -> Any:
+        r = self.client.get(path, params=params, headers=self.headers(username))
         assert r.status_code == 200, r.text
         return r.json()
 

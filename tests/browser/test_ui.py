@@ -4,8 +4,6 @@ resolving a service request, the timeline and the as-of view, switching language
 
 from __future__ import annotations
 
-import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,14 +14,22 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select
 
+from aggregates.user import user_id
+from crm.demo import DEMO_PASSWORD
 from tests.browser.conftest import PHONE, App, phone, wait
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.browser]
 
-REP = ("rep-anna", "sales_rep")
-AGENT = ("agent-eve", "service_agent")
-AUDITOR = ("auditor-ada", "auditor")
-MANAGER = ("mgr-maria", "manager")
+#: Demo users (crm/demo.py), all with the demo password: (username, role).
+REP = ("rep", "sales_rep")
+AGENT = ("agent", "service_agent")
+AUDITOR = ("auditor", "auditor")
+MANAGER = ("manager", "manager")
+ADMIN = ("admin", "admin")
+
+
+def uid(who: tuple[str, str]) -> str:
+    return str(user_id(who[0]))
 
 
 def css(driver: Any, selector: str) -> WebElement:
@@ -34,15 +40,17 @@ def all_css(driver: Any, selector: str) -> list[WebElement]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
-def sign_in(page: Any, app: App, who: tuple[str, str]) -> None:
-    """Sign in as ``who`` and wait for the navigation."""
-    user, role = who
-    session = {"token": app.token(user, role), "expires_at": int(time.time() * 1000) + 3_600_000,
-               "user": {"id": user, "username": user, "display_name": user, "role": role, "team_id": None}}
-    page.execute_script("localStorage.setItem('crm.session', arguments[0]);", json.dumps(session))
+def sign_in(page: Any, app: App, who: tuple[str, str], password: str = DEMO_PASSWORD) -> None:
+    """Sign in as ``who`` through the sign-in screen and wait for the navigation."""
+    username, _ = who
     page.get(app.base_url + "/")
-    wait(lambda: (css(page, "[data-testid=who]").get_attribute("textContent") or "").startswith(user),
-         what="the signed-in shell")
+    if all_css(page, "[data-testid=who]"):  # someone else is signed in
+        css(page, "[data-testid=sign-out]").click()
+    box = wait(lambda: css(page, "input[name=username]"), what="the sign-in form")
+    box.send_keys(username)
+    css(page, "input[name=password]").send_keys(password + Keys.ENTER)
+    wait(lambda: (css(page, "[data-testid=who]").get_attribute("title") or "").startswith(username + " "),
+         what=f"{username} signed in")
 
 
 def goto(page: Any, app: App, path: str) -> None:
@@ -56,8 +64,11 @@ def a_customer_of(app: App, owner: str) -> dict[str, Any]:
 
 
 def test_sign_in_shows_the_role_s_screens(page: Any, app: App) -> None:
-    assert css(page, "input[name=username]").is_displayed()
+    css(page, "input[name=username]").send_keys("rep")
+    css(page, "input[name=password]").send_keys("not-the-password" + Keys.ENTER)
+    wait(lambda: "Wrong username or password" in css(page, "[role=alert]").text, what="the refusal")
     sign_in(page, app, REP)
+    assert "Rita Rep" in css(page, "[data-testid=who]").text
     nav = [a.text for a in all_css(page, "nav a")]
     assert nav == ["My tasks", "Customers", "Pipeline"]
     sign_in(page, app, AUDITOR)
@@ -65,7 +76,7 @@ def test_sign_in_shows_the_role_s_screens(page: Any, app: App) -> None:
 
 
 def test_find_a_customer_by_typing_in_search(page: Any, app: App) -> None:
-    target = a_customer_of(app, "rep-anna")
+    target = a_customer_of(app, uid(REP))
     fragment = target["emails"][0].split("@")[1].split(".")[0]  # e.g. "wang12": one customer
     sign_in(page, app, REP)
     goto(page, app, "/customers")
@@ -81,7 +92,7 @@ def test_find_a_customer_by_typing_in_search(page: Any, app: App) -> None:
 
 
 def test_a_concurrent_edit_is_shown_and_re_applied(page: Any, app: App) -> None:
-    target = a_customer_of(app, "rep-anna")
+    target = a_customer_of(app, uid(REP))
     cid = target["id"]
     sign_in(page, app, REP)
     goto(page, app, f"/customers/{cid}")
@@ -101,7 +112,7 @@ def test_a_concurrent_edit_is_shown_and_re_applied(page: Any, app: App) -> None:
     css(page, "[data-testid=save-details]").click()
     conflict = wait(lambda: css(page, "[data-testid=conflict]"), what="the conflict panel")
     text = conflict.text
-    assert new_country in text and "aerospace" in text and "moved office" in text and "mgr-maria" in text
+    assert new_country in text and "aerospace" in text and "moved office" in text and uid(MANAGER)[:8] in text
     css(page, "[data-testid=reapply]").click()
     wait(lambda: css(page, "[data-testid=details] [data-field=industry]").text == "aerospace",
          what="the re-applied industry")
@@ -120,17 +131,17 @@ def _drag(page: Any, card: WebElement, column: WebElement) -> None:
 
 
 def test_drag_an_opportunity_to_another_stage(page: Any, app: App) -> None:
-    deals = app.get("/api/v1/opportunities", owner_id="rep-anna", pipeline="default", status="open",
+    deals = app.get("/api/v1/opportunities", owner_id=uid(REP), pipeline="default", status="open",
                     stage="qualification", sort="-amount", limit=1)["items"]
     if not deals:  # the demo's dice left none there: open one, as a rep would
-        customer = a_customer_of(app, "rep-anna")
+        customer = a_customer_of(app, uid(REP))
         r = app.client.post("/api/v1/opportunities", json={
             "customer_id": customer["id"], "title": "Board deal", "amount": "999999", "currency": "EUR"},
             headers=app.headers(*REP))
         assert r.status_code == 201, r.text
         deals = [app.get(f"/api/v1/opportunities/{r.json()['id']}", min_position=r.json()["position"])]
     deal = deals[0]
-    before = {c["stage"]: c["count"] for c in app.get("/api/v1/opportunities/board", owner_id="rep-anna")["stages"]}
+    before = {c["stage"]: c["count"] for c in app.get("/api/v1/opportunities/board", owner_id=uid(REP))["stages"]}
     sign_in(page, app, REP)
     goto(page, app, "/pipeline")
     card = wait(lambda: css(page, f"[data-testid=column-qualification] [data-id='{deal['id']}']"), what="the card")
@@ -167,7 +178,7 @@ def test_resolve_a_service_request(page: Any, app: App) -> None:
 
 
 def test_a_change_shows_in_the_timeline_and_the_as_of_view(page: Any, app: App) -> None:
-    items = app.get("/api/v1/customers", owner_id="rep-anna", sort="-created_at", limit=1)["items"]
+    items = app.get("/api/v1/customers", owner_id=uid(REP), sort="-created_at", limit=1)["items"]
     customer = items[0]
     cid = customer["id"]
     old_industry = customer["industry"] or "—"
@@ -185,7 +196,7 @@ def test_a_change_shows_in_the_timeline_and_the_as_of_view(page: Any, app: App) 
         return str(css(page, "[data-testid=timeline] li").text)
 
     wait(lambda: "Customer details changed" in top_of_timeline() and "new annual report" in top_of_timeline()
-         and "shipbuilding" in top_of_timeline() and "rep-anna" in top_of_timeline(),
+         and "shipbuilding" in top_of_timeline() and "Rita Rep" in top_of_timeline(),
          what="the change on top of the timeline")
 
     sign_in(page, app, AUDITOR)

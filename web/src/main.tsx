@@ -3,6 +3,7 @@ import { useEffect, useState } from "preact/hooks";
 import { ApiError, currentSession, onSessionChange, signIn, signOut, type Session } from "./api";
 import { LOCALES, locale, setLocale, t, type Key, type Locale } from "./i18n";
 import { navigate, useRoute } from "./router";
+import { loadPeople, peopleVersion } from "./people";
 import { screensFor, type Screen } from "./roles";
 import { useSignal } from "./signal";
 import { Link, Toasts } from "./ui";
@@ -111,7 +112,9 @@ const SCREEN_LABEL: Record<Screen, Key> = {
 
 function Shell({ session }: { session: Session }) {
   useSignal(locale);
+  useSignal(peopleVersion);
   const { parts } = useRoute();
+  useEffect(() => { void loadPeople(session); }, [session.token]);
   const [menuOpen, setMenuOpen] = useState(false);
   const screens = screensFor(session.user.role);
   const screen = (parts[0] ?? "") as Screen;
@@ -172,7 +175,7 @@ function Shell({ session }: { session: Session }) {
             {session.user.display_name || session.user.username}
             <small>{session.user.role.replace("_", " ")}</small>
           </span>
-          <button type="button" class="link" onClick={() => signOut()}>
+          <button type="button" class="link" data-testid="sign-out" onClick={() => signOut()}>
             {t("signOut")}
           </button>
         </div>

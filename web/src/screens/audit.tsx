@@ -3,6 +3,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { ApiError, download, get, type Page, type Session } from "../api";
 import { dateTime, locale, t, v } from "../i18n";
+import { person } from "../people";
 import { canAuditExport, masked } from "../roles";
 import { navigate } from "../router";
 import { useSignal } from "../signal";
@@ -38,7 +39,7 @@ function CustomerPicker({ session }: { session: Session }) {
             {page.items.map((c) => (
               <li key={c.id}>
                 <Link href={`/audit/${c.id}`} class="strong">{c.name}</Link>
-                <span class="muted small">{v(c.lifecycle_stage)} · {c.owner_id}</span>
+                <span class="muted small">{v(c.lifecycle_stage)} · {person(c.owner_id)}</span>
               </li>
             ))}
           </ul>

@@ -3,6 +3,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { ApiError, get, write, type Page, type Session } from "../api";
 import { date, dateTime, locale, money, moneyMap, relative, t, v } from "../i18n";
+import { person } from "../people";
 import { can } from "../roles";
 import { useSignal } from "../signal";
 import { Link, Show, toast, toastError, useAction, useLoad } from "../ui";
@@ -192,7 +193,7 @@ function DetailsEditor({ customer, onSaved }: { customer: Customer; onSaved: () 
             <ul class="conflict-events">
               {conflict.events.map((e) => (
                 <li key={e.aggregate_version}>
-                  {dateTime(e.occurred_at)} · {e.type} · {t("by")} {e.actor_id}
+                  {dateTime(e.occurred_at)} · {e.type} · {t("by")} <span title={e.actor_id}>{person(e.actor_id)}</span>
                   {e.reason ? ` — “${e.reason}”` : ""}
                 </li>
               ))}
@@ -434,7 +435,7 @@ export function CustomerPage({ id, session }: { id: string; session: Session }) 
             )}
           </div>
           <div class="kpis">
-            <div><span>{t("owner")}</span><strong>{c.owner_id ?? "—"}</strong></div>
+            <div><span>{t("owner")}</span><strong title={c.owner_id ?? ""}>{person(c.owner_id)}</strong></div>
             <div><span>{t("openPipeline")}</span><strong>{moneyMap(c.open_pipeline)}</strong></div>
             <div><span>{t("lifetimePurchases")}</span><strong>{moneyMap(c.lifetime_purchases)}</strong></div>
             <div><span>{t("openRequests")}</span><strong>{c.open_requests}</strong></div>

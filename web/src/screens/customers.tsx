@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, type Page, type Session } from "../api";
 import { locale, moneyMap, relative, t, v } from "../i18n";
+import { person } from "../people";
 import { masked } from "../roles";
 import { navigate, useRoute } from "../router";
 import { useSignal } from "../signal";
@@ -172,7 +173,7 @@ export function CustomerList({ session }: { session: Session }) {
               </td>
               <td data-label={t("lifecycle")}><span class={`badge stage-${c.lifecycle_stage}`}>{v(c.lifecycle_stage)}</span></td>
               <td data-label={t("segment")}>{v(c.segment)}</td>
-              <td data-label={t("owner")}>{c.owner_id ?? "—"}</td>
+              <td data-label={t("owner")} title={c.owner_id ?? ""}>{person(c.owner_id)}</td>
               <td data-label={t("openPipeline")} class="num">{moneyMap(c.open_pipeline)}</td>
               <td data-label={t("lastActivity")}>{relative(c.last_activity_at)}</td>
             </tr>

@@ -3,6 +3,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { get, write, type Page, type Session } from "../api";
 import { dateTime, duration, locale, t, v } from "../i18n";
+import { person } from "../people";
 import { can } from "../roles";
 import { useSignal } from "../signal";
 import { Dialog, ErrorBox, Link, Loading, Show, toast, useAction, useLoad, useNow } from "../ui";
@@ -97,7 +98,7 @@ function RequestPanel({ row, session, onClose, onChanged }: {
             <div class="chips">
               <span class={`badge pr-${r.data.priority}`}>{v(r.data.priority)}</span>
               <span class="badge" data-testid="request-status">{v(r.data.status)}</span>
-              <span class="muted">{t("assignee")}: {r.data.assignee_id ?? t("unassigned")}</span>
+              <span class="muted">{t("assignee")}: {r.data.assignee_id ? person(r.data.assignee_id) : t("unassigned")}</span>
             </div>
             <Link href={`/customers/${row.customer_id}`}>{row.customer_name}</Link>
             <p>{r.data.description}</p>
@@ -106,7 +107,7 @@ function RequestPanel({ row, session, onClose, onChanged }: {
             <ul class="comments">
               {commentsOf(r.data).map((c, i) => (
                 <li key={i}>
-                  <span class="muted small">{c.when ? dateTime(c.when) : ""} {c.who} · {c.visibility === "customer" ? t("customerVisible") : t("internal")}</span>
+                  <span class="muted small">{c.when ? dateTime(c.when) : ""} {person(c.who)} · {c.visibility === "customer" ? t("customerVisible") : t("internal")}</span>
                   <div>{c.body}</div>
                 </li>
               ))}
@@ -212,7 +213,7 @@ export function ServiceQueue({ session }: { session: Session }) {
               <td data-label={t("priority")}><span class={`badge pr-${r.priority}`}>{v(r.priority)}</span></td>
               <td data-label={t("customer")}>{r.customer_name}</td>
               <td data-label={t("status")}>{v(r.status)}</td>
-              <td data-label={t("assignee")}>{r.assignee_id ?? t("unassigned")}</td>
+              <td data-label={t("assignee")} title={r.assignee_id ?? ""}>{r.assignee_id ? person(r.assignee_id) : t("unassigned")}</td>
               <td data-label={t("slaDue")}><SlaCell row={r} now={now} /></td>
             </tr>
           ))}
