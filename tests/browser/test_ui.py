@@ -91,6 +91,13 @@ def test_find_a_customer_by_typing_in_search(page: Any, app: App) -> None:
     wait(lambda: css(page, "[data-testid=customer-name]").text == target["name"], what="the customer page")
 
 
+def test_a_record_out_of_reach_is_not_found(page: Any, app: App) -> None:
+    theirs = a_customer_of(app, uid(REP))
+    sign_in(page, app, ("rep2", "sales_rep"))
+    goto(page, app, f"/customers/{theirs['id']}")
+    wait(lambda: "Not found, or not yours to see." in css(page, "[role=alert]").text, what="the 404")
+
+
 def test_a_concurrent_edit_is_shown_and_re_applied(page: Any, app: App) -> None:
     target = a_customer_of(app, uid(REP))
     cid = target["id"]

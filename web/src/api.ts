@@ -51,6 +51,14 @@ export interface Page<T> {
 
 const SESSION_KEY = "crm.session";
 const POSITION_KEY = "crm.position";
+const EXPIRED_KEY = "crm.expired";
+
+/** True once after the API refused the session's token (it expired): say so at sign-in. */
+export function sessionExpired(): boolean {
+  const expired = sessionStorage.getItem(EXPIRED_KEY) === "1";
+  sessionStorage.removeItem(EXPIRED_KEY);
+  return expired;
+}
 
 let session: Session | null = loadSession();
 // The highest event-log position this browser has written: every read of a read model
@@ -167,7 +175,8 @@ export async function request<T>(path: string, opts: Options = {}): Promise<T> {
       await sleep(Math.min(5, Math.max(0.2, retry)) * 1000);
       continue;
     }
-    if (r.status === 401 && opts.auth !== false) {
+    if (r.status === 401 && opts.auth !== false && session) {
+      sessionStorage.setItem(EXPIRED_KEY, "1");
       setSession(null);
     }
     if (!r.ok) throw await problemOf(r);

@@ -1,6 +1,6 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, currentSession, onSessionChange, signIn, signOut, type Session } from "./api";
+import { ApiError, currentSession, onSessionChange, sessionExpired, signIn, signOut, type Session } from "./api";
 import { LOCALES, locale, setLocale, t, type Key, type Locale } from "./i18n";
 import { navigate, useRoute } from "./router";
 import { loadPeople, peopleVersion } from "./people";
@@ -46,6 +46,7 @@ function SignIn() {
   const [username, setUsername] = useState("");
   const [password, setPassword] = useState("");
   const [error, setError] = useState<string | null>(null);
+  const [expired] = useState(sessionExpired);
   const [busy, setBusy] = useState(false);
   useSignal(locale);
   async function submit(e: Event) {
@@ -88,6 +89,7 @@ function SignIn() {
             onInput={(e) => setPassword(e.currentTarget.value)}
           />
         </label>
+        {expired && !error && <p class="muted">{t("sessionExpired")}</p>}
         {error && (
           <p class="error" role="alert">
             {error}
