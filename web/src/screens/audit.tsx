@@ -9,7 +9,7 @@ import { navigate } from "../router";
 import { useSignal } from "../signal";
 import { ErrorBox, Link, Loading, Show, toast, useAction, useDebounced, useLoad } from "../ui";
 import type { CustomerRow } from "./customers";
-import { Diff, TimelineEntries, show, type Change, type TimelineEntry } from "./timeline";
+import { Diff, TimelineEntries, showField, type Change, type TimelineEntry } from "./timeline";
 
 interface RecordView {
   version: number;
@@ -130,7 +130,7 @@ function AsOf({ id, start }: { id: string; start: number }) {
             {Object.entries(record.data).filter(([k]) => !HIDDEN.has(k)).map(([k, val]) => (
               <div key={k}>
                 <dt>{k}</dt>
-                <dd data-field={k}>{show(val)}</dd>
+                <dd data-field={k}>{showField(k, val)}</dd>
               </div>
             ))}
           </dl>

@@ -43,6 +43,13 @@ export function show(value: unknown): string {
   return String(value);
 }
 
+const PEOPLE_FIELDS = new Set(["owner_id", "assignee_id", "manager_id", "author_id"]);
+
+/** A value in a diff; user ids by name where the caller may know it. */
+export function showField(field: string, value: unknown): string {
+  return PEOPLE_FIELDS.has(field) && typeof value === "string" ? person(value) : show(value);
+}
+
 /** "CustomerDetailsChanged" -> "Customer details changed". */
 export function eventLabel(type: string): string {
   const words = type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase();
@@ -64,8 +71,8 @@ export function Diff({ changes }: { changes: Change[] }) {
         {changes.map((c) => (
           <tr key={c.field}>
             <td class="field">{c.field}</td>
-            <td class="before">{show(c.before)}</td>
-            <td class="after">{show(c.after)}</td>
+            <td class="before">{showField(c.field, c.before)}</td>
+            <td class="after">{showField(c.field, c.after)}</td>
           </tr>
         ))}
       </tbody>
