@@ -53,6 +53,10 @@ class SinglePageApp(StaticFiles):
         super().__init__(directory=directory, html=True, check_dir=False)
         self.root = directory
 
+    async def check_config(self) -> None:
+        if is_built(self.root):  # else every page answers the "not built" page
+            await super().check_config()
+
     async def get_response(self, path: str, scope: Any) -> Response:
         if _api_path(path):
             raise HTTPException(404)  # an API path no route answered: the API's 404
