@@ -6,7 +6,8 @@ header ``X-Min-Position: N`` (both given: the larger one). The route then waits 
 every read model has applied the log up to ``N`` -- ``wait_ms`` milliseconds at most
 (default 2000, at most 10000; 0 checks once) -- and only then reads.
 
-When the read models do not get there in time the answer is **503 Service Unavailable**
+A position beyond the end of the event log (no write has returned it) is a bad request:
+422 naming ``min_position``. When the read models do not get there in time the answer is **503 Service Unavailable**
 (problem+json, code ``read-model-behind``, with ``position_wanted``, ``position_reached``
 and a ``Retry-After`` header). Why 503 and not the alternatives:
 
@@ -110,11 +111,24 @@ def reached_position(read: ReadSide) -> int:
     return int(row["p"]) if row and row["p"] is not None else 0
 
 
+def log_head(read: ReadSide) -> int:
+    """The event log's last position."""
+    with read.pool.connection() as conn:
+        row = conn.execute(f'SELECT max(notification_id) AS m FROM "{read.store.events_table}"').fetchone()
+    return int(row["m"] or 0) if row else 0
+
+
 def ensure(read: ReadSide | None, after: ReadAfter) -> None:
     """Return once the read models reflect ``after.position``; else a 503 problem."""
     if after.position is None or after.position == 0:
         return
     side = require_read(read)
+    if side.wait_for(after.position, 0):
+        return
+    head = log_head(side)
+    if after.position > head:  # no write returned it: waiting would not help
+        raise invalid("min_position", f"no write has returned position {after.position}: the event "
+                      f"log ends at {head}")
     if side.wait_for(after.position, after.wait_seconds):
         return
     reached = reached_position(side)

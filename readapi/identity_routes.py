@@ -244,6 +244,8 @@ def _sign_in_change(command_cls: type[BaseModel]) -> Any:
         return response
 
     endpoint.__name__ = command_cls.__name__
+    # this module's annotations are strings; FastAPI could not resolve the local class
+    endpoint.__annotations__["body"] = command_cls | None
     return endpoint
 
 
