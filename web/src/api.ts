@@ -88,6 +88,9 @@ export function onSessionChange(fn: () => void): () => void {
 
 export function setSession(s: Session | null): void {
   session = s;
+  // Positions belong to what this session wrote; a new session starts from none.
+  position = 0;
+  sessionStorage.removeItem(POSITION_KEY);
   if (s) localStorage.setItem(SESSION_KEY, JSON.stringify(s));
   else localStorage.removeItem(SESSION_KEY);
   listeners.forEach((fn) => fn());
@@ -171,9 +174,22 @@ export async function request<T>(path: string, opts: Options = {}): Promise<T> {
     }
     // The read models are behind the position we wrote: the server says when to retry.
     if (r.status === 503 && attempt < 4) {
-      const retry = Number(r.headers.get("Retry-After") ?? "1");
-      await sleep(Math.min(5, Math.max(0.2, retry)) * 1000);
-      continue;
+      const problem = await problemOf(r.clone());
+      if (problem.code === "read-model-behind") {
+        const retry = Number(r.headers.get("Retry-After") ?? "1");
+        await sleep(Math.min(5, Math.max(0.2, retry)) * 1000);
+        continue;
+      }
+    }
+    // A position past the end of the log (the server's data was reset): forget it.
+    if (r.status === 422 && headers["X-Min-Position"] && attempt < 4) {
+      const problem = await problemOf(r.clone());
+      if (problem.field === "x_min_position" || problem.field === "min_position") {
+        position = 0;
+        sessionStorage.removeItem(POSITION_KEY);
+        delete headers["X-Min-Position"];
+        continue;
+      }
     }
     if (r.status === 401 && opts.auth !== false && session) {
       sessionStorage.setItem(EXPIRED_KEY, "1");
