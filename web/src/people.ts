@@ -34,3 +34,8 @@ export function person(id: string | null | undefined): string {
   if (!id) return "—";
   return names.get().get(id) ?? (UUID.test(id) ? id.slice(0, 8) : id);
 }
+
+/** Every user whose name is known here, by name. */
+export function knownPeople(): [string, string][] {
+  return [...names.get().entries()].sort((a, b) => a[1].localeCompare(b[1]));
+}

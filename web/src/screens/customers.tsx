@@ -2,7 +2,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { get, type Page, type Session } from "../api";
 import { locale, moneyMap, relative, t, v } from "../i18n";
-import { person } from "../people";
+import { knownPeople, peopleVersion, person } from "../people";
 import { masked } from "../roles";
 import { navigate, useRoute } from "../router";
 import { useSignal } from "../signal";
@@ -31,6 +31,7 @@ export const SEGMENTS = ["high_value", "potential", "at_risk", "standard"];
 
 export function CustomerList({ session }: { session: Session }) {
   useSignal(locale);
+  useSignal(peopleVersion);
   const { query } = useRoute();
   const personal = !masked(session.user.role);
   const [q, setQ] = useState(query.get("q") ?? "");
@@ -137,6 +138,9 @@ export function CustomerList({ session }: { session: Session }) {
           <select value={owner} onChange={(e) => setOwner(e.currentTarget.value)}>
             <option value="">{t("any")}</option>
             <option value="mine">{t("mine")}</option>
+            {knownPeople().filter(([id]) => id !== session.user.id).map(([id, name]) => (
+              <option key={id} value={id}>{name}</option>
+            ))}
           </select>
         </label>
         <label>
