@@ -1,7 +1,8 @@
 """The web UI: the built single-page app (web/dist) served at ``/`` beside the API.
 
-Every path the API does not answer is a file of the build, or else ``index.html`` (the
-app's own routes, such as ``/customers/<id>``, load the app, which reads the address).
+A path the API does not answer is a file of the build, or, for the app's own routes
+(``/customers/<id>``, ``/pipeline``...), ``index.html``: the app reads the address.
+Anything else is a 404 as before.
 Paths under ``/api/`` never fall back: an unknown API path stays a 404 problem. The UI
 talks only to the public ``/api/v1`` routes with the signed-in user's token.
 
@@ -24,6 +25,8 @@ from starlette.types import Scope
 
 log = structlog.get_logger("crm.web")
 
+#: The first segments of the app's own routes (web/src/main.tsx): answered with its page.
+CLIENT_ROUTES = frozenset({"", "customers", "pipeline", "service", "tasks", "dashboard", "audit"})
 #: Paths of the API and of operations: never answered with the app's page.
 API_PREFIXES = ("api/", "docs", "redoc", "openapi.json", "health", "ready", "metrics")
 
@@ -69,9 +72,8 @@ class SinglePageApp(StaticFiles):
             response = await super().get_response(path, scope)
             is_page = path in ("", ".", "index.html")
         except HTTPException as e:
-            last = path.rsplit("/", 1)[-1]
-            if e.status_code != 404 or "." in last:
-                raise  # a missing asset (a file name with an extension) is a 404
+            if e.status_code != 404 or path.strip("/").split("/")[0] not in CLIENT_ROUTES:
+                raise  # a missing asset or an unknown path is a 404
             response = await super().get_response("index.html", scope)
             is_page = True
         if is_page:
@@ -82,14 +84,28 @@ class SinglePageApp(StaticFiles):
         return response
 
 
+class _Label:
+    path = "/{web_ui}"
+
+
+WEB_ROUTE = _Label()
+
+
 class _WebMount(Mount):
-    """Mounted at ``/`` but matching no API path, so the API's own answers (a 404, or a
-    405 for a path it serves with other methods) stay exactly what they were."""
+    """Mounted at ``/`` but matching only the UI's paths (its routes, its assets, files at
+    its root), so every other answer (an API 404, or a 405 for a path served with other
+    methods) stays exactly what it was."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and _api_path(str(scope.get("path", "")).lstrip("/")):
-            return Match.NONE, {}
-        return super().matches(scope)
+        path = str(scope.get("path", "")).lstrip("/")
+        first = path.split("/")[0]
+        ui = first in CLIENT_ROUTES or first == "assets" or ("/" not in path and "." in path)
+        if scope["type"] == "http" and (_api_path(path) or not ui):
+            return Match.NONE, {}  # the router's own 404 (or 405), as without the UI
+        match, child = super().matches(scope)
+        if match == Match.FULL:
+            child["route"] = WEB_ROUTE  # the metrics' route label of every UI request
+        return match, child
 
 
 def mount_web_ui(app: FastAPI, directory: Path) -> None:

@@ -71,6 +71,8 @@ def test_files_and_client_routes(tmp_path: Path) -> None:
     assert r.status_code == 200 and r.text == "console.log(1)"
     assert "immutable" in r.headers["cache-control"]
     assert client.get("/assets/missing.js").status_code == 404
+    r = client.get("/no/such/path")  # not a route of the app either
+    assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
 
 
 def test_the_api_answers_as_before(tmp_path: Path) -> None:
