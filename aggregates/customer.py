@@ -22,6 +22,7 @@ from events.customer import (
     ContactRemoved,
     CustomerClassified,
     CustomerDetailsChanged,
+    CustomerPersonalDataErased,
     CustomerRegistered,
     CustomerTagged,
     CustomerUntagged,
@@ -84,6 +85,8 @@ class Customer(Aggregate):
     personal_data_erased: bool
     #: users (besides the owner) the customer is shared with; () in snapshots taken before sharing
     shared_with: list[str] = []  # noqa: RUF012 -- replaced, never mutated
+    #: an erasure was recorded (the key may still be destroyed after it)
+    erasure_recorded: bool = False
 
     # -- decisions -------------------------------------------------------------
     @classmethod
@@ -324,6 +327,16 @@ class Customer(Aggregate):
             purchased_at=purchased_at,
         )
 
+    def erase_personal_data(self, ctx: CommandContext, request_reference: str | None) -> bool:
+        """Record that the customer's personal data is to be erased; False if already
+        recorded (an erasure is re-run, never recorded twice)."""
+        if not (ctx.reason or "").strip():
+            raise InvalidValue("an erasure needs a reason", field="reason")
+        if self.erasure_recorded:
+            return False
+        self._trigger(CustomerPersonalDataErased, ctx, request_reference=request_reference)
+        return True
+
     def emails(self) -> list[str]:
         """The customer's e-mail addresses, normalised."""
         return [
@@ -355,6 +368,11 @@ class Customer(Aggregate):
         self.purchases = {}
         self.personal_data_erased = e.personal_data_erased
         self.shared_with = []
+
+    @applies(CustomerPersonalDataErased)
+    def _erased(self, e: CustomerPersonalDataErased) -> None:
+        self.erasure_recorded = True
+        self.personal_data_erased = True
 
     @applies(CustomerDetailsChanged)
     def _details_changed(self, e: CustomerDetailsChanged) -> None:

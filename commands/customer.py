@@ -158,6 +158,15 @@ class RecordPurchase(Command):
     purchased_at: AwareDatetime | None = Field(default=None, description="Defaults to occurred_at.")
 
 
+class EraseCustomerPersonalData(Command):
+    """Erase the customer's personal data from every store (right to be forgotten)."""
+
+    reason: str = Field(min_length=1, max_length=1000, description="Why (e.g. the legal basis).")
+    request_reference: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="The data subject's request, e.g. a ticket number (no personal data).")
+
+
 # -- handlers ------------------------------------------------------------------
 def register_customer(cmd: RegisterCustomer, uow: UnitOfWork, ctx: CommandContext) -> Customer:
     customer_id = uow.request.target or ctx.new_id()
@@ -277,6 +286,13 @@ def record_purchase(cmd: RecordPurchase, uow: UnitOfWork, ctx: CommandContext) -
     return customer
 
 
+def erase_customer_personal_data(cmd: EraseCustomerPersonalData, uow: UnitOfWork,
+                                 ctx: CommandContext) -> Customer:
+    customer = _customer(uow)
+    customer.erase_personal_data(ctx, cmd.request_reference)
+    return customer
+
+
 HANDLERS = {
     RegisterCustomer: register_customer,
     ChangeCustomerDetails: change_customer_details,
@@ -292,4 +308,5 @@ HANDLERS = {
     SetConsent: set_consent,
     SetPreferences: set_preferences,
     RecordPurchase: record_purchase,
+    EraseCustomerPersonalData: erase_customer_personal_data,
 }

@@ -26,12 +26,11 @@ from commands.application import CommandService, CrmApplication, Principal, Requ
 from commands.base import Command, Email
 from commands.eventstore import ApiKeySecret
 
-__all__ = ["ROLES", "ApiKey", "ApiKeyCheck", "NotFound", "Team", "User", "check_api_key", "check_password",
+__all__ = ["ROLES", "ApiKey", "ApiKeyCheck", "Role", "NotFound", "Team", "User", "check_api_key", "check_password",
            "issue_api_key", "user_id"]
 
 Role = Literal["admin", "manager", "sales_rep", "service_agent", "marketing", "analyst", "auditor",
                "data_admin", "integration"]
-assert set(Role.__args__) == set(ROLES)  # type: ignore[attr-defined]
 API_KEY_PREFIX = "crmk_"
 Password = SecretStr
 

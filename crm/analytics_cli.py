@@ -151,13 +151,13 @@ def export(directory: Annotated[Path, typer.Argument(help="Where to write the Pa
     settings = _settings()
     directory = directory.resolve()
     try:
-        db, _ = _open_local(settings)
+        db, config = _open_local(settings)
     except OwnedElsewhere:
         data, _ = _call(settings, "POST", "/api/v1/analytics/export", {"directory": str(directory)})
         manifest = json.loads(data)
     else:
         try:
-            manifest = sandbox.export_parquet(db, directory)
+            manifest = sandbox.export_parquet(db, directory, record_to=config.exports_ledger)
         finally:
             db.close()
     rows = sum(t["rows"] for t in manifest["tables"].values())

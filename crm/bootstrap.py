@@ -10,7 +10,7 @@ import warnings
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
@@ -23,6 +23,7 @@ from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
 from commands.clock import Clock, SystemClock
 from crm.settings import Settings
+from projections.erasure import ERASURES_DDL
 from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
 from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
 from projections.automation import AutomationRunner, load_config
@@ -37,6 +38,9 @@ from readapi.web import mount_web_ui
 from replay import audit
 from replay import state as replay_state
 from replay.signing import private_key_from_seed
+
+if TYPE_CHECKING:
+    from crm.erasure import Eraser
 
 log = structlog.get_logger("crm")
 
@@ -97,6 +101,10 @@ def email_key(settings: Settings) -> bytes:
 def survey_key(settings: Settings) -> bytes:
     """The key that signs satisfaction survey links, derived from the master key."""
     return hashlib.sha256(b"crm survey links|" + master_key(settings)).digest()
+
+
+def erasure_ledger_path(settings: Settings) -> Path:
+    return settings.erasure_ledger_path or settings.data_dir / "erasure-ledger.jsonl"
 
 
 def mailer(settings: Settings) -> Mailer | None:
@@ -208,11 +216,22 @@ class System:
     def http_app(self) -> FastAPI:
         app = create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
                                   audit_key=self.audit_key, analytics=self.analytics,
-                                  survey_key=survey_key(self.settings)),
+                                  survey_key=survey_key(self.settings), erasure=_LazyEraser(self)),
                          authenticator=authenticator(self.settings, self.app, self.tokens),
                          max_body_bytes=self.settings.max_body_bytes)
         mount_web_ui(app, web_dir(self.settings))
         return app
+
+    def eraser(self) -> Eraser:
+        """Runs erasures across every store of this system."""
+        from crm.erasure import Eraser, ErasureLedger  # the Parquet side only when erasing
+
+        s = self.settings
+        return Eraser(
+            self.app, self.commands, self.database_url, ErasureLedger(erasure_ledger_path(s)),
+            s.key_cache_seconds, analytics_config(s, self.database_url), self.analytics,
+            kafka_topic=feed_config(s).topic_for("customer") if s.kafka_bootstrap_servers else None,
+            kafka_wait_seconds=s.erasure_kafka_wait_seconds, vacuum_full=s.erasure_vacuum_full)
 
     def start_checkpoints(self) -> None:
         """Sign the chain head every ``audit_checkpoint_seconds`` in a thread of this process."""
@@ -266,6 +285,16 @@ class System:
             self.embedded.stop()
 
 
+class _LazyEraser:
+    """The system's eraser, made on the first erasure (its imports are not small)."""
+
+    def __init__(self, system: System):
+        self._system = system
+
+    def erase(self, *args: Any, **kwargs: Any) -> Any:
+        return self._system.eraser().erase(*args, **kwargs)
+
+
 def build(settings: Settings, *, clock: Clock | None = None) -> System:
     """Build the CRM from settings: the embedded server unless a database URL is set."""
     embedded = None
@@ -289,6 +318,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
             audit.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
             replay_state.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
             create_automation_tables(url)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(ERASURES_DDL)
             app.recorder.link_backlog()  # type: ignore[attr-defined]
     except Exception:
         if embedded is not None:
@@ -333,6 +364,7 @@ def analytics_config(settings: Settings, url: str) -> AnalyticsConfig:
                    for p in PIPELINES.values() for i, s in enumerate(p.stages))
     return AnalyticsConfig(
         path=settings.analytics_path or settings.data_dir / "analytics.duckdb",
+        exports_ledger=settings.analytics_exports_ledger or settings.data_dir / "analytics-exports.jsonl",
         conninfo=url,
         pseudonym_key=pseudonym_key,
         stages=stages,

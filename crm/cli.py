@@ -798,6 +798,111 @@ def replay_timeline(
                        f"{json.dumps(change['after'])}")
     if page.next_after is not None:
         typer.echo(f"(more: --after {page.next_after})", err=True)
+# -- crm customers erase, crm backup, crm restore ------------------------------------------
+customers_app = typer.Typer(help="Customers: the right to be forgotten.", no_args_is_help=True)
+app.add_typer(customers_app, name="customers")
+
+
+@customers_app.command("erase")
+def customers_erase(
+    customer: Annotated[str, typer.Argument(help="The customer's id.")],
+    reason: Annotated[str, typer.Option(help="Why (e.g. the legal basis); recorded on the event.")],
+    reference: Annotated[str | None, typer.Option(
+        help="The data subject's request (e.g. a ticket number; no personal data).")] = None,
+    actor: Annotated[str, typer.Option(help="Who asks (recorded as the event's actor).")] = "data-admin",
+    idempotency_key: Annotated[str | None, typer.Option(help="Repeat-safe request key.")] = None,
+) -> None:
+    """Erase the customer's personal data from every store; prints the receipt (JSON).
+    Safe to run again (e.g. after an interruption): the event is recorded once."""
+    import json
+    from uuid import uuid4
+
+    from aggregates.errors import DomainError
+    from commands.application import Principal
+
+    customer_id = _uuid(customer, "the customer id")
+    if not reason.strip():
+        typer.echo("error: --reason must not be blank", err=True)
+        raise typer.Exit(2)
+    system = _system()
+    try:
+        outcome = system.eraser().erase(
+            customer_id, Principal(id=actor, role="data_admin"), reason=reason,
+            request_reference=reference, correlation_id=f"cli-{uuid4()}",
+            idempotency_key=idempotency_key)
+    except DomainError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        system.close()
+    typer.echo(json.dumps(outcome.receipt, indent=2))
+
+
+@app.command("backup")
+def backup_command(
+    out: Annotated[Path, typer.Argument(help="The archive to write (pg_dump custom format).")],
+) -> None:
+    """Back up the source of truth (events, keys, chain, checkpoints, reservations,
+    idempotency records, automation state, users...); read models are rebuilt, not saved."""
+    from crm.backup import BackupError, backup
+
+    system = _system()
+    try:
+        tables = backup(system.database_url, out, embedded=system.embedded is not None)
+    except BackupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        system.close()
+    typer.echo(f"{len(tables)} tables: {out} ({out.stat().st_size:,} bytes)")
+
+
+@app.command("restore")
+def restore_command(
+    archive: Annotated[Path, typer.Argument(help="An archive written by `crm backup`.")],
+    without_ledger: Annotated[bool, typer.Option(
+        "--without-ledger", help="Restore even though the erasure ledger is missing (keys "
+        "destroyed after the backup would come back).")] = False,
+) -> None:
+    """Restore into an empty database, destroy again every key in the erasure ledger,
+    rebuild the read models."""
+    from crm.backup import BackupError, rebuild_read_models, restore_archive
+    from crm.bootstrap import EmbeddedPostgres, erasure_ledger_path
+    from crm.settings import Settings
+
+    settings = Settings()
+    ledger = erasure_ledger_path(settings)
+    if not ledger.exists() and not without_ledger:
+        typer.echo(f"error: no erasure ledger at {ledger}: without it, customers erased after "
+                   "the backup would get their personal data back. Put it there (or set "
+                   "CRM_ERASURE_LEDGER_PATH), or pass --without-ledger.", err=True)
+        raise typer.Exit(2)
+    if not archive.exists():
+        typer.echo(f"error: no archive at {archive}", err=True)
+        raise typer.Exit(2)
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = embedded.start()
+    try:
+        tables = restore_archive(url, archive, embedded=embedded is not None)
+    except BackupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    system = _system()
+    try:
+        receipts = system.eraser().reapply_ledger()
+        rebuilt = rebuild_read_models(system)
+    finally:
+        system.close()
+    typer.echo(f"restored {len(tables)} tables; {len(receipts)} erased customers' keys destroyed "
+               f"again; read models rebuilt: " + ", ".join(f"{k} at {v}" for k, v in rebuilt.items()))
+
+
 # -- crm sql, crm analytics (DuckDB) ------------------------------------------------------
 from crm.analytics_cli import analytics_app, sql  # noqa: E402 -- kept in its own module
 

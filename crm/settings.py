@@ -128,3 +128,18 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = False
+    # -- erasure (right to be forgotten) and backups --------------------------------------
+    erasure_ledger_path: Path | None = Field(
+        default=None, description="The erasure ledger: customers whose key was destroyed, kept "
+        "outside the database so `crm restore` destroys them again. Default: "
+        "data_dir/erasure-ledger.jsonl")
+    erasure_kafka_wait_seconds: float = Field(
+        default=10.0, ge=0, description="How long an erasure waits for the Kafka publisher to "
+        "publish its event before the receipt says `queued`.")
+    erasure_vacuum_full: bool = Field(
+        default=True, description="VACUUM FULL the tables an erasure touched: rewrites their "
+        "files, so no old row version or freed space keeps the personal data (a plain VACUUM "
+        "leaves those bytes in the pages), but locks each table while it does. false: plain VACUUM.")
+    analytics_exports_ledger: Path | None = Field(
+        default=None, description="Where Parquet exports are recorded (found again by erasures). "
+        "Default: data_dir/analytics-exports.jsonl")

@@ -141,3 +141,16 @@ class PurchaseRecorded(CustomerEvent):
     currency: str
     lines: tuple[PurchaseLine, ...]
     purchased_at: datetime
+
+
+@register
+class CustomerPersonalDataErased(CustomerEvent):
+    """The customer's personal data is to be erased (right to be forgotten).
+
+    Who asked, when and why are the event's own metadata (actor, times, reason); the
+    event holds no personal data. Its key is destroyed once this event is stored.
+    """
+
+    type_name = "CustomerPersonalDataErased"
+
+    request_reference: str | None

@@ -95,6 +95,7 @@ SUMMARIES: dict[type[CrmEvent], Summary] = {
     ce.ConsentSet: lambda e: f"Consent to {e.channel} {'granted' if e.granted else 'withdrawn'}",
     ce.PreferencesSet: lambda e: f"Preferences changed: {_keys(e.changes)}",
     ce.PurchaseRecorded: lambda e: f"Purchase {e.order_id} recorded: {e.amount} {e.currency}",
+    ce.CustomerPersonalDataErased: lambda e: "Personal data erased",
     ie.InteractionLogged: lambda e: f"{_h(e.channel).capitalize()} logged ({e.direction}"
     + (f", {e.duration_minutes} min)" if e.duration_minutes is not None else ")"),
     oe.OpportunityOpened: lambda e: f"Opportunity opened in {_h(e.pipeline)} at {_h(e.stage)}: {e.amount} {e.currency}",

@@ -28,6 +28,10 @@ class Table:
     indexes: tuple[str, ...] = ()
     #: rows are only ever inserted (feeds); no prefetch, no update
     append_only: bool = False
+    #: the column naming the customer (data subject) a row is about, and the columns that
+    #: hold their personal data: an erasure resets those columns to their defaults
+    subject: str | None = None
+    personal: tuple[str, ...] = ()
 
     def create_statements(self, schema: str) -> list[str]:
         cols = ", ".join(f'"{c}" {t}' for c, t in self.columns.items())

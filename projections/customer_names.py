@@ -26,6 +26,8 @@ def names_table(name: str) -> Table:
             "record_ids": "uuid[] NOT NULL DEFAULT '{}'",
         },
         key="id",
+        subject="id",
+        personal=("name",),
     )
 
 

@@ -47,6 +47,8 @@ CUSTOMERS = Table(
         "search_text": "text NOT NULL DEFAULT ''",
     },
     key="id",
+    subject="id",
+    personal=("name", "emails", "phones", "contacts", "search_text"),
     indexes=(
         "owner_id, id",
         "CREATE INDEX {name} ON {table} USING gin (shared_with)",
@@ -149,6 +151,11 @@ def _registered(view: BatchView, e: ce.CustomerRegistered) -> None:
     }
     row["search_text"] = _search_text(row)
     view.put("customers", row)
+
+
+@CustomerList.handles(ce.CustomerPersonalDataErased, needs=_me)
+def _erased(view: BatchView, e: ce.CustomerPersonalDataErased) -> None:
+    _touch(view, e, name=None, **_contacts_columns([]), personal_data_erased=True)
 
 
 def _contact(c: Any) -> dict[str, Any]:

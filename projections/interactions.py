@@ -26,6 +26,8 @@ INTERACTIONS = Table(
     },
     key="id",
     indexes=("customer_id, occurred_at DESC",),
+    subject="customer_id",
+    personal=("subject", "body", "participants"),
 )
 
 

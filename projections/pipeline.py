@@ -36,6 +36,8 @@ OPPORTUNITIES = Table(
     },
     key="id",
     indexes=("pipeline, stage", "owner_id", "customer_id", "status"),
+    subject="customer_id",
+    personal=("customer_name", "title"),
 )
 CUSTOMER_NAMES = names_table("opportunity_customers")
 

@@ -194,6 +194,8 @@ class BatchRunner:
         self.cache_rows = cache_rows
         self._cache: dict[str, dict[Any, Row | None]] = {
             t.name: {} for t in projection.tables if not t.append_only}
+        #: the schema's erasure count when the cache was last trusted
+        self._erasures: int | None = None
 
     @property
     def schema(self) -> str:
@@ -269,13 +271,21 @@ class BatchRunner:
         try:
             with conn.transaction():
                 row = conn.execute(
-                    "SELECT position FROM crm_projection_tracking WHERE schema_name = %s FOR UPDATE",
+                    "SELECT position, erasures FROM crm_projection_tracking"
+                    " WHERE schema_name = %s FOR UPDATE",
                     (self.schema,),
                     prepare=True,
                 ).fetchone()
                 if row is None:
                     raise RuntimeError(f"no tracking row for {self.schema}")
                 position = int(row["position"])
+                if row["erasures"] != self._erasures:
+                    # An erasure changed rows behind this runner's back: what it holds in
+                    # memory, or decoded ahead with a key since destroyed, is stale.
+                    self._forget()
+                    self._erasures = row["erasures"]
+                    if ahead is not None:
+                        raise _StaleReadAhead("an erasure cleaned the read model")
                 if ahead is not None:
                     if ahead.start != position:
                         raise _StaleReadAhead(f"read from {ahead.start}, tracked at {position}")

@@ -32,6 +32,8 @@ SERVICE_REQUESTS = Table(
     },
     key="id",
     indexes=("status, priority", "assignee_id, status", "customer_id"),
+    subject="customer_id",
+    personal=("customer_name", "subject"),
 )
 CUSTOMER_NAMES = names_table("service_request_customers")
 

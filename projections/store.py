@@ -39,6 +39,14 @@ SETUP = [
     " version int NOT NULL,"
     " position bigint NOT NULL DEFAULT 0,"
     " updated_at timestamptz NOT NULL DEFAULT now())",
+    # Bumped by each erasure that cleaned the schema's rows: its runner forgets the rows
+    # it keeps in memory (and any batch decoded ahead) before its next batch. Added only
+    # when missing: ALTER TABLE would wait for (and then block) every runner's batch.
+    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns"
+    " WHERE table_schema = current_schema() AND table_name = 'crm_projection_tracking'"
+    " AND column_name = 'erasures') THEN"
+    " ALTER TABLE crm_projection_tracking ADD COLUMN erasures bigint NOT NULL DEFAULT 0;"
+    " END IF; END $$",
     "CREATE TABLE IF NOT EXISTS crm_parked_events ("
     " id bigserial PRIMARY KEY,"
     " schema_name text NOT NULL,"

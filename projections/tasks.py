@@ -28,6 +28,8 @@ TASKS = Table(
     },
     key="id",
     indexes=("assignee_id, status, due_at", "customer_id", "related_id"),
+    subject="customer_id",
+    personal=("title", "description"),
 )
 
 

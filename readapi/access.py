@@ -193,8 +193,10 @@ def team_members(conn: psycopg.Connection[Any], team_id: str) -> list[str]:
     return [r["id"] for r in rows]
 
 
-def reach_of(request: Request, principal: Principal) -> Reach:
-    """The caller's reach, computed once per request."""
+def reach_of(request: Request, principal: Principal, conn: psycopg.Connection[Any] | None = None) -> Reach:
+    """The caller's reach, computed once per request. A read of the read models passes its
+    connection, taken once they reflect the request's ``min_position`` (a team change the
+    caller just made is then seen)."""
     cached: Reach | None = getattr(request.state, "reach", None)
     if cached is not None and cached.principal == principal:
         return cached
@@ -202,9 +204,11 @@ def reach_of(request: Request, principal: Principal) -> Reach:
     if principal.role in LIMITED:
         people = [principal.id]
         read = request.app.state.services.read
-        if principal.role == "manager" and principal.team_id and read is not None:
-            with read.pool.connection() as conn:
-                people += [m for m in team_members(conn, principal.team_id) if m != principal.id]
+        if principal.role == "manager" and principal.team_id and conn is not None:
+            people += [m for m in team_members(conn, principal.team_id) if m != principal.id]
+        elif principal.role == "manager" and principal.team_id and read is not None:
+            with read.pool.connection() as own:
+                people += [m for m in team_members(own, principal.team_id) if m != principal.id]
     reach = Reach(principal, people, consented_only=principal.role in CONSENTED_ONLY)
     request.state.reach = reach
     return reach

@@ -154,13 +154,19 @@ def _reveal(request: Request, caller: Principal, table: Any) -> Any:
     if read is None:
         raise Problem(503, "the read models are not available", code="unavailable")
     keys = [k for k in set(table.column("customer_key").to_pylist()) if k is not None]
-    reach, params = reach_of(request, caller).condition("customers") or ("true", [])
+    reach = reach_of(request, caller).condition("customers")
+    if reach is None:
+        sql = ("SELECT a.customer_key, a.customer_id::text AS customer_id, c.name"
+               " FROM crm_analytics_customers a LEFT JOIN crm_read.customers c ON c.id = a.customer_id"
+               " WHERE a.customer_key = ANY(%s)")
+        params: list[Any] = [keys]
+    else:  # only customers in reach: the others stay keys
+        sql = ("SELECT a.customer_key, c.id::text AS customer_id, c.name FROM crm_analytics_customers a"
+               f" JOIN (SELECT id, name FROM crm_read.customers WHERE {reach[0]}) c ON c.id = a.customer_id"
+               " WHERE a.customer_key = ANY(%s)")
+        params = [*reach[1], keys]
     with read.pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT a.customer_key, c.id::text AS customer_id, c.name"
-            " FROM crm_analytics_customers a"
-            f" JOIN (SELECT id, name FROM crm_read.customers WHERE {reach}) c ON c.id = a.customer_id"
-            " WHERE a.customer_key = ANY(%s)", (*params, keys)).fetchall()
+        rows = conn.execute(sql, params).fetchall()
     found = {r["customer_key"]: r for r in rows}
     column = table.column("customer_key").to_pylist()
     table = table.append_column("customer_id", pa.array(
@@ -176,7 +182,7 @@ def export(body: ExportRequest, request: Request, caller: Caller) -> Any:
         raise Problem(400, "give an absolute path", code="validation", field="directory")
     con = _cursor(analytics)
     try:
-        return sandbox.export_parquet(con, directory)
+        return sandbox.export_parquet(con, directory, record_to=analytics.config.exports_ledger)
     except OSError as e:
         raise Problem(400, f"cannot write there: {e}", code="validation", field="directory") from None
     finally:

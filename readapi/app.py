@@ -10,6 +10,7 @@ from readapi.auth import Authenticator
 from readapi.automation_routes import build_automation_router
 from readapi.identity_routes import build_identity_router
 from readapi.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, Rate, RateLimits
+from readapi.erasure_routes import build_erasure_router
 from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
 from readapi.queries import build_read_router
@@ -49,6 +50,7 @@ def create_app(services: Services, *, title: str = "CRM core API",
     app.include_router(build_analytics_router())
     app.include_router(build_automation_router())
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.include_router(build_erasure_router())
     app.add_middleware(CorrelationMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     return app

@@ -23,14 +23,14 @@ __all__ = ["PERSONAL_DATA_ROLES", "ROLES", "WRITE_SCOPES", "Authenticator", "Jwt
 #: What each role may write. Record-level rules (own / team / shared) come later.
 WRITE_SCOPES: dict[str, frozenset[str]] = {
     "admin": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "service", "task",
-                        "identity"}),
+                        "identity", "erasure"}),
     "manager": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "service", "task"}),
     "sales_rep": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "task"}),
     "service_agent": frozenset({"interaction", "service", "task"}),
     "marketing": frozenset({"customer.marketing"}),
     "analyst": frozenset(),
     "auditor": frozenset(),
-    "data_admin": frozenset({"customer", "customer.marketing"}),
+    "data_admin": frozenset({"customer", "customer.marketing", "erasure"}),
     "integration": frozenset({"customer", "customer.marketing", "opportunity", "interaction", "service"}),
 }
 #: Roles that may read personal data (others see it masked).

@@ -23,7 +23,7 @@ from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.listing import MAX_LIMIT
 from readapi.problems import Problem
 from readapi.queries import reading
-from readapi.routes import Call, Caller, _optional_body, _run, add_command, services
+from readapi.routes import Call, Caller, WriteResponse, _optional_body, _run, add_command, services
 
 USERS = "/api/v1/users"
 TEAMS = "/api/v1/teams"
@@ -303,10 +303,10 @@ def build_identity_router() -> APIRouter:
         ("/users/{id}/reactivation", ci.ReactivateUser, "Reactivate a user (admin; If-Match required)"),
     ):
         r.add_api_route(path, _sign_in_change(command_cls), methods=["POST"], summary=summary,
-                        operation_id=command_cls.__name__, status_code=200)
+                        operation_id=command_cls.__name__, status_code=200, response_model=WriteResponse)
     r.add_api_route("/users/{id}/password", change_password, methods=["POST"], operation_id="ChangePassword",
                     summary="Change a password (one's own with the current one, or as an admin)",
-                    status_code=200)
+                    status_code=200, response_model=WriteResponse)
     add_command(r, "/teams", ci.CreateTeam, SCOPE, TEAMS, summary="Create a team (admin)", targeted=False)
     add_command(r, "/teams/{id}/name", ci.RenameTeam, SCOPE, TEAMS,
                 summary="Rename a team (admin; If-Match required)", targeted=True)

@@ -241,11 +241,11 @@ _PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 def _page(spec: ListSpec, request: Request, caller: Principal, fixed: dict[str, Any] | None = None
           ) -> dict[str, Any]:
     after = read_after(request)
-    reach = reach_of(request, caller).condition(spec.view)
     q = parse_query(spec, request.query_params.multi_items(), caller, fixed)
-    if reach is not None:
-        q.where.append(reach)
     with reading(services(request).read, after) as conn:
+        reach = reach_of(request, caller, conn).condition(spec.view)
+        if reach is not None:
+            q.where.append(reach)
         return run_query(conn, q, caller).body()
 
 
@@ -265,8 +265,8 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
         if "as_of" in request.query_params or "as_known_at" in request.query_params:
             return as_of_record(request, caller, aggregate_type, id)  # from the events
         after = read_after(request)
-        reach = reach_of(request, caller).condition(spec.view) or ("true", [])
         with reading(services(request).read, after) as conn:
+            reach = reach_of(request, caller, conn).condition(spec.view) or ("true", [])
             row = conn.execute(f'SELECT * FROM {spec.table} WHERE "{spec.key}" = %s AND {reach[0]}',
                                (id, *reach[1])).fetchone()
         if row is None:
@@ -286,8 +286,8 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
 def _customer_activity(id: UUID, caller: Caller, request: Request) -> JSONResponse:
     body = _page(CUSTOMER_ACTIVITY, request, caller, {"customer_id": id})
     if not body["items"]:
-        reach = reach_of(request, caller).condition(CUSTOMERS.view) or ("true", [])
         with reading(services(request).read, ReadAfter(None, 0)) as conn:
+            reach = reach_of(request, caller, conn).condition(CUSTOMERS.view) or ("true", [])
             known = conn.execute(f"SELECT 1 FROM {CUSTOMERS.table} WHERE id = %s AND {reach[0]}",
                                  (id, *reach[1])).fetchone()
         if known is None:
@@ -325,11 +325,11 @@ def _board(request: Request, caller: Caller) -> JSONResponse:
     if owner:
         sql += " AND owner_id = %s"
         params.append(owner)
-    reach = reach_of(request, caller).condition(OPPORTUNITIES.view)
-    if reach is not None:
-        sql += f" AND {reach[0]}"
-        params += reach[1]
     with reading(services(request).read, after) as conn:
+        reach = reach_of(request, caller, conn).condition(OPPORTUNITIES.view)
+        if reach is not None:
+            sql += f" AND {reach[0]}"
+            params += reach[1]
         rows = conn.execute(sql + " GROUP BY stage, status, currency", params).fetchall()
 
     columns: dict[str, dict[str, Any]] = {

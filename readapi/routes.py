@@ -52,6 +52,7 @@ class Services:
     audit_key: Any = None  # the Ed25519 key that signs audit exports
     analytics: AnalyticsProjection | None = None
     survey_key: bytes | None = None  # signs satisfaction survey links
+    erasure: Any = None  # runs erasures (readapi.erasure_routes.Erasures)
 
 
 class WriteResponse(BaseModel):

@@ -32,7 +32,7 @@ CRM_TABLES = ("crm_events", "crm_email_reservations", "crm_idempotency", "crm_su
               "crm_event_chain", "crm_chain_checkpoints", "crm_snapshots",  # audit and replay
               "crm_automation_tracking", "crm_automation_timers", "crm_automation_notifications",
               "crm_automation_surveys", "crm_automation_load", "crm_automation_customers",
-              "crm_automation_purchases", "crm_automation_parked")
+              "crm_automation_purchases", "crm_automation_parked", "crm_erasures")
 #: 64 hex digits: the key-encryption key of every system the tests build.
 MASTER_KEY = "5e" * 32
 JWT_SECRET = "test-jwt-secret-" + "x" * 32

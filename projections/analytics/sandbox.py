@@ -207,9 +207,12 @@ def to_arrow(table: pa.Table) -> bytes:
 
 
 # -- Parquet export ------------------------------------------------------------------------
-def export_parquet(con: duckdb.DuckDBPyConnection, directory: Path) -> dict[str, Any]:
+def export_parquet(con: duckdb.DuckDBPyConnection, directory: Path, *,
+                   record_to: Path | None = None) -> dict[str, Any]:
     """Every table of the star as Parquet, from one snapshot, with a manifest giving the
-    log position it reflects. Written by Python (pyarrow): DuckDB itself has no file access."""
+    log position it reflects. Written by Python (pyarrow): DuckDB itself has no file access.
+    ``record_to``: the exports' ledger, where the export is recorded (an erasure rewrites
+    the files it lists)."""
     directory.mkdir(parents=True, exist_ok=True)
     tables = (*schema.DATA_TABLES, "dim_stage", "sla_target")
     manifest: dict[str, Any] = {"tables": {}}
@@ -231,4 +234,18 @@ def export_parquet(con: duckdb.DuckDBPyConnection, directory: Path) -> dict[str,
         con.execute("ROLLBACK")
     manifest["exported_at"] = datetime.now(UTC).isoformat()
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if record_to is not None:
+        record_export(record_to, directory, manifest)
     return manifest
+
+
+def record_export(ledger: Path, directory: Path, manifest: dict[str, Any]) -> None:
+    """Append one export (directory, files, position, time) to the exports' ledger."""
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"directory": str(directory.resolve()), "exported_at": manifest["exported_at"],
+             "position": manifest["position"],
+             "files": sorted(t["file"] for t in manifest["tables"].values())}
+    with ledger.open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

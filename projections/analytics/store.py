@@ -114,6 +114,8 @@ class AnalyticsConfig:
     max_rows: int = 100_000
     poll_seconds: float = 1.0
     events_table: str = "crm_events"
+    #: where each Parquet export is recorded (one JSON line each), so an erasure finds them
+    exports_ledger: Path | None = None
 
 
 def customer_key(pseudonym_key: bytes, customer_id: str) -> str:
@@ -232,9 +234,13 @@ class AnalyticsProjection:
         keys = pairs.column("customer_key").to_pylist()
         ids = pairs.column("customer_id").to_pylist()
         if keys:
+            # Never for a customer whose key was destroyed: an erasure removed that link.
             self._pg_conn().execute(
                 "INSERT INTO crm_analytics_customers (customer_key, customer_id)"
-                " SELECT * FROM unnest(%s::text[], %s::uuid[]) ON CONFLICT DO NOTHING",
+                " SELECT p.k, p.c FROM unnest(%s::text[], %s::uuid[]) AS p(k, c)"
+                " WHERE NOT EXISTS (SELECT 1 FROM crm_subject_keys s"
+                "  WHERE s.subject_id = p.c AND s.wrapped_key IS NULL)"
+                " ON CONFLICT DO NOTHING",
                 (keys, ids),
             )
 

@@ -227,7 +227,8 @@ def test_routing_sla_breach_escalates_once_and_notifies(world: World) -> None:
 def test_task_reminders_due_soon_then_overdue(world: World) -> None:
     w = world
     due = MONDAY_9 + timedelta(hours=5)
-    r = w.api.post("/api/v1/tasks", {"title": "Call back", "due_at": due.isoformat(), "assignee_id": "rep-2"})
+    r = w.api.post("/api/v1/tasks", {"title": "Call back", "due_at": due.isoformat(), "assignee_id": "rep-2"},
+                   role="manager", user="rep-2")
     assert r.status_code == 201, r.text
     task = r.json()
     w.step()
@@ -243,9 +244,9 @@ def test_task_reminders_due_soon_then_overdue(world: World) -> None:
 
     # A completed task is not reminded of.
     r = w.api.post("/api/v1/tasks", {"title": "Done soon", "due_at": (w.clock.now() + timedelta(hours=1)).isoformat(),
-                                     "assignee_id": "rep-3"})
+                                     "assignee_id": "rep-3"}, role="manager", user="rep-3")
     done = r.json()
-    r = w.api.post(f"/api/v1/tasks/{done['id']}/complete", None, **{"If-Match": '"1"'})
+    r = w.api.post(f"/api/v1/tasks/{done['id']}/complete", None, user="rep-3", **{"If-Match": '"1"'})
     assert r.status_code == 200, r.text
     w.step()
     w.clock.advance(timedelta(hours=2))
@@ -301,9 +302,9 @@ def test_a_quiet_high_value_customer_gets_a_task_for_the_owner(world: World) -> 
     r = w.api.post(f"/api/v1/customers/{vip['id']}/classification", {"segment": "vip", "reason": "top ten"},
                    **{"If-Match": f'"{vip["version"]}"'})
     assert r.status_code == 200, r.text
-    big = w.api.register("Bob Buyer", owner_id="rep-8").json()
+    big = w.api.register("Bob Buyer", owner_id="rep-8", user="rep-8").json()
     r = w.api.post(f"/api/v1/customers/{big['id']}/purchases",
-                   {"order_id": "o-1", "amount": "6000", "currency": "EUR"})
+                   {"order_id": "o-1", "amount": "6000", "currency": "EUR"}, user="rep-8")
     assert r.status_code in (200, 201), r.text
     small = w.api.register("Sam Small").json()
     r = w.api.post(f"/api/v1/customers/{small['id']}/purchases",

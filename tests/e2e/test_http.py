@@ -72,13 +72,14 @@ class Api:
     def get(self, path: str, *, user: str = "rep-1", role: str = "sales_rep", **headers: str) -> httpx.Response:
         return self.client.get(path, headers=self.auth(user, role, **headers))
 
-    def events(self, path: str, *, role: str = "sales_rep") -> list[dict[str, Any]]:
-        r = self.get(f"{path}/events", role=role)
+    def events(self, path: str, *, role: str = "sales_rep", user: str = "rep-1") -> list[dict[str, Any]]:
+        r = self.get(f"{path}/events", role=role, user=user)
         assert r.status_code == 200, r.text
         return r.json()["items"]  # type: ignore[no-any-return]
 
-    def register(self, name: str = "Ada Lovelace", **body: Any) -> httpx.Response:
-        r = self.post(C, {"kind": "person", "name": name, **body})
+    def register(self, name: str = "Ada Lovelace", *, user: str = "rep-1", role: str = "sales_rep",
+                 **body: Any) -> httpx.Response:
+        r = self.post(C, {"kind": "person", "name": name, **body}, user=user, role=role)
         assert r.status_code == 201, r.text
         return r
 
@@ -286,7 +287,7 @@ def test_events_carry_who_and_the_correlation_id(api: Api) -> None:
     assert r.status_code == 201
     assert r.headers["x-correlation-id"] == "trace-abc-123"
     cid = r.json()["id"]
-    (event,) = api.events(f"{C}/{cid}")
+    (event,) = api.events(f"{C}/{cid}", user="rep-42")
     assert event["actor_id"] == "rep-42"
     assert event["actor_role"] == "sales_rep"
     assert event["correlation_id"] == "trace-abc-123"
@@ -297,10 +298,10 @@ def test_events_carry_who_and_the_correlation_id(api: Api) -> None:
     assert event["causation_id"] == event["command_id"]
 
     # Without the header, one is made up and echoed.
-    r = api.post(f"{C}/{cid}/tags", {"tag": "vip"})
+    r = api.post(f"{C}/{cid}/tags", {"tag": "vip"}, user="rep-42")
     generated = r.headers["x-correlation-id"]
     assert generated and generated != "trace-abc-123"
-    assert api.events(f"{C}/{cid}")[1]["correlation_id"] == generated
+    assert api.events(f"{C}/{cid}", user="rep-42")[1]["correlation_id"] == generated
 
 
 def test_an_analyst_sees_personal_fields_masked(api: Api) -> None:

@@ -132,7 +132,7 @@ def test_a_second_user_with_the_same_name_is_a_conflict(client: Client) -> None:
     assert_problem(client.write(USERS, {"username": "z", "password": PASSWORD, "role": "admin"}, headers=rep), 403)
 
 
-def test_deactivated_user_cannot_sign_in_and_their_token_stops_working(client: Client) -> None:
+def test_deactivated_user_cannot_sign_in_and_their_token_stops_working(client: Client, db: Any) -> None:
     created = client.create_user("leaver")
     token = client.token("leaver")
     assert client.get(ME, headers=token, fresh=False).status_code == 200
@@ -146,6 +146,21 @@ def test_deactivated_user_cannot_sign_in_and_their_token_stops_working(client: C
     assert client.write(f"{USERS}/{created['id']}/reactivation", version=2).status_code == 200
     assert client.get(ME, headers=token, fresh=False).status_code == 200
     assert client.login("leaver").status_code == 200
+    rows = db.execute("SELECT topic, state FROM crm_events WHERE originator_id = %s ORDER BY originator_version",
+                      (user_id("leaver"),)).fetchall()
+    assert [t for t, _ in rows] == ["UserCreated", "UserDeactivated", "UserReactivated"]
+    assert json.loads(bytes(rows[1][1]))["reason"] == "left the company"
+    assert_problem(client.write(f"{USERS}/{created['id']}/deactivation", {"why": "x"}, version=3), 422, "why")
+
+
+def test_the_api_description_names_the_identity_routes(client: Client) -> None:
+    r = client.http.get("/openapi.json")
+    assert r.status_code == 200, r.text
+    paths = r.json()["paths"]
+    for path in (LOGIN, ME, USERS, f"{USERS}/{{id}}/deactivation", f"{USERS}/{{id}}/password", TEAMS, KEYS):
+        assert path in paths, path
+    body = paths[f"{USERS}/{{id}}/deactivation"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "DeactivateUser" in json.dumps(body)
 
 
 def test_user_and_team_events_carry_actor_and_reason_and_never_a_hash(client: Client, db: Any) -> None:

@@ -39,15 +39,18 @@ Params = dict[str, Any] | list[tuple[str, Any]]
 
 @dataclass
 class Api:
+    """The read API as an admin by default: these tests are about lists and records, not
+    about who reaches what (tests/e2e/test_authorization.py is)."""
+
     client: httpx.Client
     tokens: TokenIssuer
     position: int = 0  # the last write's event-log position
 
-    def headers(self, user: str = "rep-1", role: str = "sales_rep", **extra: str) -> dict[str, str]:
+    def headers(self, user: str = "rep-1", role: str = "admin", **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens.issue(user, role)}", **extra}
 
     def write(self, method: str, path: str, body: Any = None, *, user: str = "rep-1",
-              role: str = "sales_rep", version: int | None = None) -> dict[str, Any]:
+              role: str = "admin", version: int | None = None) -> dict[str, Any]:
         headers = self.headers(user, role)
         if version is not None:
             headers["If-Match"] = f'"{version}"'
@@ -60,7 +63,7 @@ class Api:
     def register(self, name: str, **body: Any) -> str:
         return str(self.write("POST", C, {"kind": body.pop("kind", "person"), "name": name, **body})["id"])
 
-    def get(self, path: str, params: Params | None = None, *, user: str = "rep-1", role: str = "sales_rep",
+    def get(self, path: str, params: Params | None = None, *, user: str = "rep-1", role: str = "admin",
             fresh: bool = True, **headers: str) -> httpx.Response:
         """GET; ``fresh``: as of the last write (min_position)."""
         query: list[tuple[str, Any]] = list(params.items()) if isinstance(params, dict) else list(params or [])
@@ -307,10 +310,12 @@ def test_records_come_from_the_read_models_with_their_version_as_etag(live: Api)
         assert masked[column] == "***"
         assert_problem(live.get(f"{path}/{uuid.uuid4()}"), 404)
         # The record rebuilt from its events and its events are still there.
+        # (a service request may meanwhile have been routed by the automation: version 2)
         current = live.get(f"{path}/{rid}/current")
-        assert current.status_code == 200 and current.json()["version"] == 1
+        assert current.status_code == 200 and current.json()["version"] >= 1
         assert current.json()["data"][column] == value
-        assert len(live.get(f"{path}/{rid}/events").json()["items"]) == 1
+        events = live.get(f"{path}/{rid}/events").json()["items"]
+        assert len(events) == current.json()["version"] and events[0]["data"][column] == value
     assert live.get(f"{O}/{oid}").json()["amount"] == "10.50"
     assert live.get(f"{O}/{oid}").json()["customer_name"] == "Renamed Person"
     assert_problem(live.get(f"{O}/{cid}"), 404)  # a customer is not an opportunity
@@ -339,8 +344,8 @@ def test_a_read_model_behind_min_position_is_a_bounded_503(system: Any, api: Api
         system.read.runner(projection).catch_up()
     r = api.get(f"{C}/{cid}", {"wait_ms": 0})
     assert r.status_code == 200 and r.json()["name"] == "Waited For"
-    # A position of the future is never reached.
-    assert_problem(api.get(C, {"min_position": wanted + 100, "wait_ms": 50}, fresh=False), 503)
+    # A position no write has returned (past the log's end) is a bad request, not a wait.
+    assert_problem(api.get(C, {"min_position": wanted + 100, "wait_ms": 50}, fresh=False), 422, "min_position")
 
 
 # -- the other lists -----------------------------------------------------------------------

@@ -476,4 +476,5 @@ def test_feed_config_topics() -> None:
     config = FeedConfig("127.0.0.1:9092", topics={"customer": "erp.customers"})
     assert config.topic_for("customer") == "erp.customers"
     assert config.topic_for("task") == "crm.task.v1"
-    assert sorted(config.all_topics()) == sorted(["erp.customers", *TOPICS[1:], "crm.audit_export.v1"])
+    assert sorted(config.all_topics()) == sorted(["erp.customers", *TOPICS[1:], "crm.audit_export.v1",
+                                                  "crm.api_key.v1"])

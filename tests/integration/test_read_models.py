@@ -124,7 +124,7 @@ def test_pipeline_board_rows_transitions_and_stage_totals(
         "id": a.id, "version": 1, "customer_id": acme, "customer_name": "Acme GmbH", "title": "Expansion",
         "pipeline": "default", "stage": "qualification", "probability": 10, "status": "open",
         "amount": Decimal("10000"), "currency": "EUR", "weighted_amount": Decimal("1000"),
-        "expected_close": date(2026, 9, 30), "owner_id": "rep-1", "loss_reason": None,
+        "expected_close": date(2026, 9, 30), "owner_id": "rep-1", "shared_with": [], "loss_reason": None,
         "opened_at": at(1), "closed_at": None, "updated_at": row["updated_at"], "stage_entered_at": at(1),
     }
     assert row["updated_at"] > at(1)  # recording time: now, not the back-dated business time

@@ -29,6 +29,7 @@ from events.customer import (
     CustomerDetailsChanged,
     CustomerRegistered,
     CustomerTagged,
+    CustomerPersonalDataErased,
     CustomerUntagged,
     LifecycleStageChanged,
     OwnerReassigned,
@@ -148,6 +149,7 @@ SAMPLES: list[Sample] = [
     Sample(CustomerClassified, CID, {"previous_segment": None, "segment": "smb"}),
     Sample(CustomerTagged, CID, {"tag": "vip"}),
     Sample(CustomerUntagged, CID, {"tag": "vip"}),
+    Sample(CustomerPersonalDataErased, CID, {"request_reference": "DSR-7"}),
     Sample(ConsentSet, CID, {"channel": "email", "granted": True, "previous": None}),
     Sample(PreferencesSet, CID, {
         "changes": {"newsletter": {"before": None, "after": "weekly"},

@@ -23,6 +23,7 @@ from events.customer import (
     ContactRemoved,
     CustomerClassified,
     CustomerDetailsChanged,
+    CustomerPersonalDataErased,
     CustomerRegistered,
     CustomerTagged,
     CustomerUntagged,
@@ -828,3 +829,31 @@ def test_emails_lists_normalised_addresses_only(customer):
         ContactPoint(UUID(int=3), "email", None),
     ))
     assert c.emails() == ["ada@example.com"]
+
+
+def test_an_erasure_is_recorded_once_with_its_reason_and_no_personal_data(event, given, ctx, emitted):
+    c = given(Customer, event(CustomerRegistered, CID, **registered()))
+    assert c.erase_personal_data(ctx("GDPR art. 17"), "DSR-1") is True
+    [(cls, payload)] = emitted(c)
+    assert (cls, payload) == (CustomerPersonalDataErased, {"request_reference": "DSR-1"})
+    assert not CustomerPersonalDataErased.personal_fields
+    # Recorded: the record refuses changes at once, before its key is destroyed.
+    assert c.personal_data_erased is True
+    with pytest.raises(PersonalDataErased):
+        c.change_details(ctx(), {"name": "Someone Else"})
+    assert c.erase_personal_data(ctx("asked again"), None) is False
+    assert emitted(c) == []
+
+
+def test_an_erasure_needs_a_reason(event, given, ctx, refused):
+    c = given(Customer, event(CustomerRegistered, CID, **registered()))
+    with refused(InvalidValue, "reason", c):
+        c.erase_personal_data(ctx(), None)
+
+
+def test_a_recorded_erasure_closes_the_record_when_replayed(event, given, ctx):
+    c = given(Customer, event(CustomerRegistered, CID, **registered()),
+              event(CustomerPersonalDataErased, CID, request_reference=None))
+    assert (c.personal_data_erased, c.erasure_recorded) == (True, True)
+    with pytest.raises(PersonalDataErased):
+        c.tag(ctx(), "vip")

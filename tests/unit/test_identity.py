@@ -186,3 +186,14 @@ def test_buckets_forget_full_ones_when_too_many_keys():
     clock.t += 10
     buckets.take("new")  # full buckets are dropped to make room
     assert len(buckets._buckets) <= 10
+
+
+def test_the_commands_accept_exactly_the_roles():
+    from typing import get_args
+
+    from commands.identity import ROLES, Role
+    from readapi.auth import ROLES as AUTH_ROLES
+    from readapi.auth import WRITE_SCOPES
+
+    assert set(get_args(Role)) == set(ROLES) == set(AUTH_ROLES) == set(WRITE_SCOPES)
+    assert [r for r, scopes in WRITE_SCOPES.items() if "identity" in scopes] == ["admin"]

@@ -127,6 +127,7 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
     ("CustomerClassified", 1): (CUSTOMER_ID, 2, {"previous_segment": None, "segment": "smb"}),
     ("CustomerTagged", 1): (CUSTOMER_ID, 2, {"tag": "key-account"}),
     ("CustomerUntagged", 1): (CUSTOMER_ID, 2, {"tag": "vip"}),
+    ("CustomerPersonalDataErased", 1): (CUSTOMER_ID, 2, {"request_reference": "DSR-2024-17"}),
     ("CustomerConsentSet", 1): (CUSTOMER_ID, 2, {"channel": "email", "granted": False,
                                                  "previous": True}),
     ("CustomerPreferencesSet", 1): (CUSTOMER_ID, 2, {
