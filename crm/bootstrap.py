@@ -34,6 +34,7 @@ from readapi.app import create_app
 from readapi.auth import Authenticator, JwtSettings, TokenIssuer
 from readapi.limits import Rate, RateLimits
 from readapi.routes import Services
+from readapi.web import mount_web_ui
 from replay import audit
 from replay import state as replay_state
 from replay.signing import private_key_from_seed
@@ -63,6 +64,13 @@ def postgres_env(url: str, pool_size: int = 10) -> dict[str, str]:
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "CREATE_TABLE": "y",
     }
+
+
+def web_dir(settings: Settings) -> Path:
+    """Where the built web UI is: CRM_WEB_DIR, else web/dist beside the packages."""
+    if settings.web_dir is not None:
+        return settings.web_dir
+    return Path(__file__).resolve().parents[1] / "web" / "dist"
 
 
 def _local_secret(data_dir: Path, name: str, nbytes: int) -> bytes:
@@ -206,11 +214,13 @@ class System:
         self._automation_thread.start()
 
     def http_app(self) -> FastAPI:
-        return create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
-                                   audit_key=self.audit_key, analytics=self.analytics,
-                                   survey_key=survey_key(self.settings), erasure=_LazyEraser(self)),
-                          authenticator=authenticator(self.settings, self.app, self.tokens),
-                          max_body_bytes=self.settings.max_body_bytes)
+        app = create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
+                                  audit_key=self.audit_key, analytics=self.analytics,
+                                  survey_key=survey_key(self.settings), erasure=_LazyEraser(self)),
+                         authenticator=authenticator(self.settings, self.app, self.tokens),
+                         max_body_bytes=self.settings.max_body_bytes)
+        mount_web_ui(app, web_dir(self.settings))
+        return app
 
     def eraser(self) -> Eraser:
         """Runs erasures across every store of this system."""

@@ -51,7 +51,7 @@ def serve(
         base = f"http://{host}:{port}"
         token = system.tokens.issue("demo-admin", "admin", ttl=timedelta(days=1))
         typer.echo(
-            f"\nCRM is up.\n  API docs:  {base}/docs\n  Health:    {base}/health\n"
+            f"\nCRM is up.\n  Web UI:    {base}/\n  API docs:  {base}/docs\n  Health:    {base}/health\n"
             f"  A token (admin, 24 h):\n    export TOKEN={token}\n"
             f"  Try:       curl -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/customers?limit=5\"\n",
             err=True,

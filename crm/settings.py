@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         "`crm projections run` workers keep them up to date (the at-scale shape).",
     )
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    web_dir: Path | None = Field(
+        default=None,
+        description="The built web UI served at / (index.html and assets/). Unset: web/dist "
+        "of this repository, built by scripts/setup.")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret; unset: one kept in data_dir.")

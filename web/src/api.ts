@@ -1,0 +1,269 @@
+// The client of the public HTTP API (/api/v1): bearer token, problem+json errors,
+// ETag / If-Match, and read-your-writes through the event-log position of each write.
+
+export const BASE = "/api/v1";
+
+export interface User {
+  id: string;
+  username: string;
+  display_name: string;
+  role: string;
+  team_id: string | null;
+}
+
+export interface Session {
+  token: string;
+  user: User;
+  expires_at: number; // ms since the epoch
+}
+
+/** An application/problem+json answer (RFC 9457), or a network failure. */
+export class ApiError extends Error {
+  constructor(
+    public status: number,
+    public problem: Record<string, unknown>,
+  ) {
+    super(String(problem.detail ?? problem.title ?? `HTTP ${status}`));
+  }
+  get field(): string | undefined {
+    const f = this.problem.field;
+    return typeof f === "string" ? f : undefined;
+  }
+  get code(): string | undefined {
+    const c = this.problem.code;
+    return typeof c === "string" ? c : undefined;
+  }
+}
+
+export interface WriteResult {
+  id: string;
+  type: string;
+  version: number;
+  position: number | null;
+  result: Record<string, unknown>;
+}
+
+export interface Page<T> {
+  items: T[];
+  next_cursor: string | null;
+  total: number | null;
+}
+
+const SESSION_KEY = "crm.session";
+const POSITION_KEY = "crm.position";
+const EXPIRED_KEY = "crm.expired";
+
+/** True once after the API refused the session's token (it expired): say so at sign-in. */
+export function sessionExpired(): boolean {
+  const expired = sessionStorage.getItem(EXPIRED_KEY) === "1";
+  sessionStorage.removeItem(EXPIRED_KEY);
+  return expired;
+}
+
+let session: Session | null = loadSession();
+// The highest event-log position this browser has written: every read of a read model
+// waits (bounded, on the server) until the read models have applied it.
+let position = Number(sessionStorage.getItem(POSITION_KEY) ?? "0") || 0;
+const listeners = new Set<() => void>();
+
+function loadSession(): Session | null {
+  try {
+    const raw = localStorage.getItem(SESSION_KEY);
+    if (!raw) return null;
+    const s = JSON.parse(raw) as Session;
+    return s.expires_at > Date.now() ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+export function currentSession(): Session | null {
+  return session;
+}
+
+export function onSessionChange(fn: () => void): () => void {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+export function setSession(s: Session | null): void {
+  session = s;
+  // Positions belong to what this session wrote; a new session starts from none.
+  position = 0;
+  sessionStorage.removeItem(POSITION_KEY);
+  if (s) localStorage.setItem(SESSION_KEY, JSON.stringify(s));
+  else localStorage.removeItem(SESSION_KEY);
+  listeners.forEach((fn) => fn());
+}
+
+export function lastPosition(): number {
+  return position;
+}
+
+function remember(p: number | null | undefined): void {
+  if (typeof p === "number" && p > position) {
+    position = p;
+    sessionStorage.setItem(POSITION_KEY, String(p));
+  }
+}
+
+export interface Options {
+  method?: string;
+  body?: unknown;
+  ifMatch?: number | null;
+  /** Send X-Min-Position (reads of read models); default true for GET. */
+  readAfter?: boolean;
+  signal?: AbortSignal;
+  raw?: boolean;
+  auth?: boolean;
+}
+
+function query(params: Record<string, string | number | boolean | string[] | null | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v === null || v === undefined || v === "") continue;
+    if (Array.isArray(v)) v.forEach((x) => q.append(k, x));
+    else q.append(k, String(v));
+  }
+  const s = q.toString();
+  return s ? `?${s}` : "";
+}
+
+export function url(path: string, params: Parameters<typeof query>[0] = {}): string {
+  return `${BASE}${path}${query(params)}`;
+}
+
+async function problemOf(r: Response): Promise<ApiError> {
+  let body: Record<string, unknown> = { status: r.status, title: r.statusText };
+  try {
+    const text = await r.text();
+    if (text) {
+      const parsed = JSON.parse(text) as unknown;
+      if (parsed && typeof parsed === "object") body = parsed as Record<string, unknown>;
+    }
+  } catch {
+    /* not JSON: keep the status line */
+  }
+  return new ApiError(r.status, body);
+}
+
+const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
+
+/** One request; throws ApiError on any non-2xx. 401 ends the session. */
+export async function request<T>(path: string, opts: Options = {}): Promise<T> {
+  const method = opts.method ?? "GET";
+  const headers: Record<string, string> = { Accept: "application/json" };
+  if (opts.auth !== false && session) headers.Authorization = `Bearer ${session.token}`;
+  if (opts.body !== undefined) headers["Content-Type"] = "application/json";
+  if (opts.ifMatch !== undefined && opts.ifMatch !== null) headers["If-Match"] = `"${opts.ifMatch}"`;
+  if (method !== "GET") headers["Idempotency-Key"] = crypto.randomUUID();
+  const readAfter = opts.readAfter ?? method === "GET";
+  if (readAfter && position > 0) headers["X-Min-Position"] = String(position);
+  for (let attempt = 0; ; attempt++) {
+    let r: Response;
+    try {
+      r = await fetch(path.startsWith("/") && !path.startsWith(BASE) ? BASE + path : path, {
+        method,
+        headers,
+        body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
+        signal: opts.signal,
+      });
+    } catch (e) {
+      if (e instanceof DOMException && e.name === "AbortError") throw e;
+      throw new ApiError(0, { title: "Network error", detail: String(e) });
+    }
+    // The read models are behind the position we wrote: the server says when to retry.
+    if (r.status === 503 && attempt < 4) {
+      const problem = await problemOf(r.clone());
+      if (problem.code === "read-model-behind") {
+        const retry = Number(r.headers.get("Retry-After") ?? "1");
+        await sleep(Math.min(5, Math.max(0.2, retry)) * 1000);
+        continue;
+      }
+    }
+    // A position past the end of the log (the server's data was reset): forget it.
+    if (r.status === 422 && headers["X-Min-Position"] && attempt < 4) {
+      const problem = await problemOf(r.clone());
+      if (problem.field === "x_min_position" || problem.field === "min_position") {
+        position = 0;
+        sessionStorage.removeItem(POSITION_KEY);
+        delete headers["X-Min-Position"];
+        continue;
+      }
+    }
+    if (r.status === 401 && opts.auth !== false && session) {
+      sessionStorage.setItem(EXPIRED_KEY, "1");
+      setSession(null);
+    }
+    if (!r.ok) throw await problemOf(r);
+    if (opts.raw) return r as unknown as T;
+    if (r.status === 204) return undefined as T;
+    const data = (await r.json()) as T;
+    if (method !== "GET") remember((data as unknown as WriteResult).position);
+    return data;
+  }
+}
+
+export const get = <T>(path: string, params: Parameters<typeof query>[0] = {}, signal?: AbortSignal) =>
+  request<T>(path + query(params), { signal });
+
+/** A command: POST (or PATCH) with the record's version as If-Match when given. */
+export const write = (path: string, body: unknown, ifMatch?: number | null, method = "POST") =>
+  request<WriteResult>(path, { method, body, ifMatch });
+
+/** A record of a read model with its version (the ETag). */
+export async function getRecord<T extends { version: number }>(path: string): Promise<T> {
+  return get<T>(path);
+}
+
+// -- sign-in ------------------------------------------------------------------------
+interface TokenAnswer {
+  access_token: string;
+  token_type: string;
+  expires_in: number;
+  user: User;
+}
+
+export async function signIn(username: string, password: string): Promise<Session> {
+  const answer = await request<TokenAnswer>("/auth/token", {
+    method: "POST",
+    body: { username, password },
+    auth: false,
+  });
+  const s: Session = {
+    token: answer.access_token,
+    user: answer.user,
+    expires_at: Date.now() + answer.expires_in * 1000,
+  };
+  setSession(s);
+  return s;
+}
+
+export function signOut(): void {
+  setSession(null);
+}
+
+/** Download a file answer (e.g. the audit export zip) with the bearer token. */
+export async function download(path: string, filename: string): Promise<void> {
+  const r = await request<Response>(path, { raw: true, readAfter: false });
+  const blob = await r.blob();
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = filename;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+}
+
+/** Every page of a list, following next_cursor (bounded). */
+export async function all<T>(path: string, params: Parameters<typeof query>[0], max = 1000): Promise<T[]> {
+  const out: T[] = [];
+  let cursor: string | null = null;
+  do {
+    const page: Page<T> = await get<Page<T>>(path, { ...params, limit: 200, cursor });
+    out.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor && out.length < max);
+  return out;
+}

@@ -1,0 +1,47 @@
+// What each role may see and do in the UI. The API decides (403 otherwise); this mirrors
+// its write scopes (readapi/auth.py WRITE_SCOPES) so the UI offers only what will work.
+
+const WRITE_SCOPES: Record<string, string[]> = {
+  admin: ["customer", "customer.marketing", "opportunity", "interaction", "service", "task"],
+  manager: ["customer", "customer.marketing", "opportunity", "interaction", "service", "task"],
+  sales_rep: ["customer", "customer.marketing", "opportunity", "interaction", "task"],
+  service_agent: ["interaction", "service", "task"],
+  marketing: ["customer.marketing"],
+  analyst: [],
+  auditor: [],
+  data_admin: ["customer", "customer.marketing"],
+  integration: ["customer", "customer.marketing", "opportunity", "interaction", "service"],
+};
+
+export function can(role: string, scope: string): boolean {
+  return (WRITE_SCOPES[role] ?? []).includes(scope);
+}
+
+/** Roles that see personal data masked (and may not search by it). */
+export const masked = (role: string) => role === "analyst";
+export const canAnalytics = (role: string) => ["analyst", "manager", "admin"].includes(role);
+export const canAuditExport = (role: string) => ["auditor", "admin"].includes(role);
+
+export type Screen = "customers" | "pipeline" | "service" | "tasks" | "dashboard" | "audit";
+
+/** The screens of the navigation for a role, in order. */
+export function screensFor(role: string): Screen[] {
+  switch (role) {
+    case "sales_rep":
+      return ["tasks", "customers", "pipeline"];
+    case "service_agent":
+      return ["service", "tasks", "customers"];
+    case "manager":
+    case "admin":
+      return ["dashboard", "customers", "pipeline", "service", "tasks", "audit"];
+    case "analyst":
+      return ["dashboard", "customers"];
+    case "auditor":
+      return ["audit", "customers"];
+    case "marketing":
+    case "data_admin":
+      return ["customers", "tasks"];
+    default:
+      return ["customers"];
+  }
+}

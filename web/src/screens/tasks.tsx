@@ -1,0 +1,104 @@
+// My open tasks (soonest due first) and my notifications.
+import { get, write, type Page, type Session } from "../api";
+import { dateTime, locale, relative, t, v } from "../i18n";
+import { can } from "../roles";
+import { useSignal } from "../signal";
+import { Link, Show, toast, useAction, useLoad } from "../ui";
+
+interface Task {
+  id: string;
+  version: number;
+  title: string;
+  description: string;
+  status: string;
+  due_at: string | null;
+  customer_id: string | null;
+  related_type: string | null;
+}
+
+interface Notification {
+  id: string;
+  kind: string;
+  message: string;
+  related_type: string | null;
+  related_id: string | null;
+  link: string | null;
+  created_at: string;
+}
+
+export function TasksScreen({ session }: { session: Session }) {
+  useSignal(locale);
+  const tasks = useLoad((signal) => get<Page<Task>>("/tasks", { mine: true, status: "open", sort: "due_at", limit: 100 }, signal), []);
+  const notes = useLoad((signal) => get<{ items: Notification[] }>("/notifications", { limit: 50 }, signal), []);
+  const [busy, run] = useAction();
+  const editable = can(session.user.role, "task");
+  return (
+    <section class="tasks-screen">
+      <div class="columns">
+        <div class="main-col">
+          <h1>{t("tasks")}</h1>
+          <Show state={tasks}>
+            {(page) =>
+              page.items.length === 0 ? (
+                <p class="empty">{t("noTasks")}</p>
+              ) : (
+                <ul class="task-list" data-testid="tasks">
+                  {page.items.map((x) => {
+                    const overdue = x.due_at !== null && new Date(x.due_at).getTime() < Date.now();
+                    return (
+                      <li key={x.id} class={`card task ${overdue ? "overdue" : ""}`}>
+                        <div class="grow">
+                          <strong>{x.title}</strong>
+                          {x.description && <div class="muted small">{x.description}</div>}
+                          <div class="small">
+                            <span class={overdue ? "sla late" : "muted"} title={dateTime(x.due_at)}>
+                              {overdue ? `${t("overdue")} · ` : ""}{t("dueAt", { when: relative(x.due_at) })}
+                            </span>
+                            {x.customer_id && <> · <Link href={`/customers/${x.customer_id}`}>{t("customer")}</Link></>}
+                          </div>
+                        </div>
+                        {editable && (
+                          <button
+                            type="button"
+                            disabled={busy}
+                            onClick={() => run(async () => {
+                              await write(`/tasks/${x.id}/complete`, {}, x.version);
+                              toast(t("completed"));
+                              tasks.reload();
+                            })}
+                          >
+                            ✓ {t("complete")}
+                          </button>
+                        )}
+                      </li>
+                    );
+                  })}
+                </ul>
+              )
+            }
+          </Show>
+        </div>
+        <aside class="side-col">
+          <h2>{t("notifications")}</h2>
+          <Show state={notes}>
+            {(n) =>
+              n.items.length === 0 ? (
+                <p class="empty">{t("noNotifications")}</p>
+              ) : (
+                <ul class="notes" data-testid="notifications">
+                  {n.items.map((x) => (
+                    <li key={x.id} class={`card note ${x.kind}`}>
+                      <span class="badge">{v(x.kind)}</span>
+                      <div>{x.message}</div>
+                      <div class="muted small">{relative(x.created_at)}</div>
+                    </li>
+                  ))}
+                </ul>
+              )
+            }
+          </Show>
+        </aside>
+      </div>
+    </section>
+  );
+}

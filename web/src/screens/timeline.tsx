@@ -1,0 +1,118 @@
+// The activity timeline of a customer: who changed what, when and why, with field diffs.
+import { get } from "../api";
+import { dateTime, locale, t } from "../i18n";
+import { person } from "../people";
+import { useSignal } from "../signal";
+import { Show, useLoad } from "../ui";
+
+export interface Change {
+  field: string;
+  before: unknown;
+  after: unknown;
+}
+
+export interface TimelineEntry {
+  position: number;
+  event_id: string;
+  type: string;
+  aggregate_type: string;
+  aggregate_id: string;
+  aggregate_version: number;
+  occurred_at: string;
+  recorded_at: string;
+  actor_id: string;
+  actor_role: string;
+  reason: string | null;
+  data: Record<string, unknown>;
+  changes: Change[] | null;
+}
+
+/** A short human form of a value in a diff. */
+export function show(value: unknown): string {
+  if (value === null || value === undefined) return "—";
+  if (typeof value === "string") return value;
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (Array.isArray(value)) return value.map(show).join(", ");
+  if (typeof value === "object") {
+    const o = value as Record<string, unknown>;
+    if ("value" in o && "kind" in o) return `${o.kind}: ${o.value}`;
+    const entries = Object.entries(o);
+    if (entries.length === 0) return "∅";
+    return entries.map(([k, x]) => `${k}: ${typeof x === "object" && x !== null ? show(x) : String(x)}`).join("; ");
+  }
+  return String(value);
+}
+
+const PEOPLE_FIELDS = new Set(["owner_id", "assignee_id", "manager_id", "author_id"]);
+
+/** A value in a diff; user ids by name where the caller may know it. */
+export function showField(field: string, value: unknown): string {
+  return PEOPLE_FIELDS.has(field) && typeof value === "string" ? person(value) : show(value);
+}
+
+/** "CustomerDetailsChanged" -> "Customer details changed". */
+export function eventLabel(type: string): string {
+  const words = type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase();
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+export function Diff({ changes }: { changes: Change[] }) {
+  if (!changes.length) return null;
+  return (
+    <table class="diff">
+      <thead>
+        <tr>
+          <th>{t("field")}</th>
+          <th>{t("before")}</th>
+          <th>{t("after")}</th>
+        </tr>
+      </thead>
+      <tbody>
+        {changes.map((c) => (
+          <tr key={c.field}>
+            <td class="field">{c.field}</td>
+            <td class="before">{showField(c.field, c.before)}</td>
+            <td class="after">{showField(c.field, c.after)}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
+export function TimelineEntries({ items }: { items: TimelineEntry[] }) {
+  useSignal(locale);
+  return (
+    <ol class="timeline" data-testid="timeline">
+      {items.map((e) => (
+        <li key={e.event_id} class={`tl-${e.aggregate_type}`}>
+          <div class="tl-head">
+            <strong class="tl-type">{eventLabel(e.type)}</strong>
+            <span class="muted">
+              {dateTime(e.occurred_at)} · {t("by")} <span class="actor" title={e.actor_id}>{person(e.actor_id)}</span> ({e.actor_role.replace("_", " ")})
+            </span>
+          </div>
+          {e.reason && <div class="tl-reason">“{e.reason}”</div>}
+          {e.recorded_at.slice(0, 16) !== e.occurred_at.slice(0, 16) && (
+            <div class="muted small">{t("recorded", { when: dateTime(e.recorded_at) })}</div>
+          )}
+          {e.changes && <Diff changes={e.changes.filter((c) => !c.field.startsWith("modified_on") && !c.field.startsWith("created_on"))} />}
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+/** The customer's timeline, newest first (one page of up to 1,000 events). */
+export function Timeline({ customerId, version }: { customerId: string; version: unknown }) {
+  const state = useLoad(
+    async (signal) => {
+      const page = await get<{ items: TimelineEntry[]; next_after: number | null }>(
+        `/customers/${customerId}/timeline`, { limit: 1000 }, signal,
+      );
+      return page.items.slice().reverse();
+    },
+    [customerId, version],
+  );
+  return <Show state={state}>{(items) => <TimelineEntries items={items} />}</Show>;
+}
