@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import minimize
-from scipy.special import betaln, gammaln, hyp2f1
 
 FloatArray = NDArray[np.float64]
 MIN_CUSTOMERS = 20
@@ -52,6 +50,7 @@ class GammaGamma:
 def bgnbd_log_likelihood(params: FloatArray, x: FloatArray, t_x: FloatArray,
                          big_t: FloatArray) -> FloatArray:
     """Per-customer log-likelihood of BG/NBD (x repeat purchases, last at t_x, age T)."""
+    from scipy.special import betaln, gammaln  # scipy loads in ~0.7 s: only when a model is fitted
     r, alpha, a, b = params
     ln_a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
     ln_a2 = betaln(a, b + x) - betaln(a, b)
@@ -66,6 +65,8 @@ def bgnbd_log_likelihood(params: FloatArray, x: FloatArray, t_x: FloatArray,
 
 
 def fit_bgnbd(x: FloatArray, t_x: FloatArray, big_t: FloatArray) -> BgNbd:
+    from scipy.optimize import minimize  # scipy loads in ~0.7 s: only when a model is fitted
+
     def nll(log_params: FloatArray) -> float:
         ll = bgnbd_log_likelihood(np.exp(log_params), x, t_x, big_t)
         return float(-ll.sum())
@@ -78,6 +79,7 @@ def fit_bgnbd(x: FloatArray, t_x: FloatArray, big_t: FloatArray) -> BgNbd:
 def expected_purchases(m: BgNbd, t: float, x: FloatArray, t_x: FloatArray,
                        big_t: FloatArray) -> FloatArray:
     """E[purchases in the next t weeks | x, t_x, T] (Fader, Hardie & Lee, eq. 10)."""
+    from scipy.special import hyp2f1  # scipy loads in ~0.7 s: only when a model is fitted
     r, alpha, a, b = m.r, m.alpha, m.a, m.b
     hyp = hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + big_t + t))
     first = (a + b + x - 1) / (a - 1) * (1 - ((alpha + big_t) / (alpha + big_t + t)) ** (r + x) * hyp)
@@ -87,6 +89,8 @@ def expected_purchases(m: BgNbd, t: float, x: FloatArray, t_x: FloatArray,
 
 def fit_gamma_gamma(x: FloatArray, m_x: FloatArray) -> GammaGamma:
     """Gamma-Gamma on customers with repeat purchases (x > 0, mean value m_x)."""
+    from scipy.optimize import minimize
+    from scipy.special import gammaln  # scipy loads in ~0.7 s: only when a model is fitted
 
     def nll(log_params: FloatArray) -> float:
         p, q, v = np.exp(log_params)

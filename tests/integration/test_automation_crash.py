@@ -22,7 +22,7 @@ from tests.integration.test_projection_ops import ROOT, crm_command, crm_env, wa
 
 pytestmark = pytest.mark.postgres
 
-FIRST_RESPONSE_SECONDS = 6.0
+FIRST_RESPONSE_SECONDS = 10.0
 RULES = {
     "teams": [{"name": "support", "manager": "boss", "escalate_to": "senior", "agents": [{"id": "agent-a"}]}],
     "routes": [{"team": "support"}],
@@ -57,11 +57,16 @@ def test_sla_breach_escalates_once_across_kills(make_system: Callable[..., Any],
                                     env={**env, "PGAPPNAME": f"automation-{len(logs)}"},
                                     stdout=out, stderr=subprocess.STDOUT)
 
+    def connected() -> bool:  # killed once at work, however long its start-up took
+        return bool(_rows(database_url, "SELECT 1 FROM pg_stat_activity WHERE application_name = %s",
+                          (f"automation-{len(logs)}",)))
+
     rng = random.Random(9)
     proc = start()
     kills = 0
     while time.monotonic() < due + 2.5:
-        time.sleep(rng.uniform(0.4, 1.6))
+        wait_until(connected, 60, "the automation process connects")
+        time.sleep(rng.uniform(0.1, 1.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         kills += 1
