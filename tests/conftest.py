@@ -184,3 +184,26 @@ def make_system(
 def system(make_system: Callable[..., Any]) -> Any:
     """The CRM built from settings on the test database (closed at teardown)."""
     return make_system()
+
+
+@pytest.fixture
+def no_kafka_tracking(database_url: str) -> Iterator[None]:
+    """The Kafka publisher's tables go with the log that is emptied around each test
+    (a module that publishes uses it: ``pytest.mark.usefixtures("no_kafka_tracking")``)."""
+    def drop() -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS crm_kafka_tracking, crm_kafka_parked")
+
+    drop()
+    yield
+    drop()
+
+
+@pytest.fixture
+def broker() -> Iterator[Any]:
+    """A Kafka-protocol broker (librdkafka's mock cluster in a subprocess)."""
+    from tests.kafka_broker import MockBroker
+
+    b = MockBroker()
+    yield b
+    b.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -40,7 +40,7 @@ from replay.timeline import TimelineQuery, timeline
 from tests.conftest import settings_for
 from tests.kafka_broker import MockBroker, read_all
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("no_kafka_tracking")]
 
 REP = Principal("rep-1", "sales_rep")
 DATA_ADMIN = Principal("dpo-1", "data_admin")
@@ -54,24 +54,6 @@ GONE_CONTACT_PERSON = "Brunhilde Xanthoria"
 #: The other customer's, which must survive.
 KEPT_NAME = "Yolanda Brightwater-Kempe"
 KEPT_EMAIL = "yb.kempe@still-here.test"
-
-
-@pytest.fixture(autouse=True)
-def no_kafka_tracking(database_url: str) -> Iterator[None]:
-    def drop() -> None:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS crm_kafka_tracking, crm_kafka_parked")
-
-    drop()
-    yield
-    drop()
-
-
-@pytest.fixture
-def broker() -> Iterator[MockBroker]:
-    b = MockBroker()
-    yield b
-    b.stop()
 
 
 def run(system: Any, command: Any, who: Principal = REP, target: UUID | None = None,

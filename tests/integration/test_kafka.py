@@ -41,29 +41,10 @@ from projections.kafka_consumer import SeenIds, consume
 from tests.conftest import JWT_SECRET, MASTER_KEY
 from tests.kafka_broker import MockBroker, Record, read_all
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("no_kafka_tracking")]
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = ["crm.customer.v1", "crm.opportunity.v1", "crm.interaction.v1",
           "crm.service_request.v1", "crm.task.v1", "crm.user.v1", "crm.team.v1"]
-
-
-@pytest.fixture(autouse=True)
-def no_kafka_tracking(database_url: str) -> Iterator[None]:
-    """The publisher's tables go with the log that conftest empties around each test."""
-    def drop() -> None:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS crm_kafka_tracking, crm_kafka_parked")
-
-    drop()
-    yield
-    drop()
-
-
-@pytest.fixture
-def broker() -> Iterator[MockBroker]:
-    b = MockBroker()
-    yield b
-    b.stop()
 
 
 def stored(database_url: str, after: int = 0) -> list[tuple[int, str, str, int]]:
