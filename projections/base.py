@@ -204,6 +204,12 @@ class BatchView:
             self._undo.append((table, key, old, key in self.dirty[table]))
 
 
+def shared_with_after(row: Row, user_id: str, *, shared: bool) -> list[str]:
+    """A record's ``shared_with`` column after a share (or unshare) event."""
+    users = set(row["shared_with"])
+    return sorted(users | {user_id} if shared else users - {user_id})
+
+
 @dataclass
 class ParkedEvent:
     position: int

@@ -11,7 +11,7 @@ from events import interaction as ie
 from events import opportunity as oe
 from events import service_request as se
 from events.base import CrmEvent
-from projections.base import BatchView, Projection, Row, Table
+from projections.base import BatchView, Projection, Row, Table, shared_with_after
 
 CUSTOMERS = Table(
     "customers",
@@ -196,9 +196,7 @@ def _owner(view: BatchView, e: ce.OwnerReassigned) -> None:
 def _sharing(view: BatchView, e: ce.CustomerShared | ce.CustomerUnshared) -> None:
     row = view.get("customers", e.originator_id)
     if row is not None:
-        users = set(row["shared_with"])
-        users = users | {e.user_id} if isinstance(e, ce.CustomerShared) else users - {e.user_id}
-        _touch(view, e, shared_with=sorted(users))
+        _touch(view, e, shared_with=shared_with_after(row, e.user_id, shared=isinstance(e, ce.CustomerShared)))
 
 
 @CustomerList.handles(ce.LifecycleStageChanged, needs=_me)

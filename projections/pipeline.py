@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from events import opportunity as oe
-from projections.base import BatchView, Projection, Table
+from projections.base import BatchView, Projection, Table, shared_with_after
 from projections.customer_names import attach, keep_customer_names, names_table
 
 OPPORTUNITIES = Table(
@@ -124,9 +124,8 @@ def _owner(view: BatchView, e: oe.OpportunityOwnerChanged) -> None:
 def _sharing(view: BatchView, e: oe.OpportunityShared | oe.OpportunityUnshared) -> None:
     row = view.get("opportunities", e.originator_id)
     if row is not None:
-        users = set(row["shared_with"])
-        users = users | {e.user_id} if isinstance(e, oe.OpportunityShared) else users - {e.user_id}
-        view.change_record("opportunities", e, shared_with=sorted(users))
+        view.change_record("opportunities", e,
+                           shared_with=shared_with_after(row, e.user_id, shared=isinstance(e, oe.OpportunityShared)))
 
 
 @PipelineBoard.handles(oe.OpportunityWon, needs=_opp)
