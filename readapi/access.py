@@ -23,6 +23,7 @@ Every other role reaches every record of the types it may read.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -202,11 +203,9 @@ def reach_of(request: Request, principal: Principal, conn: psycopg.Connection[An
     if principal.role in LIMITED:
         people = [principal.id]
         read = request.app.state.services.read
-        if principal.role == "manager" and principal.team_id and conn is not None:
-            people += [m for m in team_members(conn, principal.team_id) if m != principal.id]
-        elif principal.role == "manager" and principal.team_id and read is not None:
-            with read.pool.connection() as own:
-                people += [m for m in team_members(own, principal.team_id) if m != principal.id]
+        if principal.role == "manager" and principal.team_id and (conn is not None or read is not None):
+            with nullcontext(conn) if conn is not None else read.pool.connection() as c:
+                people += [m for m in team_members(c, principal.team_id) if m != principal.id]
     reach = Reach(principal, people, consented_only=principal.role in CONSENTED_ONLY)
     request.state.reach = reach
     return reach
