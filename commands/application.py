@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
 from pydantic import BaseModel
@@ -89,6 +91,18 @@ class CrmApplication(Application[UUID]):
                 recorder.keys = self.keys
             return recorder
         return CrmMemoryRecorder()
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """Store the pending events of the given records (eventsourcing's ``save``
+        without its runtime protocol checks, which cost more than the rest of it)."""
+        if not all(isinstance(o, Aggregate) for o in objs):
+            return super().save(*objs, **kwargs)
+        events: list[CrmEvent] = []
+        for obj in objs:
+            events.extend(obj.collect_events())
+        recordings = self.events.put(events, **kwargs)
+        self._notify(recordings)
+        return recordings
 
     @property
     def codec(self) -> EventCodec:
@@ -169,13 +183,61 @@ class WriteResult:
         return 201 if self.created else 200
 
 
+class AggregateCache:
+    """Records as this process's last successful command left them, so the next command
+    on one of them need not rebuild it from its events.
+
+    A record is *taken* out for one command at a time (another command on it meanwhile
+    rebuilds its own from the log) and put back only once its events are stored, so a
+    failed command's half-changed record is never seen again. A record can still be
+    behind the log when another process wrote to it: the append then finds its version
+    taken (or its predecessor missing) and the command is decided again on fresh loads.
+    """
+
+    def __init__(self, maxsize: int = 10_000):
+        self.maxsize = maxsize
+        self._lock = threading.Lock()
+        self._records: OrderedDict[UUID, Aggregate] = OrderedDict()
+        #: records taken out, and how many of those came from the cache
+        self.hits = 0
+        self.misses = 0
+
+    def take(self, aggregate_id: UUID) -> Aggregate | None:
+        with self._lock:
+            record = self._records.pop(aggregate_id, None)
+            if record is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return record
+
+    def put(self, records: Iterable[Aggregate]) -> None:
+        with self._lock:
+            for record in records:
+                held = self._records.get(record.id)
+                if held is not None and held.version > record.version:
+                    continue  # a later command's put came first
+                self._records[record.id] = record
+                self._records.move_to_end(record.id)
+            while len(self._records) > self.maxsize:
+                self._records.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+
 class UnitOfWork:
     """The records one command touches, and what it writes beside their events."""
 
-    def __init__(self, app: CrmApplication, request: Request, email_key: bytes):
+    def __init__(self, app: CrmApplication, request: Request, email_key: bytes,
+                 cache: AggregateCache | None = None):
         self.app = app
         self.request = request
         self._email_key = email_key
+        self._cache = cache
+        #: records this command took from the cache (they may be behind the log)
+        self.cached: set[UUID] = set()
         self.loaded: dict[UUID, Aggregate] = {}
         self.extras = WriteExtras()
         self.result: dict[str, Any] = {}
@@ -188,7 +250,15 @@ class UnitOfWork:
             if not isinstance(existing, cls):
                 raise NotFound(f"no {cls.type_name} {aggregate_id}")
             return existing
-        aggregate = self.app.load(cls, aggregate_id)
+        record = self._cache.take(aggregate_id) if self._cache is not None else None
+        if record is not None and not isinstance(record, cls):
+            self._cache.put([record])  # type: ignore[union-attr]
+            record = None
+        if record is not None:
+            self.cached.add(aggregate_id)
+            aggregate: A = record
+        else:
+            aggregate = self.app.load(cls, aggregate_id)
         if self.request.guard is not None:
             self.request.guard(aggregate, False)
         if aggregate_id == self.request.target and self.request.expected_version is not None:
@@ -237,12 +307,15 @@ class CommandService:
         email_key: bytes,
         clock: Clock | None = None,
         new_id: Callable[[], UUID] = random_ids,
+        cache_size: int = 10_000,
     ):
         self.app = app
         self.handlers = handlers
         self.clock = clock or SystemClock()
         self.new_id = new_id
         self._email_key = email_key
+        #: records kept in memory between commands (cache_size 0: rebuilt every time)
+        self.cache = AggregateCache(cache_size) if cache_size > 0 else None
 
     def execute(self, command: BaseModel, request: Request) -> WriteResult:
         handler = self.handlers.get(type(command))
@@ -262,17 +335,27 @@ class CommandService:
             if earlier is not None:
                 return self._replay(earlier, fingerprint)
         command_id = self.new_id()
+        fresh = self.cache is None
         for attempt in range(MAX_RETRIES):
             ctx = self._context(command, request, command_id)
-            uow = UnitOfWork(self.app, request, self._email_key)
-            aggregate = handler(command, uow, ctx)
-            if request.guard is not None:
-                for a in uow.loaded.values():
-                    if a.pending_events and a.version == len(a.pending_events):
-                        request.guard(a, True)
+            uow = UnitOfWork(self.app, request, self._email_key, None if fresh else self.cache)
+            try:
+                aggregate = handler(command, uow, ctx)
+                if request.guard is not None:
+                    for a in uow.loaded.values():
+                        if a.pending_events and a.version == len(a.pending_events):
+                            request.guard(a, True)
+            except Exception:
+                if not uow.cached:
+                    raise
+                # A record from the cache may be behind the log: the refusal may be
+                # wrong, so the command is decided again on records rebuilt from it.
+                fresh = True
+                continue
             created = aggregate.version == len(aggregate.pending_events)
             pending = [a for a in uow.loaded.values() if a.pending_events]
             if not pending:  # nothing changed: answer with the current state
+                self._keep(uow)
                 position = self.app.recorder.position_of(aggregate.id, aggregate.version)  # type: ignore[attr-defined]
                 return WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
                                    position, created=False, result=uow.result)
@@ -311,11 +394,18 @@ class CommandService:
                 if request.expected_version is not None or attempt == MAX_RETRIES - 1:
                     current = self.app.load(type(aggregate), aggregate.id).version if not created else 0
                     raise ConcurrencyConflict(aggregate.id, request.expected_version, current) from None
+                fresh = True
                 continue
+            self._keep(uow)
             positions = [r.notification.id for r in recordings if r.notification.id is not None]
             result.position = max(positions) if positions else None
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _keep(self, uow: UnitOfWork) -> None:
+        """Put the command's records (all stored now) in the cache for the next one."""
+        if self.cache is not None:
+            self.cache.put(uow.loaded.values())
 
     def _context(self, command: BaseModel, request: Request, command_id: UUID) -> CommandContext:
         recorded_at = self.clock.now()

@@ -325,7 +325,12 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             for statement in self._lock_statements:
                 head.execute(statement, prepare=True)
             head.execute(self._head_statement, prepare=True)
-            taken.execute(self._taken_statement, (originators, versions), prepare=True)
+            # Each event's own (id, version), and the one before it: an append must
+            # follow on from what is stored (an aggregate a command held in memory
+            # while its log was restored from a backup must not leave a gap).
+            taken.execute(self._taken_statement, (originators + originators,
+                                                  versions + [v - 1 for v in versions]),
+                          prepare=True)
             if emails:
                 owners.execute(self._owners_statement, (emails,), prepare=True)
             if idem:
@@ -416,6 +421,13 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             append.error = IntegrityError(
                 f"version {first[1]} of {first[0]} was stored by another writer")
             return False
+        own = set(claims)
+        for originator_id, version in claims:
+            before = (originator_id, version - 1)
+            if version > 1 and before not in stored_versions and before not in own:
+                append.error = IntegrityError(
+                    f"version {version - 1} of {originator_id} is not stored")
+                return False
         extras = append.extras
         if extras is not None:
             for subject in sorted(extras.sealed_subjects):
@@ -456,37 +468,37 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             "SELECT COALESCE(max(notification_id), 0) AS head FROM {0}").format(events)
         self._taken_statement = SQL(
             "SELECT e.originator_id, e.originator_version FROM {0} e"
-            " JOIN unnest(%s::uuid[], %s::bigint[]) AS c(originator_id, originator_version)"
+            " JOIN unnest(%b::uuid[], %b::bigint[]) AS c(originator_id, originator_version)"
             " USING (originator_id, originator_version)").format(events)
         self._owners_statement = SQL(
-            "SELECT email_hmac, customer_id FROM {0} WHERE email_hmac = ANY(%s)"
+            "SELECT email_hmac, customer_id FROM {0} WHERE email_hmac = ANY(%b)"
         ).format(self.reservations_table)
         self._used_keys_statement = SQL(
             "SELECT i.principal, i.key FROM {0} i"
-            " JOIN unnest(%s::text[], %s::text[]) AS u(principal, key) USING (principal, key)"
+            " JOIN unnest(%b::text[], %b::text[]) AS u(principal, key) USING (principal, key)"
         ).format(self.idempotency_table)
         keys_table = SQL("{0}.{1}").format(schema, Identifier(PostgresKeyRing.TABLE))
         self._key_rows_statement = SQL(
             "SELECT subject_id, wrapped_key IS NULL AS destroyed FROM {0}"
-            " WHERE subject_id = ANY(%s)").format(keys_table)
+            " WHERE subject_id = ANY(%b)").format(keys_table)
         self._insert_keys_statement = SQL(
             "INSERT INTO {0} (subject_id, wrapped_key)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bytea[])").format(keys_table)
+            " SELECT * FROM unnest(%b::uuid[], %b::bytea[])").format(keys_table)
         self._release_statement = SQL(
-            "DELETE FROM {0} WHERE email_hmac = ANY(%s)").format(self.reservations_table)
+            "DELETE FROM {0} WHERE email_hmac = ANY(%b)").format(self.reservations_table)
         self._reserve_statement = SQL(
             "INSERT INTO {0} (email_hmac, customer_id)"
-            " SELECT * FROM unnest(%s::bytea[], %s::uuid[])").format(self.reservations_table)
+            " SELECT * FROM unnest(%b::bytea[], %b::uuid[])").format(self.reservations_table)
         self._insert_statement = SQL(
             "INSERT INTO {0} (notification_id, originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " SELECT * FROM unnest(%b::bigint[], %b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
         ).format(events)
         self._insert_idempotency_statement = SQL(
             "INSERT INTO {0} (principal, key, fingerprint, status, body)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::jsonb[])"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::jsonb[])"
         ).format(self.idempotency_table)
         self._setval_statement = SQL(
-            "SELECT setval(pg_get_serial_sequence({0}, 'notification_id'), %s)"
+            "SELECT setval(pg_get_serial_sequence({0}, 'notification_id'), %b)"
         ).format(Literal(f"{self.datastore.schema}.{self.events_table_name}"))
         self._notify_statement = SQL("NOTIFY {0}").format(Identifier(self.channel_name))
         self._chain_statement = self.chain_statement
@@ -551,8 +563,8 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             "  actor_id, hash)"
             " SELECT link.notification_id, d.subject_id, d.occurred_at, d.recorded_at,"
             "  d.actor_id, link.hash"
-            " FROM link LEFT JOIN unnest(%s::bigint[], %s::uuid[], %s::timestamptz[],"
-            "  %s::timestamptz[], %s::text[])"
+            " FROM link LEFT JOIN unnest(%b::bigint[], %b::uuid[], %b::timestamptz[],"
+            "  %b::timestamptz[], %b::text[])"
             "  AS d(notification_id, subject_id, occurred_at, recorded_at, actor_id)"
             "  USING (notification_id)"
             " WHERE link.notification_id > COALESCE((SELECT notification_id FROM head), 0)"
