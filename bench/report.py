@@ -29,7 +29,10 @@ def _write_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     for clients, case in doc["cases"].items():
         ours, base, limit = case["ours"]["median"], case["baseline"]["median"], case["limit"]["median"]
         per_tx = case["ours"].get("commands_per_transaction")
-        note = f"{per_tx} commands per transaction" if per_tx else ""
+        cached = case["ours"].get("records_from_cache")
+        note = "; ".join(n for n in (
+            f"{per_tx} commands per transaction" if per_tx else "",
+            f"{100 * cached:.0f} % of records from the cache" if cached is not None else "") if n)
         rows.append(_row(f"command append, {clients} client(s)", ours, "commands/s",
                          "eventsourcing default application", base, note=note))
         rows.append(_row(f"command append, {clients} client(s)", ours, "commands/s",

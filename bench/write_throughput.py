@@ -314,6 +314,9 @@ class CaseRun:
     seconds: float
     latencies: dict[str, list[float]] = field(default_factory=dict)  # op -> seconds
     groups: int | None = None  # ours: transactions the commands were appended in
+    #: ours: records taken from the command path's cache, and records loaded in all
+    cache_hits: int = 0
+    records_loaded: int = 0
 
     @property
     def rate(self) -> float:
@@ -378,10 +381,16 @@ def run_commands(contender: Contender, clients: int, commands: int, tag: str) ->
 
     committer = getattr(getattr(getattr(contender, "app", None), "recorder", None), "committer", None)
     groups_before = committer.groups if committer is not None else 0
+    cache = getattr(getattr(contender, "service", None), "cache", None)
+    hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
     seconds = _run_threads(clients, work)
     latencies = {op: [x for c in per_client for x in c[op]] for op in OPS}
     groups = committer.groups - groups_before if committer is not None else None
-    return CaseRun(contender.label, clients, len(OPS) * sum(customers), seconds, latencies, groups)
+    run = CaseRun(contender.label, clients, len(OPS) * sum(customers), seconds, latencies, groups)
+    if cache is not None:
+        run.cache_hits = cache.hits - hits
+        run.records_loaded = run.cache_hits + cache.misses - misses
+    return run
 
 
 class Limit:
@@ -546,6 +555,9 @@ def _document(settings: Settings, runs: list[CaseRun], ours_stats: dict[str, flo
             if groups:
                 entry["commands_per_transaction"] = round(
                     sum(r.commands for r in mine) / sum(groups), 1)
+            loaded = sum(r.records_loaded for r in mine)
+            if loaded:
+                entry["records_from_cache"] = round(sum(r.cache_hits for r in mine) / loaded, 3)
             if label == "limit":
                 entry["commands_per_case"] = settings.limit_rows
             else:
@@ -604,8 +616,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Whole run {doc['duration_seconds']:.0f} s.",
         "",
         "| clients | ours cmd/s | baseline cmd/s | limit rows/s | ours/baseline | ours/limit "
-        "| ours p50 ms | ours p95 ms | ours cmd/transaction |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ours p50 ms | ours p95 ms | ours cmd/transaction | ours records from cache |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for clients, c in doc["cases"].items():
         o, b, li, r = c["ours"], c["baseline"], c["limit"], c["ratios"]
@@ -613,7 +625,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {clients} | {o['median']:,.0f} | {b['median']:,.0f} | {li['median']:,.0f} "
             f"| {r['ours_over_baseline']:.2f} | {r['ours_over_limit']:.3f} "
             f"| {o['latency']['all']['p50_ms']:.2f} | {o['latency']['all']['p95_ms']:.2f} "
-            f"| {o.get('commands_per_transaction', 1):.1f} |"
+            f"| {o.get('commands_per_transaction', 1):.1f} "
+            f"| {100 * o.get('records_from_cache', 0):.0f} % |"
         )
     lines += [
         "",

@@ -64,7 +64,9 @@ def test_sla_breach_escalates_once_across_kills(make_system: Callable[..., Any],
     rng = random.Random(9)
     proc = start()
     kills = 0
-    while time.monotonic() < due + 2.5:
+    # Killed at least five times, and on until past the due time (a slow start-up on a
+    # loaded machine makes fewer kills fit before it).
+    while time.monotonic() < due + 2.5 or kills < 5:
         wait_until(connected, 60, "the automation process connects")
         time.sleep(rng.uniform(0.1, 1.2))
         proc.send_signal(signal.SIGKILL)
@@ -85,7 +87,6 @@ def test_sla_breach_escalates_once_across_kills(make_system: Callable[..., Any],
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(15)
     assert code == 0, logs[-1].read_text()
-    assert kills >= 5
 
     events = list(system.app.stored_events(opened.id))
     types = [e.type_name for e in events]

@@ -375,7 +375,9 @@ def test_two_writers_with_the_same_expected_version_one_wins(
 ) -> None:
     cid = register(system).id
     assert count(db) == 1
-    # Both writers load version 1 before either saves.
+    # Both writers load version 1 from the log (none from the command cache) before
+    # either saves.
+    system.commands.cache.clear()
     pause_after_first_call(monkeypatch, system.app, "load")
 
     def change(industry: str) -> Callable[[], WriteResult]:
@@ -404,6 +406,7 @@ def test_racing_appends_without_expected_version_both_succeed_by_retrying(
     system: Any, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cid = register(system, emails=("first@race.example",)).id
+    system.commands.cache.clear()
     pause_after_first_call(monkeypatch, system.app, "load")
 
     def add(email: str) -> Callable[[], WriteResult]:
