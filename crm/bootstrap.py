@@ -325,7 +325,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         if embedded is not None:
             embedded.stop()
         raise
-    commands = CommandService(app, HANDLERS, email_key=email_key(settings), clock=clock or SystemClock())
+    commands = CommandService(app, HANDLERS, email_key=email_key(settings), clock=clock or SystemClock(),
+                              cache_size=settings.command_cache_size)
     tokens = TokenIssuer(jwt_settings(settings))
     kafka = kafka_feed(settings, url, app) if settings.kafka_bootstrap_servers else None
     return System(settings, app, commands, tokens, embedded, read, url, kafka,

@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".crm-data"), description="Embedded server data and local secrets.")
     db_pool_size: int = 10
+    command_cache_size: int = Field(
+        default=10_000, ge=0,
+        description="Records each process keeps in memory between commands (0: every "
+        "command rebuilds its records from the log).",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     run_projections: bool = Field(

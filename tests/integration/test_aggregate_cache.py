@@ -133,3 +133,11 @@ def test_a_failed_command_leaves_nothing_half_changed_in_the_cache(system: Any) 
     assert after.version == 3
     record = system.app.load(type(system.commands.cache.take(created.id)), created.id)
     assert record.industry is None
+
+
+def test_with_no_cache_every_command_rebuilds_its_records(make_system: Any) -> None:
+    system = make_system(command_cache_size=0)
+    assert system.commands.cache is None
+    created = _register(system)
+    assert _details(system, created.id, 1, industry="retail").version == 2
+    assert _tag(system, created.id, "vip").version == 3
