@@ -56,6 +56,11 @@ def _field_adapters(cls: type[CrmEvent]) -> dict[str, TypeAdapter[Any]]:
 
 def dump_fields(cls: type[CrmEvent], values: dict[str, Any]) -> dict[str, Any]:
     """JSON-ready form of event fields (Decimal as string, times as ISO 8601)."""
+    names, adapter = _fields_adapter(cls)
+    if len(values) == len(names) and all(n in values for n in names):
+        # All of them (an event's payload): one serializer call for the whole event.
+        out: dict[str, Any] = adapter.dump_python(values, mode="json")
+        return out
     adapters = _field_adapters(cls)
     return {k: adapters[k].dump_python(v, mode="json") for k, v in values.items()}
 
