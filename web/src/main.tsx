@@ -116,7 +116,7 @@ function Shell({ session }: { session: Session }) {
   useSignal(locale);
   useSignal(peopleVersion);
   const { parts } = useRoute();
-  useEffect(() => { void loadPeople(session); }, [session.token]);
+  useEffect(() => { void loadPeople(session); }, [session.user.id]);
   const [menuOpen, setMenuOpen] = useState(false);
   const screens = screensFor(session.user.role);
   const screen = (parts[0] ?? "") as Screen;

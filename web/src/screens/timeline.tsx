@@ -1,9 +1,10 @@
 // The activity timeline of a customer: who changed what, when and why, with field diffs.
+import { useEffect, useState } from "preact/hooks";
 import { get } from "../api";
 import { dateTime, locale, t } from "../i18n";
 import { person } from "../people";
 import { useSignal } from "../signal";
-import { Show, useLoad } from "../ui";
+import { ErrorBox, Loading } from "../ui";
 
 export interface Change {
   field: string;
@@ -103,16 +104,56 @@ export function TimelineEntries({ items }: { items: TimelineEntry[] }) {
   );
 }
 
-/** The customer's timeline, newest first (one page of up to 1,000 events). */
+/** A page of the timeline, newest first: `next_before` pages back to older events. */
+interface TimelinePage {
+  items: TimelineEntry[];
+  next_before: number | null;
+}
+
+export const TIMELINE_PAGE = 50;
+
+/** The customer's timeline, newest first, a page at a time ("show older" loads the next). */
 export function Timeline({ customerId, version }: { customerId: string; version: unknown }) {
-  const state = useLoad(
-    async (signal) => {
-      const page = await get<{ items: TimelineEntry[]; next_after: number | null }>(
-        `/customers/${customerId}/timeline`, { limit: 1000 }, signal,
+  useSignal(locale);
+  const [items, setItems] = useState<TimelineEntry[]>([]);
+  const [before, setBefore] = useState<number | null>(null);
+  const [loading, setLoading] = useState(true);
+  const [error, setError] = useState<unknown>(null);
+  const [tick, setTick] = useState(0);
+
+  async function load(from: number | null, signal?: AbortSignal) {
+    setLoading(true);
+    setError(null);
+    try {
+      const page = await get<TimelinePage>(
+        `/customers/${customerId}/timeline`, { order: "newest", limit: TIMELINE_PAGE, before: from }, signal,
       );
-      return page.items.slice().reverse();
-    },
-    [customerId, version],
+      if (signal?.aborted) return;
+      setItems((old) => (from === null ? page.items : [...old, ...page.items]));
+      setBefore(page.next_before);
+    } catch (e) {
+      if (!signal?.aborted) setError(e);
+    } finally {
+      if (!signal?.aborted) setLoading(false);
+    }
+  }
+  useEffect(() => {
+    const ctrl = new AbortController();
+    void load(null, ctrl.signal);
+    return () => ctrl.abort();
+  }, [customerId, version, tick]);
+
+  return (
+    <div class="timeline-pages">
+      {error ? <ErrorBox error={error} onRetry={() => (items.length ? load(before) : setTick((n) => n + 1))} /> : null}
+      {items.length > 0 && <TimelineEntries items={items} />}
+      {!loading && !error && items.length === 0 && <p class="empty">{t("noResults")}</p>}
+      {loading && <Loading />}
+      {before !== null && !loading && (
+        <button type="button" class="more" data-testid="timeline-older" onClick={() => load(before)}>
+          {t("showOlder")}
+        </button>
+      )}
+    </div>
   );
-  return <Show state={state}>{(items) => <TimelineEntries items={items} />}</Show>;
 }
