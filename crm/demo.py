@@ -60,12 +60,12 @@ PRODUCTS = [("SKU-100", "Starter licence", Decimal("49.00")), ("SKU-200", "Team 
 
 def demo_rules() -> dict[str, Any]:
     """The default automation rules with the demo's people in the teams: the agent works
-    both queues and the manager manages them and takes escalations."""
+    both queues and the manager manages them (told of every breach; a breached request
+    stays with the agent, as the demo has one)."""
     rules: dict[str, Any] = json.loads(DEFAULT_RULES.read_text())
     rules["teams"] = [
         {"name": "support", "manager": MANAGER, "agents": [{"id": a} for a in AGENTS]},
-        {"name": "escalations", "manager": MANAGER, "escalate_to": MANAGER,
-         "agents": [{"id": a} for a in AGENTS]},
+        {"name": "escalations", "manager": MANAGER, "agents": [{"id": a} for a in AGENTS]},
     ]
     return rules
 

@@ -73,6 +73,17 @@ class UserPage(BaseModel):
     next_after: str | None = Field(description="Pass as ?after= for the next page.")
 
 
+class PersonOut(BaseModel):
+    id: UUID
+    display_name: str | None
+    role: str
+    active: bool
+
+
+class People(BaseModel):
+    items: list[PersonOut]
+
+
 class TeamOut(BaseModel):
     id: UUID
     name: str
@@ -249,6 +260,15 @@ def list_users(
     return {"items": items, "next_after": rows[-1]["username"] if more else None}
 
 
+def list_people(caller: Caller, request: Request) -> Any:
+    """Every user's id, name and role, so that screens show who did what by name (names of
+    colleagues are no secret; usernames, e-mail addresses and teams stay with /users)."""
+    with reading(services(request).read, read_after(request)) as conn:
+        rows = conn.execute("SELECT id, coalesce(display_name, username) AS display_name, role, active"
+                            " FROM crm_read.users ORDER BY display_name, id").fetchall()
+    return {"items": [PersonOut.model_validate(r).model_dump(mode="json") for r in rows]}
+
+
 def list_teams(caller: Caller, request: Request) -> Any:
     """Every team (names and managers are no secret to colleagues)."""
     with reading(services(request).read, read_after(request)) as conn:
@@ -322,6 +342,9 @@ def build_identity_router() -> APIRouter:
                     responses={401: {"description": "Expired, invalid or deactivated user's token, or "
                                                     "the session is too old (sign in again)"},
                                403: {"description": "Not a user's sign-in token (an API key, a script's token)"}})
+    r.add_api_route("/people", list_people, methods=["GET"], response_model=People, operation_id="list_people",
+                    summary="Every user's name and role (to show people by name)",
+                    openapi_extra={"parameters": OPENAPI_PARAMETERS})
     r.add_api_route("/auth/me", me, methods=["GET"], response_model=Me, operation_id="who_am_i",
                     summary="The caller")
     add_command(r, "/users", ci.CreateUser, SCOPE, USERS, summary="Create a user (admin)", targeted=False)

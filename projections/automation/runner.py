@@ -310,10 +310,10 @@ class AutomationRunner:
             return
         first_due = start + timedelta(minutes=sla.first_response_minutes)
         resolution_due = start + timedelta(minutes=sla.resolution_minutes)
-        command = cs.SetServiceRequestSla(
-            priority=priority, first_response_due_at=first_due, resolution_due_at=resolution_due,
-            reason=(f"SLA policy for {priority} priority: first response within {sla.first_response_minutes:g}"
-                    f" min and resolution within {sla.resolution_minutes:g} min of opening{why}"))
+        command = cs.SetServiceRequestSla.model_validate({
+            "priority": priority, "first_response_due_at": first_due, "resolution_due_at": resolution_due,
+            "reason": (f"SLA policy for {priority} priority: first response within {sla.first_response_minutes:g}"
+                       f" min and resolution within {sla.resolution_minutes:g} min of opening{why}")})
         self._issue(f"sla:{event.meta.event_id}", command, event, target=request_id)
         cause = {"causation_id": str(event.meta.event_id), "correlation_id": event.meta.correlation_id,
                  "request_id": str(request_id), "team": team}

@@ -154,6 +154,21 @@ def test_deactivated_user_cannot_sign_in_and_their_token_stops_working(client: C
     assert_problem(client.write(f"{USERS}/{created['id']}/deactivation", {"why": "x"}, version=3), 422, "why")
 
 
+def test_every_caller_reads_colleagues_names_but_not_their_details(client: Client) -> None:
+    created = client.create_user("pat", role="service_agent", display_name="Pat Agent", email="pat@example.com")
+    client.create_user("quinn")  # no display name: the username stands in
+    rep = client.token("quinn")
+    assert_problem(client.get(USERS, headers=rep), 403)  # the directory's details stay with admins
+    r = client.get("/api/v1/people", headers=rep)
+    assert r.status_code == 200, r.text
+    people = {p["id"]: p for p in r.json()["items"]}
+    assert people[created["id"]] == {"id": created["id"], "display_name": "Pat Agent", "role": "service_agent",
+                                     "active": True}
+    assert people[str(user_id("quinn"))]["display_name"] == "quinn"
+    assert "pat@example.com" not in r.text and "team_id" not in r.text
+    assert_problem(client.http.get("/api/v1/people"), 401)
+
+
 def test_the_api_description_names_the_identity_routes(client: Client) -> None:
     r = client.http.get("/openapi.json")
     assert r.status_code == 200, r.text

@@ -28,10 +28,18 @@ export interface TimelineEntry {
   changes: Change[] | null;
 }
 
+/** An ISO 8601 time as the API writes it (e.g. 2026-12-04T12:09:36.404673+00:00). */
+export const ISO_TIME = /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})/g;
+
+/** A text with the ISO times in it written in the user's locale. */
+export function withLocalTimes(text: string): string {
+  return text.replace(ISO_TIME, (m) => dateTime(m));
+}
+
 /** A short human form of a value in a diff. */
 export function show(value: unknown): string {
   if (value === null || value === undefined) return "—";
-  if (typeof value === "string") return value;
+  if (typeof value === "string") return withLocalTimes(value);
   if (typeof value === "number" || typeof value === "boolean") return String(value);
   if (Array.isArray(value)) return value.map(show).join(", ");
   if (typeof value === "object") {
@@ -39,7 +47,7 @@ export function show(value: unknown): string {
     if ("value" in o && "kind" in o) return `${o.kind}: ${o.value}`;
     const entries = Object.entries(o);
     if (entries.length === 0) return "∅";
-    return entries.map(([k, x]) => `${k}: ${typeof x === "object" && x !== null ? show(x) : String(x)}`).join("; ");
+    return entries.map(([k, x]) => `${k}: ${show(x)}`).join("; ");
   }
   return String(value);
 }
@@ -51,9 +59,9 @@ export function showField(field: string, value: unknown): string {
   return PEOPLE_FIELDS.has(field) && typeof value === "string" ? person(value) : show(value);
 }
 
-/** "CustomerDetailsChanged" -> "Customer details changed". */
+/** "CustomerDetailsChanged" -> "Customer details changed" ("Sla" -> "SLA"). */
 export function eventLabel(type: string): string {
-  const words = type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase();
+  const words = type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase().replace(/\bsla\b/g, "SLA");
   return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
