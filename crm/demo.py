@@ -216,15 +216,16 @@ class DemoLoader:
         sid, v = s.id, s.version
         if final == "open":
             return
-        v = self._send(cs.AssignServiceRequest(assignee_id=agent, occurred_at=self._when(9, 8)), agent, "service_agent", sid, v).version
-        v = self._send(cs.ChangeServiceRequestStatus(status="in_progress", occurred_at=self._when(8, 7)), agent, "service_agent", sid, v).version
-        v = self._send(cs.CommentOnServiceRequest(body="Checked the account settings.", occurred_at=self._when(7, 6)), agent, "service_agent", sid).version
+        # Picked up within minutes and answered within hours (so most first responses meet their SLA).
+        v = self._send(cs.AssignServiceRequest(assignee_id=agent, occurred_at=opened + timedelta(minutes=rng.randint(1, 9))), agent, "service_agent", sid, v).version
+        v = self._send(cs.ChangeServiceRequestStatus(status="in_progress", occurred_at=opened + timedelta(minutes=rng.randint(10, 900))), agent, "service_agent", sid, v).version
+        v = self._send(cs.CommentOnServiceRequest(body="Checked the account settings.", occurred_at=opened + timedelta(minutes=rng.randint(901, 999))), agent, "service_agent", sid).version
         if final == "in_progress":
             return
         if final == "waiting_on_customer":
             self._send(cs.ChangeServiceRequestStatus(status="waiting_on_customer", occurred_at=self._when(6, 5)), agent, "service_agent", sid, v)
             return
-        v = self._send(cs.ResolveServiceRequest(resolution="Reset the password and confirmed access.", occurred_at=self._when(5, 4)), agent, "service_agent", sid, v).version
+        v = self._send(cs.ResolveServiceRequest(resolution="Reset the password and confirmed access.", occurred_at=opened + timedelta(minutes=rng.randint(1000, 7200))), agent, "service_agent", sid, v).version
         if rng.random() < 0.7:
             v = self._send(cs.RateServiceRequest(rating=rng.choice([3, 4, 5, 5, 2]), comment="Thanks", occurred_at=self._when(4, 3)), agent, "service_agent", sid).version
         if final == "closed":

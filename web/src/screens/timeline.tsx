@@ -1,7 +1,7 @@
 // The activity timeline of a customer: who changed what, when and why, with field diffs.
 import { useEffect, useState } from "preact/hooks";
 import { get } from "../api";
-import { dateTime, locale, t } from "../i18n";
+import { dateTime, locale, t, v } from "../i18n";
 import { person } from "../people";
 import { useSignal } from "../signal";
 import { ErrorBox, Loading } from "../ui";
@@ -98,7 +98,7 @@ export function TimelineEntries({ items }: { items: TimelineEntry[] }) {
           <div class="tl-head">
             <strong class="tl-type">{eventLabel(e.type)}</strong>
             <span class="muted">
-              {dateTime(e.occurred_at)} · {t("by")} <span class="actor" title={e.actor_id}>{person(e.actor_id)}</span> ({e.actor_role.replace("_", " ")})
+              {dateTime(e.occurred_at)} · {t("by")} <span class="actor" title={e.actor_id}>{person(e.actor_id)}</span> ({v(e.actor_role)})
             </span>
           </div>
           {e.reason && <div class="tl-reason">“{e.reason}”</div>}
