@@ -185,16 +185,24 @@ def test_resolve_a_service_request(page: Any, app: App) -> None:
 
 
 def test_the_queue_shows_the_sla_time_left_set_by_the_automation(page: Any, app: App) -> None:
-    # The automation (running in the app, with the demo's rules) records each routed
-    # request's SLA; the queue's read model then carries the due that applies now.
-    def routed() -> list[dict[str, Any]]:
-        items = app.get("/api/v1/service-requests", status="open", sort="priority", limit=100)["items"]
-        return [r for r in items if r["sla_due_at"]] if items and all(r["sla_due_at"] for r in items) else []
+    # A request comes in; the automation (running in the app, with the demo's rules) routes
+    # it and records its SLA, and the queue's read model carries the due that applies now.
+    customer = a_customer_of(app, uid(REP))
+    r = app.client.post("/api/v1/service-requests", headers=app.headers("agent"), json={
+        "customer_id": customer["id"], "channel": "phone", "type": "question", "priority": "low",
+        "subject": "Where is my invoice?"})
+    assert r.status_code == 201, r.text
+    opened = r.json()
 
-    queue = wait(routed, 60, "the automation to set the SLA of every open request")
-    ahead = [r for r in queue if datetime.fromisoformat(r["sla_due_at"]) > datetime.now(UTC)]
-    assert ahead, "the demo has no open request whose SLA is still running"
-    request = ahead[0]
+    def routed() -> dict[str, Any] | None:
+        items = app.get("/api/v1/service-requests", customer_id=customer["id"], limit=100)["items"]
+        return next((i for i in items if i["id"] == opened["id"] and i["sla_due_at"]), None)
+
+    request = wait(routed, 60, "the automation to set the new request's SLA")
+    assert datetime.fromisoformat(request["sla_due_at"]) > datetime.now(UTC)  # a day for a low priority
+    events = app.get(f"/api/v1/service-requests/{opened['id']}/events")["items"]
+    sla = next(e for e in events if e["type"] == "ServiceRequestSlaSet")
+    assert sla["actor_id"] == "automation" and sla["reason"].startswith("SLA policy for low priority")
     sign_in(page, app, ADMIN)
     goto(page, app, "/service")
     css(page, "[data-testid=scope-all]").click()
