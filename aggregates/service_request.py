@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from aggregates.base import Aggregate, CommandContext, applies
@@ -13,6 +14,7 @@ from events.service_request import (
     ServiceRequestOpened,
     ServiceRequestPriorityChanged,
     ServiceRequestResolved,
+    ServiceRequestSlaSet,
     ServiceRequestStatusChanged,
 )
 
@@ -49,6 +51,12 @@ class ServiceRequest(Aggregate):
     resolution: str | None
     rating: int | None
     rating_comment: str | None
+    #: when the request was opened (business time); None in snapshots taken before it was kept
+    opened_at: datetime | None = None
+    #: the service level (ServiceRequestSlaSet); None in snapshots taken before SLAs
+    sla_priority: str | None = None
+    first_response_due_at: datetime | None = None
+    resolution_due_at: datetime | None = None
 
     @classmethod
     def open(
@@ -110,6 +118,37 @@ class ServiceRequest(Aggregate):
             customer_id=self.customer_id,
             previous_priority=self.priority,
             priority=priority,
+        )
+        return True
+
+    def set_sla(self, ctx: CommandContext, priority: str, first_response_due_at: datetime,
+                resolution_due_at: datetime) -> bool:
+        """Record the service level due times; False when they are already these."""
+        if self.status in ("resolved", "closed"):
+            raise InvalidTransition(
+                f"a request that is {self.status} has no service level to meet", field="status"
+            )
+        if priority not in PRIORITIES:
+            raise InvalidValue(f"priority must be one of {PRIORITIES}", field="priority")
+        for name, due in (("first_response_due_at", first_response_due_at),
+                          ("resolution_due_at", resolution_due_at)):
+            if due.tzinfo is None:
+                raise InvalidValue(f"{name} must carry a time zone", field=name)
+        if resolution_due_at < first_response_due_at:
+            raise InvalidValue(
+                "the resolution cannot be due before the first response", field="resolution_due_at"
+            )
+        if (priority, first_response_due_at, resolution_due_at) == (
+            self.sla_priority, self.first_response_due_at, self.resolution_due_at
+        ):
+            return False
+        self._trigger(
+            ServiceRequestSlaSet,
+            ctx,
+            customer_id=self.customer_id,
+            priority=priority,
+            first_response_due_at=first_response_due_at,
+            resolution_due_at=resolution_due_at,
         )
         return True
 
@@ -188,11 +227,15 @@ class ServiceRequest(Aggregate):
         self.subject = e.subject
         self.description = e.description
         self.status = "open"
+        self.opened_at = e.meta.occurred_at
         self.assignee_id = None
         self.comments = []
         self.resolution = None
         self.rating = None
         self.rating_comment = None
+        self.sla_priority = None
+        self.first_response_due_at = None
+        self.resolution_due_at = None
 
     @applies(ServiceRequestAssigned)
     def _assigned(self, e: ServiceRequestAssigned) -> None:
@@ -201,6 +244,12 @@ class ServiceRequest(Aggregate):
     @applies(ServiceRequestPriorityChanged)
     def _priority_changed(self, e: ServiceRequestPriorityChanged) -> None:
         self.priority = e.priority
+
+    @applies(ServiceRequestSlaSet)
+    def _sla_set(self, e: ServiceRequestSlaSet) -> None:
+        self.sla_priority = e.priority
+        self.first_response_due_at = e.first_response_due_at
+        self.resolution_due_at = e.resolution_due_at
 
     @applies(ServiceRequestStatusChanged)
     def _status_changed(self, e: ServiceRequestStatusChanged) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
@@ -34,6 +34,15 @@ class AssignServiceRequest(Command):
 class ChangeServiceRequestPriority(Command):
     requires_version = True
     priority: Priority
+
+
+class SetServiceRequestSla(Command):
+    """Record when the request's first response and resolution are due (the automation
+    sends it when it routes a request and when its priority changes)."""
+
+    priority: Priority
+    first_response_due_at: AwareDatetime
+    resolution_due_at: AwareDatetime
 
 
 class ChangeServiceRequestStatus(Command):
@@ -91,6 +100,12 @@ def change_priority(cmd: ChangeServiceRequestPriority, uow: UnitOfWork, ctx: Com
     return sr
 
 
+def set_sla(cmd: SetServiceRequestSla, uow: UnitOfWork, ctx: CommandContext) -> ServiceRequest:
+    sr = _request(uow)
+    sr.set_sla(ctx, cmd.priority, cmd.first_response_due_at, cmd.resolution_due_at)
+    return sr
+
+
 def change_status(cmd: ChangeServiceRequestStatus, uow: UnitOfWork, ctx: CommandContext) -> ServiceRequest:
     sr = _request(uow)
     sr.change_status(ctx, cmd.status)
@@ -119,6 +134,7 @@ HANDLERS = {
     OpenServiceRequest: open_request,
     AssignServiceRequest: assign,
     ChangeServiceRequestPriority: change_priority,
+    SetServiceRequestSla: set_sla,
     ChangeServiceRequestStatus: change_status,
     CommentOnServiceRequest: comment,
     ResolveServiceRequest: resolve,

@@ -146,7 +146,8 @@ def authenticator(settings: Settings, app: CrmApplication, tokens: TokenIssuer) 
     )
     return Authenticator(app, tokens, limits, active_cache_seconds=settings.auth_cache_seconds,
                          api_key_touch_seconds=settings.api_key_touch_seconds,
-                         access_token_ttl=timedelta(minutes=settings.access_token_minutes))
+                         access_token_ttl=timedelta(minutes=settings.access_token_minutes),
+                         max_session=timedelta(hours=settings.session_max_hours))
 
 
 class EmbeddedPostgres:

@@ -34,6 +34,11 @@ def serve(
     settings = Settings()
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
+    if demo and settings.automation_rules_file is None:
+        # The demo's automation routes to the demo's people (not the default rules' examples).
+        from crm.demo import write_demo_rules
+
+        settings = settings.model_copy(update={"automation_rules_file": write_demo_rules(settings.data_dir)})
     configure(settings.log_format, settings.log_level)
     system = bootstrap.build(settings)
     # uvicorn handles SIGINT/SIGTERM itself; make sure we stop the server we started.

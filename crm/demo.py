@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +22,7 @@ from commands import identity as ids
 from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request
 from commands.clock import Clock, SequentialIds
+from projections.automation.config import DEFAULT_RULES
 
 FIRST = ["Ada", "Bo", "Chen", "Dana", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena",
          "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Vera", "Wei", "Yuki"]
@@ -53,6 +56,26 @@ SETUP = Principal("crm-demo", "admin")
 CURRENCIES = ["EUR", "EUR", "USD", "GBP", "CNY"]
 PRODUCTS = [("SKU-100", "Starter licence", Decimal("49.00")), ("SKU-200", "Team licence", Decimal("199.00")),
             ("SKU-300", "Support plan", Decimal("99.50")), ("SKU-400", "Onboarding", Decimal("750.00"))]
+
+
+def demo_rules() -> dict[str, Any]:
+    """The default automation rules with the demo's people in the teams: the agent works
+    both queues and the manager manages them (told of every breach; a breached request
+    stays with the agent, as the demo has one)."""
+    rules: dict[str, Any] = json.loads(DEFAULT_RULES.read_text())
+    rules["teams"] = [
+        {"name": "support", "manager": MANAGER, "agents": [{"id": a} for a in AGENTS]},
+        {"name": "escalations", "manager": MANAGER, "agents": [{"id": a} for a in AGENTS]},
+    ]
+    return rules
+
+
+def write_demo_rules(data_dir: Path) -> Path:
+    """``demo_rules()`` as a rules file in ``data_dir`` (for ``crm serve --demo``)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "demo-automation-rules.json"
+    path.write_text(json.dumps(demo_rules(), indent=1))
+    return path
 
 
 class DemoLoader:
@@ -180,26 +203,29 @@ class DemoLoader:
     def _service_request(self, cid: UUID, i: int) -> None:
         rng = self.rng
         agent = AGENTS[i % len(AGENTS)]
+        final = ["open", "in_progress", "waiting_on_customer", "resolved", "closed", "reopened"][i % 6]
+        # Requests nobody has touched yet came in over the last hours (their SLA still runs).
+        opened = self._when(60, 10) if final != "open" else self.now - timedelta(minutes=rng.randint(5, 900))
         s = self._send(cs.OpenServiceRequest(
             customer_id=cid, channel=rng.choice(["phone", "email", "web", "chat", "social"]),
             type=rng.choice(["question", "incident", "complaint", "request"]),
             priority=rng.choice(["low", "normal", "normal", "high", "urgent"]),
             subject="Cannot sign in" if rng.random() < 0.5 else "Invoice question",
             description="The customer described the problem on the phone.",
-            occurred_at=self._when(60, 10)), agent, "service_agent")
+            occurred_at=opened), agent, "service_agent")
         sid, v = s.id, s.version
-        final = ["open", "in_progress", "waiting_on_customer", "resolved", "closed", "reopened"][i % 6]
         if final == "open":
             return
-        v = self._send(cs.AssignServiceRequest(assignee_id=agent, occurred_at=self._when(9, 8)), agent, "service_agent", sid, v).version
-        v = self._send(cs.ChangeServiceRequestStatus(status="in_progress", occurred_at=self._when(8, 7)), agent, "service_agent", sid, v).version
-        v = self._send(cs.CommentOnServiceRequest(body="Checked the account settings.", occurred_at=self._when(7, 6)), agent, "service_agent", sid).version
+        # Picked up within minutes and answered within hours (so most first responses meet their SLA).
+        v = self._send(cs.AssignServiceRequest(assignee_id=agent, occurred_at=opened + timedelta(minutes=rng.randint(1, 9))), agent, "service_agent", sid, v).version
+        v = self._send(cs.ChangeServiceRequestStatus(status="in_progress", occurred_at=opened + timedelta(minutes=rng.randint(10, 900))), agent, "service_agent", sid, v).version
+        v = self._send(cs.CommentOnServiceRequest(body="Checked the account settings.", occurred_at=opened + timedelta(minutes=rng.randint(901, 999))), agent, "service_agent", sid).version
         if final == "in_progress":
             return
         if final == "waiting_on_customer":
             self._send(cs.ChangeServiceRequestStatus(status="waiting_on_customer", occurred_at=self._when(6, 5)), agent, "service_agent", sid, v)
             return
-        v = self._send(cs.ResolveServiceRequest(resolution="Reset the password and confirmed access.", occurred_at=self._when(5, 4)), agent, "service_agent", sid, v).version
+        v = self._send(cs.ResolveServiceRequest(resolution="Reset the password and confirmed access.", occurred_at=opened + timedelta(minutes=rng.randint(1000, 7200))), agent, "service_agent", sid, v).version
         if rng.random() < 0.7:
             v = self._send(cs.RateServiceRequest(rating=rng.choice([3, 4, 5, 5, 2]), comment="Thanks", occurred_at=self._when(4, 3)), agent, "service_agent", sid).version
         if final == "closed":

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # -- signing in and limits -------------------------------------------------------------
     access_token_minutes: float = Field(
         default=15.0, gt=0, description="Lifetime of the tokens POST /api/v1/auth/token hands out.")
+    session_max_hours: float = Field(
+        default=12.0, gt=0, description="How long after signing in POST /api/v1/auth/refresh still hands "
+        "out a new token; then the user signs in again.")
     auth_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts a user's sign-in state (active or "
         "deactivated) before re-reading it: the longest a deactivated user's token still works in "

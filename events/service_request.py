@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from events.base import CrmEvent, register
@@ -42,6 +43,20 @@ class ServiceRequestPriorityChanged(ServiceRequestEvent):
     customer_id: UUID
     previous_priority: str
     priority: str
+
+
+@register
+class ServiceRequestSlaSet(ServiceRequestEvent):
+    """The service level that applies to the request: when its first response and its
+    resolution are due, under the SLA policy of ``priority`` (the policy is named in the
+    event's reason; the actor is whoever applied it, usually the automation)."""
+
+    type_name = "ServiceRequestSlaSet"
+
+    customer_id: UUID
+    priority: str
+    first_response_due_at: datetime
+    resolution_due_at: datetime
 
 
 @register

@@ -114,6 +114,9 @@ SUMMARIES: dict[type[CrmEvent], Summary] = {
         f"Service request opened: {e.request_type}, {e.priority} priority, via {e.channel}"),
     se.ServiceRequestAssigned: lambda e: f"Service request assigned to {e.assignee_id}",
     se.ServiceRequestPriorityChanged: lambda e: f"Priority changed from {e.previous_priority} to {e.priority}",
+    se.ServiceRequestSlaSet: lambda e: (
+        f"SLA for {e.priority} priority: first response due {_day(e.first_response_due_at)},"
+        f" resolution due {_day(e.resolution_due_at)}"),
     se.ServiceRequestStatusChanged: lambda e: f"Status changed from {_h(e.from_status)} to {_h(e.to_status)}",
     se.ServiceRequestCommented: lambda e: (
         f"{'Customer-visible' if e.visibility == 'customer' else 'Internal'} comment added"),

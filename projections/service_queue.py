@@ -27,7 +27,11 @@ SERVICE_REQUESTS = Table(
         "resolved_at": "timestamptz",
         "closed_at": "timestamptz",
         "rating": "int",
-        "sla_due_at": "timestamptz",  # filled when SLAs land; null until then
+        "first_response_due_at": "timestamptz",
+        "resolution_due_at": "timestamptz",
+        #: the due that applies now: the first response's until someone responded, then
+        #: the resolution's (null while the request has no SLA)
+        "sla_due_at": "timestamptz",
         "updated_at": "timestamptz NOT NULL",
     },
     key="id",
@@ -43,7 +47,7 @@ AGENT_ROLES = frozenset({"service_agent", "manager", "admin"})
 
 class ServiceQueue(Projection):
     name = "service_queue"
-    version = 1
+    version = 2
     tables = (SERVICE_REQUESTS, CUSTOMER_NAMES)
 
 
@@ -60,10 +64,10 @@ def _change(view: BatchView, e: Any, **changes: Any) -> Row | None:
 
 
 def _responded(row: Row | None, e: Any) -> dict[str, Any]:
-    """``first_response_at`` if this is the first response."""
+    """``first_response_at`` (and the SLA due that now applies) if this is the first response."""
     if row is None or row["first_response_at"] is not None:
         return {}
-    return {"first_response_at": e.meta.occurred_at}
+    return {"first_response_at": e.meta.occurred_at, "sla_due_at": row["resolution_due_at"]}
 
 
 @ServiceQueue.handles(
@@ -90,6 +94,8 @@ def _opened(view: BatchView, e: se.ServiceRequestOpened) -> None:
         "resolved_at": None,
         "closed_at": None,
         "rating": None,
+        "first_response_due_at": None,
+        "resolution_due_at": None,
         "sla_due_at": None,
         "updated_at": e.meta.recorded_at,
     })
@@ -103,6 +109,14 @@ def _assigned(view: BatchView, e: se.ServiceRequestAssigned) -> None:
 @ServiceQueue.handles(se.ServiceRequestPriorityChanged, needs=_sr)
 def _priority(view: BatchView, e: se.ServiceRequestPriorityChanged) -> None:
     _change(view, e, priority=e.priority)
+
+
+@ServiceQueue.handles(se.ServiceRequestSlaSet, needs=_sr)
+def _sla_set(view: BatchView, e: se.ServiceRequestSlaSet) -> None:
+    row = view.get("service_requests", e.originator_id)
+    responded = row is not None and row["first_response_at"] is not None
+    _change(view, e, first_response_due_at=e.first_response_due_at, resolution_due_at=e.resolution_due_at,
+            sla_due_at=e.resolution_due_at if responded else e.first_response_due_at)
 
 
 @ServiceQueue.handles(se.ServiceRequestStatusChanged, needs=_sr)

@@ -71,11 +71,13 @@ class TokenIssuer:
         self.settings = settings
 
     def issue(self, user_id: str, role: str, *, ttl: timedelta = timedelta(hours=8),
-              now: datetime | None = None, team_id: str | None = None) -> str:
+              now: datetime | None = None, team_id: str | None = None, auth_time: int | None = None) -> str:
+        """A signed token; ``auth_time`` is when the user signed in (kept across refreshes;
+        the token's own issue time when not given)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         now = now or datetime.now(UTC)
-        claims = {
+        claims: dict[str, Any] = {
             "sub": user_id,
             "role": role,
             "iss": self.settings.issuer,
@@ -83,12 +85,17 @@ class TokenIssuer:
             "iat": int(now.timestamp()),
             "exp": int((now + ttl).timestamp()),
             "jti": uuid.uuid4().hex,
+            "auth_time": int(now.timestamp()) if auth_time is None else auth_time,
         }
         if team_id is not None:
             claims["team"] = team_id
         return jwt.encode(claims, self.settings.signing_key(), algorithm=self.settings.algorithm)
 
     def verify(self, token: str) -> Principal:
+        return self.principal(self.claims(token))
+
+    def claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token signed by this issuer and not expired (else 401)."""
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -103,6 +110,10 @@ class TokenIssuer:
             raise _unauthorised("the token has expired") from None
         except jwt.InvalidTokenError as e:
             raise _unauthorised(f"invalid token: {e}") from None
+        return claims
+
+    @staticmethod
+    def principal(claims: dict[str, Any]) -> Principal:
         role = claims.get("role")
         if role not in ROLES:
             raise _unauthorised("the token names no known role")
@@ -130,12 +141,15 @@ class Authenticator:
     def __init__(self, app: CrmApplication, tokens: TokenIssuer, limits: RateLimits, *,
                  active_cache_seconds: float = 2.0, api_key_touch_seconds: float = 60.0,
                  access_token_ttl: timedelta = timedelta(minutes=15),
+                 max_session: timedelta = timedelta(hours=12),
                  monotonic: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.app = app
         self.tokens = tokens
         self.limits = limits
         self.access_token_ttl = access_token_ttl
+        #: how long after signing in a token can still be refreshed
+        self.max_session = max_session
         self._cache_seconds = active_cache_seconds
         self._touch_seconds = api_key_touch_seconds
         self._monotonic = monotonic

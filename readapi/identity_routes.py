@@ -7,7 +7,7 @@ current one).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -71,6 +71,17 @@ class Me(BaseModel):
 class UserPage(BaseModel):
     items: list[UserOut]
     next_after: str | None = Field(description="Pass as ?after= for the next page.")
+
+
+class PersonOut(BaseModel):
+    id: UUID
+    display_name: str | None
+    role: str
+    active: bool
+
+
+class People(BaseModel):
+    items: list[PersonOut]
 
 
 class TeamOut(BaseModel):
@@ -140,6 +151,37 @@ def login(body: Login, request: Request) -> Any:
     team = str(user.team_id) if user.team_id else None
     ttl = auth.access_token_ttl
     token = auth.tokens.issue(str(user.id), user.role, ttl=ttl, team_id=team)
+    view = _user_view(user)
+    return JSONResponse({
+        "access_token": token, "token_type": "bearer", "expires_in": int(ttl.total_seconds()),
+        "user": {k: view[k] for k in ("id", "username", "display_name", "role", "team_id")},
+    }, headers={"Cache-Control": "no-store"})
+
+
+def refresh(caller: Caller, request: Request) -> Any:
+    """A new token (new id, fresh expiry) for the signed-in user's valid token, with the
+    user's current role and team; refused (401) for an expired, forged or foreign token,
+    a deactivated or unknown user, or a session older than the configured maximum."""
+    auth = authenticator(request)
+    scheme, _, presented = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip() or presented.strip().startswith("crmk_"):
+        raise _forbidden("only a signed-in user's token can be refreshed (not an API key)")
+    claims = auth.tokens.claims(presented.strip())  # the caller was authenticated by it: valid
+    try:
+        user = services(request).app.load(ci.User, UUID(caller.id))
+    except (ValueError, ci.NotFound):  # a script's token (`crm token`), or a user who never was
+        raise _forbidden("only a signed-in user's token can be refreshed") from None
+    if not user.active:
+        raise Problem(401, "the user is deactivated", code="unauthorized",
+                      headers={"WWW-Authenticate": 'Bearer realm="crm"'})
+    now = datetime.now(UTC)
+    auth_time = int(claims.get("auth_time", claims.get("iat", 0)))
+    if now.timestamp() - auth_time > auth.max_session.total_seconds():
+        raise Problem(401, "the session is too old to refresh; sign in again", code="session-expired",
+                      headers={"WWW-Authenticate": 'Bearer realm="crm"'})
+    team = str(user.team_id) if user.team_id else None
+    ttl = auth.access_token_ttl
+    token = auth.tokens.issue(str(user.id), user.role, ttl=ttl, team_id=team, now=now, auth_time=auth_time)
     view = _user_view(user)
     return JSONResponse({
         "access_token": token, "token_type": "bearer", "expires_in": int(ttl.total_seconds()),
@@ -218,6 +260,15 @@ def list_users(
     return {"items": items, "next_after": rows[-1]["username"] if more else None}
 
 
+def list_people(caller: Caller, request: Request) -> Any:
+    """Every user's id, name and role, so that screens show who did what by name (names of
+    colleagues are no secret; usernames, e-mail addresses and teams stay with /users)."""
+    with reading(services(request).read, read_after(request)) as conn:
+        rows = conn.execute("SELECT id, coalesce(display_name, username) AS display_name, role, active"
+                            " FROM crm_read.users ORDER BY display_name, id").fetchall()
+    return {"items": [PersonOut.model_validate(r).model_dump(mode="json") for r in rows]}
+
+
 def list_teams(caller: Caller, request: Request) -> Any:
     """Every team (names and managers are no secret to colleagues)."""
     with reading(services(request).read, read_after(request)) as conn:
@@ -285,6 +336,15 @@ def build_identity_router() -> APIRouter:
                     summary="Sign in with username and password: a short-lived bearer token",
                     responses={401: {"description": "Wrong username or password"},
                                429: {"description": "Too many attempts (see Retry-After)"}})
+    r.add_api_route("/auth/refresh", refresh, methods=["POST"], response_model=TokenOut,
+                    operation_id="refresh_token",
+                    summary="Exchange the signed-in user's valid token for a new one (fresh expiry)",
+                    responses={401: {"description": "Expired, invalid or deactivated user's token, or "
+                                                    "the session is too old (sign in again)"},
+                               403: {"description": "Not a user's sign-in token (an API key, a script's token)"}})
+    r.add_api_route("/people", list_people, methods=["GET"], response_model=People, operation_id="list_people",
+                    summary="Every user's name and role (to show people by name)",
+                    openapi_extra={"parameters": OPENAPI_PARAMETERS})
     r.add_api_route("/auth/me", me, methods=["GET"], response_model=Me, operation_id="who_am_i",
                     summary="The caller")
     add_command(r, "/users", ci.CreateUser, SCOPE, USERS, summary="Create a user (admin)", targeted=False)

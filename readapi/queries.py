@@ -121,7 +121,10 @@ SERVICE_REQUESTS = ListSpec(
         Filter("customer_id", "customer_id", "uuid"),
     ),
     sorts=(
-        Sort("priority", (_PRIORITY_RANK, col("opened_at", "timestamptz"))),
+        # The queue's order: most urgent first, then the soonest SLA due (none last), then the oldest.
+        Sort("priority", (_PRIORITY_RANK, col("sla_due_at", "timestamptz", nullable=True),
+                          col("opened_at", "timestamptz"))),
+        Sort("sla_due_at", (col("sla_due_at", "timestamptz", nullable=True), col("opened_at", "timestamptz"))),
         Sort("opened_at", (col("opened_at", "timestamptz"),)),
         Sort("updated_at", (col("updated_at", "timestamptz"),)),
     ),

@@ -12,7 +12,7 @@ import hashlib
 import io
 import zipfile
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -175,11 +175,15 @@ def add_history_route(router: APIRouter, base: str, aggregate_type: str) -> None
 def get_timeline(id: UUID, caller: Caller, request: Request,
                  after: Annotated[int, Query(ge=0, description="Log position to start after")] = 0,
                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+                 order: Annotated[Literal["oldest", "newest"], Query(
+                     description="oldest first (page on with `after` = `next_after`) or newest first "
+                                 "(page back with `before` = `next_before`)")] = "oldest",
+                 before: Annotated[int | None, Query(ge=1, description="Log position the page ends before")] = None,
                  from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
                  to: When = None,
                  type: Annotated[list[str] | None, Query(description="Event types")] = None,
                  actor: Annotated[str | None, Query(max_length=100)] = None) -> Any:
-    """Every event about the customer and its related records, oldest first."""
+    """Every event about the customer and its related records, oldest (or newest) first."""
     for name in type or ():
         if not known_type(name):
             raise invalid("type", f"unknown event type {name!r}")
@@ -190,11 +194,12 @@ def get_timeline(id: UUID, caller: Caller, request: Request,
         raise Problem(404, f"no customer {id}", code="not-found")
     require_current(request, caller, "customer", id)
     page = timeline(r, id, TimelineQuery(after=after, limit=limit, occurred_from=from_, occurred_to=to,
-                                         types=tuple(type or ()), actor=actor))
+                                         types=tuple(type or ()), actor=actor, before=before,
+                                         newest_first=order == "newest"))
     types = READABLE.get(caller.role, frozenset())
     return JSONResponse({"items": [_mask_entry(e, caller) for e in page.items
                                    if e["aggregate_type"] in types or e["aggregate_type"] == "audit_export"],
-                         "next_after": page.next_after})
+                         "next_after": page.next_after, "next_before": page.next_before})
 
 
 def get_export(id: UUID, caller: Caller, request: Request,

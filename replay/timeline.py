@@ -95,12 +95,16 @@ class TimelineQuery:
     occurred_to: datetime | None = None  # business time, exclusive
     types: tuple[str, ...] = ()
     actor: str | None = None
+    before: int | None = None  # log position: the page ends before it
+    newest_first: bool = False  # newest first (page back with ``before``)
 
 
 @dataclass
 class TimelinePage:
     items: list[dict[str, Any]]
     next_after: int | None
+    #: newest first: the position to pass as ``before`` for the next (older) page
+    next_before: int | None = None
 
 
 def subject_rows(replayer: Replayer, customer_id: UUID, q: TimelineQuery, *,
@@ -108,6 +112,9 @@ def subject_rows(replayer: Replayer, customer_id: UUID, q: TimelineQuery, *,
     """(position, aggregate id, version, topic, state) of the customer's events matching."""
     where = ["c.subject_id = %s", "c.notification_id > %s"]
     params: list[Any] = [customer_id, q.after]
+    if q.before is not None:
+        where.append("c.notification_id < %s")
+        params.append(q.before)
     if q.occurred_from is not None:
         where.append("c.occurred_at >= %s")
         params.append(q.occurred_from)
@@ -128,16 +135,20 @@ def subject_rows(replayer: Replayer, customer_id: UUID, q: TimelineQuery, *,
         rows = conn.cursor(row_factory=tuple_row).execute(
             f"SELECT c.notification_id, e.originator_id, e.originator_version, e.topic, e.state"
             f" FROM {CHAIN_TABLE} c JOIN {EVENTS_TABLE} e USING (notification_id)"
-            f" WHERE {' AND '.join(where)} ORDER BY c.notification_id LIMIT %s", params).fetchall()
+            f" WHERE {' AND '.join(where)} ORDER BY c.notification_id{' DESC' if q.newest_first else ''}"
+            " LIMIT %s", params).fetchall()
     return [(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
 
 
 def timeline(replayer: Replayer, customer_id: UUID, q: TimelineQuery) -> TimelinePage:
-    """One page of the customer's timeline, oldest first."""
+    """One page of the customer's timeline, oldest first (or newest first)."""
     rows = subject_rows(replayer, customer_id, q)
     more = len(rows) > q.limit
     rows = rows[: q.limit]
-    return TimelinePage(entries(replayer, rows), rows[-1][0] if more and rows else None)
+    last = rows[-1][0] if more and rows else None
+    if q.newest_first:
+        return TimelinePage(entries(replayer, rows), None, last)
+    return TimelinePage(entries(replayer, rows), last)
 
 
 def entries(replayer: Replayer, rows: list[tuple[int, UUID, int, str, bytes]]) -> list[dict[str, Any]]:

@@ -81,7 +81,7 @@ CUSTOMER_EVENTS = (ce.CustomerRegistered, ce.OwnerReassigned, ce.CustomerClassif
 STAGE_EVENTS = (oe.OpportunityOpened, oe.OpportunityStageChanged, oe.OpportunityReopened)
 TOPICS = frozenset(e.type_name for e in (
     *STAGE_EVENTS, *CUSTOMER_EVENTS, se.ServiceRequestOpened, se.ServiceRequestAssigned, se.ServiceRequestResolved,
-    se.ServiceRequestStatusChanged, te.TaskCreated, te.TaskDueChanged))
+    se.ServiceRequestStatusChanged, se.ServiceRequestPriorityChanged, te.TaskCreated, te.TaskDueChanged))
 
 
 def create_tables(conninfo: str) -> None:
@@ -218,6 +218,8 @@ class AutomationRunner:
             self._playbook(event)
         elif isinstance(event, se.ServiceRequestOpened):
             self._route(conn, event)
+        elif isinstance(event, se.ServiceRequestPriorityChanged):
+            self._priority_changed(conn, event)
         elif isinstance(event, se.ServiceRequestAssigned):
             self._load(conn, event.originator_id, event.assignee_id, True)
         elif isinstance(event, se.ServiceRequestResolved):
@@ -282,16 +284,42 @@ class AutomationRunner:
                 if self._issue(f"route:{event.meta.event_id}", command, event,
                                target=request_id, expected_version=sr.version):
                     self._load(conn, request_id, agent, True)
-        sla = self.config.sla.get(event.priority)  # type: ignore[call-overload]
+        self._set_sla(conn, event, request_id, event.priority, event.meta.occurred_at,
+                      team.name if team else None, "")
+
+    def _priority_changed(self, conn: psycopg.Connection[Any], event: se.ServiceRequestPriorityChanged) -> None:
+        """A person changed the priority: the SLA of the new priority applies, from the
+        opening. The automation's own raise on a breach keeps the SLA that was missed (a
+        tighter due would only be breached again at once)."""
+        if event.meta.actor.id == PRINCIPAL.id:
+            return
+        sr: Any = self.app.load(AGGREGATE_TYPES["service_request"], event.originator_id)
+        if sr.opened_at is None:
+            return
+        team = self.config.route(sr.request_type, sr.channel, event.priority)
+        self._set_sla(conn, event, event.originator_id, event.priority, sr.opened_at,
+                      team.name if team else None, f"; priority changed from {event.previous_priority}")
+
+    def _set_sla(self, conn: psycopg.Connection[Any], event: CrmEvent, request_id: UUID, priority: str,
+                 start: datetime, team: str | None, why: str) -> None:
+        """Record the SLA of ``priority`` counted from ``start`` on the request (a command,
+        so every reader sees the same due times, with who set them and why) and arm its
+        breach timers (a timer that fired already stays fired)."""
+        sla = self.config.sla.get(priority)  # type: ignore[call-overload]
         if sla is None:
             return
-        start = event.meta.occurred_at
+        first_due = start + timedelta(minutes=sla.first_response_minutes)
+        resolution_due = start + timedelta(minutes=sla.resolution_minutes)
+        command = cs.SetServiceRequestSla.model_validate({
+            "priority": priority, "first_response_due_at": first_due, "resolution_due_at": resolution_due,
+            "reason": (f"SLA policy for {priority} priority: first response within {sla.first_response_minutes:g}"
+                       f" min and resolution within {sla.resolution_minutes:g} min of opening{why}")})
+        self._issue(f"sla:{event.meta.event_id}", command, event, target=request_id)
         cause = {"causation_id": str(event.meta.event_id), "correlation_id": event.meta.correlation_id,
-                 "request_id": str(request_id), "team": team.name if team else None}
-        self._timer(conn, f"sla-first-response:{request_id}", start + timedelta(minutes=sla.first_response_minutes),
-                    "sla_first_response", cause)
-        self._timer(conn, f"sla-resolution:{request_id}", start + timedelta(minutes=sla.resolution_minutes),
-                    "sla_resolution", cause)
+                 "request_id": str(request_id), "team": team}
+        self._timer(conn, f"sla-first-response:{request_id}", first_due, "sla_first_response", cause,
+                    retime=True)
+        self._timer(conn, f"sla-resolution:{request_id}", resolution_due, "sla_resolution", cause, retime=True)
 
     @staticmethod
     def _least_loaded(conn: psycopg.Connection[Any], team: Team) -> str | None:
@@ -314,9 +342,12 @@ class AutomationRunner:
 
     @staticmethod
     def _timer(conn: psycopg.Connection[Any], timer_id: str, due_at: datetime, kind: str,
-               payload: dict[str, Any]) -> None:
+               payload: dict[str, Any], *, retime: bool = False) -> None:
+        """Arm a timer once; with ``retime`` an armed timer that has not fired moves to ``due_at``."""
+        on_conflict = (" ON CONFLICT (id) DO UPDATE SET due_at = EXCLUDED.due_at"
+                       " WHERE crm_automation_timers.fired_at IS NULL" if retime else " ON CONFLICT (id) DO NOTHING")
         conn.execute("INSERT INTO crm_automation_timers (id, due_at, kind, payload) VALUES (%s, %s, %s, %s)"
-                     " ON CONFLICT (id) DO NOTHING", (timer_id, due_at, kind, Jsonb(payload)))
+                     + on_conflict, (timer_id, due_at, kind, Jsonb(payload)))
 
     # -- satisfaction surveys ----------------------------------------------------------
     def _survey(self, conn: psycopg.Connection[Any], event: se.ServiceRequestResolved) -> None:

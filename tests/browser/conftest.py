@@ -62,11 +62,13 @@ def app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     pytrace=False)
     from commands.clock import SystemClock
     from crm.bootstrap import build, email_key
-    from crm.demo import DemoLoader
+    from crm.demo import DemoLoader, write_demo_rules
 
     truncate_crm_tables(database_url)
-    system = build(settings_for(database_url, tmp_path_factory.mktemp("browser-data"),
-                                audit_checkpoint_seconds=0))
+    data = tmp_path_factory.mktemp("browser-data")
+    # As `crm serve --demo`: the automation routes to the demo's people and sets SLAs.
+    system = build(settings_for(database_url, data, audit_checkpoint_seconds=0,
+                                automation_rules_file=write_demo_rules(data)))
     try:
         DemoLoader(system.app, email_key(system.settings), SystemClock(), customers=24).load()
         system.start_projections()

@@ -119,7 +119,7 @@ def test_a_concurrent_edit_is_shown_and_re_applied(page: Any, app: App) -> None:
     css(page, "[data-testid=save-details]").click()
     conflict = wait(lambda: css(page, "[data-testid=conflict]"), what="the conflict panel")
     text = conflict.text
-    assert new_country in text and "aerospace" in text and "moved office" in text and uid(MANAGER)[:8] in text
+    assert new_country in text and "aerospace" in text and "moved office" in text and "Maria Manager" in text
     css(page, "[data-testid=reapply]").click()
     wait(lambda: css(page, "[data-testid=details] [data-field=industry]").text == "aerospace",
          what="the re-applied industry")
@@ -182,6 +182,112 @@ def test_resolve_a_service_request(page: Any, app: App) -> None:
     page.find_element(By.CSS_SELECTOR, "dialog header button").click()
     wait(lambda: not all_css(page, f"[data-testid=request-row][data-id='{request['id']}']"),
          what="the request to leave the open queue")
+
+
+def test_the_queue_shows_the_sla_time_left_set_by_the_automation(page: Any, app: App) -> None:
+    # A request comes in; the automation (running in the app, with the demo's rules) routes
+    # it and records its SLA, and the queue's read model carries the due that applies now.
+    customer = a_customer_of(app, uid(REP))
+    r = app.client.post("/api/v1/service-requests", headers=app.headers("agent"), json={
+        "customer_id": customer["id"], "channel": "phone", "type": "question", "priority": "low",
+        "subject": "Where is my invoice?"})
+    assert r.status_code == 201, r.text
+    opened = r.json()
+
+    def routed() -> dict[str, Any] | None:
+        items = app.get("/api/v1/service-requests", customer_id=customer["id"], limit=100)["items"]
+        return next((i for i in items if i["id"] == opened["id"] and i["sla_due_at"]), None)
+
+    request = wait(routed, 60, "the automation to set the new request's SLA")
+    assert datetime.fromisoformat(request["sla_due_at"]) > datetime.now(UTC)  # a day for a low priority
+    events = app.get(f"/api/v1/service-requests/{opened['id']}/events")["items"]
+    sla = next(e for e in events if e["type"] == "ServiceRequestSlaSet")
+    assert sla["actor_id"] == "automation" and sla["reason"].startswith("SLA policy for low priority")
+    sign_in(page, app, ADMIN)
+    goto(page, app, "/service")
+    css(page, "[data-testid=scope-all]").click()
+    badge = wait(lambda: css(page, f"[data-testid=request-row][data-id='{request['id']}'] [data-testid=sla-left]"),
+                 what="the request's SLA badge")
+    assert badge.text.endswith(" left"), badge.text  # e.g. "3 h 12 min left"
+    assert badge.get_attribute("title"), "the due time is in the badge's title"
+    # Priority first, then the soonest due within a priority (none last).
+    known = {r["id"]: r for r in app.get("/api/v1/service-requests", limit=200,
+                                         status=["open", "in_progress", "waiting_on_customer", "reopened"])["items"]}
+    rank = {"urgent": 0, "high": 1, "normal": 2, "low": 3}
+    shown = [known[str(r.get_attribute("data-id"))] for r in all_css(page, "[data-testid=request-row]")]
+    keys = [(rank[r["priority"]], r["sla_due_at"] is None,
+             datetime.fromisoformat(r["sla_due_at"]) if r["sla_due_at"] else None) for r in shown]
+    assert len(keys) > 3
+    assert all((a[0], a[1]) < (b[0], b[1]) or (a[:2] == b[:2] and (a[2] is None or b[2] is None or a[2] <= b[2]))
+               for a, b in zip(keys, keys[1:], strict=False)), keys
+    css(page, f"[data-testid=request-row][data-id='{request['id']}']").click()
+    times = wait(lambda: css(page, "[data-testid=sla-times]"), what="the SLA times in the panel").text
+    assert "First response due" in times and "Resolution due" in times
+
+
+def test_a_working_session_is_refreshed_and_an_ended_one_goes_to_sign_in(page: Any, app: App) -> None:
+    sign_in(page, app, REP)
+    first = page.execute_script("return JSON.parse(localStorage.getItem('crm.session'))")
+    # Pretend the token runs out in four seconds; the page (loaded now: activity) refreshes it first.
+    page.execute_script(
+        "const s = JSON.parse(localStorage.getItem('crm.session'));"
+        "s.expires_at = Date.now() + 4000; localStorage.setItem('crm.session', JSON.stringify(s));")
+    goto(page, app, "/tasks")
+    renewed = wait(lambda: (s := page.execute_script("return JSON.parse(localStorage.getItem('crm.session'))"))
+                   and s["token"] != first["token"] and s, 15, "the refreshed token")
+    now_ms = page.execute_script("return Date.now()")
+    assert renewed["expires_at"] - now_ms > 10 * 60 * 1000  # a fresh 15 minutes
+    assert renewed["user"]["username"] == "rep"
+    r = app.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {renewed['token']}"})
+    assert r.status_code == 200 and r.json()["username"] == "rep"
+    assert all_css(page, "[data-testid=who]"), "still signed in"
+    # A token the API refuses (here: tampered): the next request goes to the sign-in with a message.
+    page.execute_script(
+        "const s = JSON.parse(localStorage.getItem('crm.session'));"
+        "s.token = s.token.slice(0, -4) + 'AAAA'; localStorage.setItem('crm.session', JSON.stringify(s));")
+    goto(page, app, "/customers")
+    wait(lambda: css(page, "input[name=username]"), what="the sign-in form")
+    assert "Your session has ended; please sign in again." in css(page, "main.signin").text
+
+
+def test_the_timeline_shows_older_events_page_by_page(page: Any, app: App) -> None:
+    customer = a_customer_of(app, uid(REP))
+    cid = customer["id"]
+    for i in range(55):  # more than a page of the timeline (50)
+        r = app.client.post("/api/v1/interactions", headers=app.headers("rep"), json={
+            "customer_id": cid, "channel": "note", "direction": "internal", "subject": f"Note {i}",
+            "body": f"Note number {i}"})
+        assert r.status_code == 201, r.text
+    total = 0
+    before = None
+    while True:
+        page_ = app.get(f"/api/v1/customers/{cid}/timeline", order="newest", limit=200,
+                        **({"before": before} if before else {}))
+        total += len(page_["items"])
+        if page_["next_before"] is None:
+            break
+        before = page_["next_before"]
+    assert total > 55
+    sign_in(page, app, REP)
+    goto(page, app, f"/customers/{cid}")
+    wait(lambda: len(all_css(page, "[data-testid=timeline] > li")) == 50, what="the first page of the timeline")
+    assert "Interaction logged" in css(page, "[data-testid=timeline] > li").text
+    older = css(page, "[data-testid=timeline-older]")
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", older)
+    older.click()
+    wait(lambda: len(all_css(page, "[data-testid=timeline] > li")) == min(total, 100), what="the older page")
+    if total <= 100:
+        wait(lambda: not all_css(page, "[data-testid=timeline-older]"), what="no more to show")
+    # The oldest entry is the customer's registration.
+    while all_css(page, "[data-testid=timeline-older]"):
+        button = css(page, "[data-testid=timeline-older]")
+        page.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+        button.click()
+        wait(lambda: len(all_css(page, "[data-testid=timeline] > li")) > 0, what="more entries")
+        page.implicitly_wait(0)
+        wait(lambda: not all_css(page, ".timeline-pages .loading"), what="the page to load")
+    wait(lambda: len(all_css(page, "[data-testid=timeline] > li")) == total, what="every entry")
+    assert "Customer registered" in all_css(page, "[data-testid=timeline] > li")[-1].text
 
 
 def test_a_change_shows_in_the_timeline_and_the_as_of_view(page: Any, app: App) -> None:

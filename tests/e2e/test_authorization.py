@@ -298,6 +298,8 @@ OTHER_ROUTES.update({
     # people and systems: not records of a customer; admins manage, managers read their team
     ("POST", f"{API}/auth/token"): _everyone(401),  # wrong password, whoever sends it
     ("GET", f"{API}/auth/me"): _everyone(200),
+    ("POST", f"{API}/auth/refresh"): _everyone(200),
+    ("GET", f"{API}/people"): _everyone(200),  # names and roles of colleagues, for every caller  # every role's user may renew their own token
     ("POST", f"{API}/users"): ADMIN_ONLY_WRITE,
     ("GET", f"{API}/users"): _only({"admin", "manager"}, {200}),
     ("GET", f"{API}/users/{{id}}"): _only({"admin", "manager"}, {200}),  # a teammate of the manager

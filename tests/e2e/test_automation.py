@@ -72,6 +72,9 @@ class World:
     def step(self) -> int:
         return int(self.system.automation().step())
 
+    def max_position(self) -> int:
+        return int(self.system.app.recorder.max_notification_id() or 0)
+
     def wait_read(self) -> int:
         return int(self.api.client.get("/ready").json()["event_log_position"])
 
@@ -173,16 +176,15 @@ def test_routing_sla_breach_escalates_once_and_notifies(world: World) -> None:
     complaint = _open_request(w, customer_id, type="complaint", priority="high")
     w.step()
     # the least-loaded active agent of the team; complaints go to their own team
-    assert w.events(f"/api/v1/service-requests/{first['id']}")[-1]["data"]["assignee_id"] == "agent-a"
-    assert w.events(f"/api/v1/service-requests/{second['id']}")[-1]["data"]["assignee_id"] == "agent-b"
-    assigned = w.events(f"/api/v1/service-requests/{complaint['id']}")[-1]
-    assert assigned["type"] == "ServiceRequestAssigned"
+    assert _one(w, first, "ServiceRequestAssigned")["data"]["assignee_id"] == "agent-a"
+    assert _one(w, second, "ServiceRequestAssigned")["data"]["assignee_id"] == "agent-b"
+    assigned = _one(w, complaint, "ServiceRequestAssigned")
     assert assigned["data"]["assignee_id"] == "agent-c"
     assert assigned["causation_id"] == w.events(f"/api/v1/service-requests/{complaint['id']}")[0]["event_id"]
 
     # agent-a responds to the first request in time; the others breach their first response
     r = w.api.post(f"/api/v1/service-requests/{first['id']}/status", {"status": "in_progress"},
-                   user="agent-a", role="service_agent", **{"If-Match": '"2"'})
+                   user="agent-a", role="service_agent", **{"If-Match": '"3"'})
     assert r.status_code == 200, r.text
     w.clock.advance(timedelta(minutes=29))
     w.step()
@@ -224,6 +226,74 @@ def test_routing_sla_breach_escalates_once_and_notifies(world: World) -> None:
     assert len([m for m in w.inbox.messages if m[0] == ["boss@example.com"]]) == 2
 
 
+def _one(w: World, request: dict[str, Any], event_type: str) -> dict[str, Any]:
+    """The request's only event of ``event_type``."""
+    found = [e for e in w.events(f"/api/v1/service-requests/{request['id']}") if e["type"] == event_type]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _queue(w: World, **params: str) -> list[dict[str, Any]]:
+    """The service queue from the read model, once it has everything written so far."""
+    query = "&".join(f"{k}={v}" for k, v in {"min_position": str(w.max_position()), **params}.items())
+    r = w.api.get(f"/api/v1/service-requests?{query}", user="ops", role="admin")
+    assert r.status_code == 200, r.text
+    return r.json()["items"]  # type: ignore[no-any-return]
+
+
+def test_routing_records_the_sla_on_the_request_and_the_queue_sorts_by_it(world: World) -> None:
+    w = world
+    customer_id = _customer(w)
+    normal = _open_request(w, customer_id)
+    high = _open_request(w, customer_id, priority="high")
+    low = _open_request(w, customer_id, priority="low")  # no SLA for low in these rules
+    w.step()
+    sla = _one(w, high, "ServiceRequestSlaSet")
+    assert sla["actor_id"] == "automation"
+    assert sla["reason"] == ("SLA policy for high priority: first response within 30 min and resolution"
+                             " within 240 min of opening")
+    assert sla["causation_id"] == w.events(f"/api/v1/service-requests/{high['id']}")[0]["event_id"]
+    assert sla["data"]["first_response_due_at"] == "2026-03-02T09:30:00Z"
+    assert sla["data"]["resolution_due_at"] == "2026-03-02T13:00:00Z"
+    assert all(e["type"] != "ServiceRequestSlaSet" for e in w.events(f"/api/v1/service-requests/{low['id']}"))
+
+    rows = {r["id"]: r for r in _queue(w)}
+    assert rows[high["id"]]["sla_due_at"] == "2026-03-02T09:30:00+00:00"  # nobody responded: the first response
+    assert rows[high["id"]]["resolution_due_at"] == "2026-03-02T13:00:00+00:00"
+    assert rows[normal["id"]]["sla_due_at"] == "2026-03-02T10:00:00+00:00"
+    assert rows[low["id"]]["sla_due_at"] is None
+
+    # The agent responds: the resolution's due applies.
+    version = _one(w, normal, "ServiceRequestSlaSet")["aggregate_version"]
+    r = w.api.post(f"/api/v1/service-requests/{normal['id']}/status", {"status": "in_progress"},
+                   user="agent-a", role="service_agent", **{"If-Match": f'"{version}"'})
+    assert r.status_code == 200, r.text
+    w.wait_read()
+    assert {r["id"]: r for r in _queue(w)}[normal["id"]]["sla_due_at"] == "2026-03-02T17:00:00+00:00"
+
+    # A person raises the priority: the automation sets the new priority's SLA, from the
+    # opening, and the breach timer follows (30 minutes instead of 60).
+    w.clock.advance(timedelta(minutes=10))
+    r = w.api.post(f"/api/v1/service-requests/{normal['id']}/priority", {"priority": "high", "reason": "VIP"},
+                   user="ops", role="admin", **{"If-Match": f'"{version + 1}"'})
+    assert r.status_code == 200, r.text
+    w.step()
+    resets = [e for e in w.events(f"/api/v1/service-requests/{normal['id']}") if e["type"] == "ServiceRequestSlaSet"]
+    assert [e["data"]["priority"] for e in resets] == ["normal", "high"]
+    assert resets[-1]["reason"].endswith("of opening; priority changed from normal")
+    assert resets[-1]["data"]["resolution_due_at"] == "2026-03-02T13:00:00Z"
+    assert {r["id"]: r for r in _queue(w)}[normal["id"]]["sla_due_at"] == "2026-03-02T13:00:00+00:00"
+    with connect(w.database_url) as conn:
+        due = conn.execute("SELECT due_at FROM crm_automation_timers WHERE id = %s",
+                           (f"sla-resolution:{normal['id']}",)).fetchone()
+    assert due is not None and due[0] == datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
+
+    # The queue by priority, then the soonest due: high (09:30), high (13:00), low.
+    assert [r["id"] for r in _queue(w, sort="priority")] == [high["id"], normal["id"], low["id"]]
+    assert [r["id"] for r in _queue(w, sort="sla_due_at")] == [high["id"], normal["id"], low["id"]]
+    assert [r["id"] for r in _queue(w, sort="-sla_due_at")][0] == normal["id"]
+
+
 def test_task_reminders_due_soon_then_overdue(world: World) -> None:
     w = world
     due = MONDAY_9 + timedelta(hours=5)
@@ -258,9 +328,9 @@ def test_the_survey_link_works_once_and_rejects_forged_and_expired_ones(world: W
     w = world
     customer_id = _customer(w)
     sr = _open_request(w, customer_id)
-    w.step()  # routed to agent-a
+    w.step()  # routed to agent-a, its SLA set
     r = w.api.post(f"/api/v1/service-requests/{sr['id']}/resolution", {"resolution": "Fixed"},
-                   user="agent-a", role="service_agent", **{"If-Match": '"2"'})
+                   user="agent-a", role="service_agent", **{"If-Match": '"3"'})
     assert r.status_code == 200, r.text
     w.step()
     invitations = [n for n in w.notifications("agent-a") if n["kind"] == "survey_invitation"]

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 LOGIN = "/api/v1/auth/token"
 ME = "/api/v1/auth/me"
+REFRESH = "/api/v1/auth/refresh"
 USERS = "/api/v1/users"
 TEAMS = "/api/v1/teams"
 KEYS = "/api/v1/api-keys"
@@ -153,11 +154,26 @@ def test_deactivated_user_cannot_sign_in_and_their_token_stops_working(client: C
     assert_problem(client.write(f"{USERS}/{created['id']}/deactivation", {"why": "x"}, version=3), 422, "why")
 
 
+def test_every_caller_reads_colleagues_names_but_not_their_details(client: Client) -> None:
+    created = client.create_user("pat", role="service_agent", display_name="Pat Agent", email="pat@example.com")
+    client.create_user("quinn")  # no display name: the username stands in
+    rep = client.token("quinn")
+    assert_problem(client.get(USERS, headers=rep), 403)  # the directory's details stay with admins
+    r = client.get("/api/v1/people", headers=rep)
+    assert r.status_code == 200, r.text
+    people = {p["id"]: p for p in r.json()["items"]}
+    assert people[created["id"]] == {"id": created["id"], "display_name": "Pat Agent", "role": "service_agent",
+                                     "active": True}
+    assert people[str(user_id("quinn"))]["display_name"] == "quinn"
+    assert "pat@example.com" not in r.text and "team_id" not in r.text
+    assert_problem(client.http.get("/api/v1/people"), 401)
+
+
 def test_the_api_description_names_the_identity_routes(client: Client) -> None:
     r = client.http.get("/openapi.json")
     assert r.status_code == 200, r.text
     paths = r.json()["paths"]
-    for path in (LOGIN, ME, USERS, f"{USERS}/{{id}}/deactivation", f"{USERS}/{{id}}/password", TEAMS, KEYS):
+    for path in (LOGIN, REFRESH, ME, USERS, f"{USERS}/{{id}}/deactivation", f"{USERS}/{{id}}/password", TEAMS, KEYS):
         assert path in paths, path
     body = paths[f"{USERS}/{{id}}/deactivation"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "DeactivateUser" in json.dumps(body)
@@ -295,6 +311,84 @@ def test_tokens_that_must_be_refused(client: Client) -> None:
     pem = own.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     _refused(client, pyjwt.encode(_claims(), pem, algorithm="RS256"), "invalid token")
+
+
+# -- refreshing a token -------------------------------------------------------------------
+def _refresh(client: Client, token: str) -> httpx.Response:
+    return client.http.post(REFRESH, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_a_valid_token_is_refreshed_with_a_new_id_and_a_fresh_expiry(client: Client) -> None:
+    import time
+
+    from tests.conftest import JWT_SECRET
+
+    team = client.write(TEAMS, {"name": "Team West"}).json()["id"]
+    created = client.create_user("fresh", display_name="Fresh Face", team_id=team)
+    signed_in = client.login("fresh").json()["access_token"]
+    old = json.loads(_b64(signed_in.split(".")[1]))
+    # A token issued ten minutes ago, with five minutes left (the same user, signed in then).
+    now = int(time.time())
+    aged = _hs256({**old, "iat": now - 600, "exp": now + 300, "auth_time": now - 600}, JWT_SECRET.encode())
+    r = _refresh(client, aged)
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert body["expires_in"] == 15 * 60
+    assert body["user"] == {"id": created["id"], "username": "fresh", "display_name": "Fresh Face",
+                            "role": "sales_rep", "team_id": team}
+    new = json.loads(_b64(body["access_token"].split(".")[1]))
+    assert new["jti"] != old["jti"]
+    assert new["exp"] - new["iat"] == 15 * 60 and new["exp"] >= now + 15 * 60 - 5 > now + 300
+    assert new["auth_time"] == now - 600  # the session still began at the sign-in
+    assert (new["sub"], new["role"], new["team"]) == (created["id"], "sales_rep", team)
+    assert client.get(ME, headers={"Authorization": f"Bearer {body['access_token']}"},
+                      fresh=False).json()["username"] == "fresh"
+
+    # The new token carries the user's current role: a role change shows on the next refresh.
+    assert client.write(f"{USERS}/{created['id']}/role", {"role": "manager"}, version=1).status_code == 200
+    again = _refresh(client, body["access_token"])
+    assert again.status_code == 200, again.text
+    assert json.loads(_b64(again.json()["access_token"].split(".")[1]))["role"] == "manager"
+
+
+def test_refresh_refuses_expired_tampered_and_deactivated_users_tokens(client: Client) -> None:
+    import time
+
+    from tests.conftest import JWT_SECRET
+
+    created = client.create_user("gone")
+    token = client.login("gone").json()["access_token"]
+    claims = json.loads(_b64(token.split(".")[1]))
+    now = int(time.time())
+    secret = JWT_SECRET.encode()
+    expired = _hs256({**claims, "iat": now - 1000, "exp": now - 100}, secret)
+    assert "expired" in assert_problem(_refresh(client, expired), 401)["detail"]
+    head, payload, signature = token.split(".")
+    raised = base64url(json.dumps({**claims, "role": "admin"}).encode())
+    assert "invalid token" in assert_problem(_refresh(client, f"{head}.{raised}.{signature}"), 401)["detail"]
+    assert "invalid token" in assert_problem(_refresh(client, _hs256(claims, b"not-the-secret")), 401)["detail"]
+    assert_problem(client.http.post(REFRESH), 401)
+    # A session older than the maximum (12 hours by default): sign in again.
+    old_session = _hs256({**claims, "auth_time": now - 13 * 3600}, secret)
+    body = assert_problem(_refresh(client, old_session), 401)
+    assert body["type"].endswith("session-expired")
+    # Not a user's sign-in token: a script's token, an API key.
+    assert_problem(_refresh(client, client.system.tokens.issue("ops", "admin")), 403)
+    key = client.write(KEYS, {"name": "ERP", "role": "integration"})
+    assert key.status_code == 201, key.text
+    assert_problem(_refresh(client, key.json()["key"]), 403)
+    # Deactivated: the token is refused, and so is its refresh.
+    assert _refresh(client, token).status_code == 200
+    r = client.write(f"{USERS}/{created['id']}/deactivation", {"reason": "left"}, version=1)
+    assert r.status_code == 200, r.text
+    assert "deactivated" in assert_problem(_refresh(client, token), 401)["detail"]
+
+
+def base64url(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 @pytest.fixture

@@ -90,10 +90,11 @@ def test_sla_breach_escalates_once_across_kills(make_system: Callable[..., Any],
 
     events = list(system.app.stored_events(opened.id))
     types = [e.type_name for e in events]
-    assert types == ["ServiceRequestOpened", "ServiceRequestAssigned",
+    assert types == ["ServiceRequestOpened", "ServiceRequestAssigned", "ServiceRequestSlaSet",
                      "ServiceRequestPriorityChanged", "ServiceRequestAssigned"], types
     assert events[1].assignee_id == "agent-a"
-    assert events[2].priority == "high" and events[3].assignee_id == "senior"
+    assert events[2].priority == "normal" and events[2].meta.actor.id == "automation"
+    assert events[3].priority == "high" and events[4].assignee_id == "senior"
     assert {e.meta.causation_id for e in events[1:]} == {str(events[0].meta.event_id)}
     assert sorted(_rows(database_url, "SELECT recipient, kind FROM crm_automation_notifications")) == [
         ("boss", "sla_breach"), ("senior", "sla_breach")]

@@ -238,14 +238,20 @@ def test_service_queue_tracks_status_first_response_resolution_and_rating(
         "id": sr.id, "version": 1, "customer_id": acme, "customer_name": "Acme GmbH", "channel": "email",
         "request_type": "incident", "priority": "high", "status": "open", "subject": "Cannot sign in",
         "assignee_id": None, "opened_at": at(1), "first_response_at": None, "resolved_at": None,
-        "closed_at": None, "rating": None, "sla_due_at": None, "updated_at": row["updated_at"],
+        "closed_at": None, "rating": None, "first_response_due_at": None, "resolution_due_at": None,
+        "sla_due_at": None, "updated_at": row["updated_at"],
     }
 
     v = run(system, cs.CommentOnServiceRequest(body="note to self", occurred_at=at(2)), AGENT, target=sr.id).version
     v = run(system, cs.AssignServiceRequest(assignee_id="agent-7", occurred_at=at(3)), AGENT, sr.id, v).version
+    v = run(system, cs.SetServiceRequestSla(priority="high", first_response_due_at=at(3.5),
+                                            resolution_due_at=at(24), reason="SLA policy: high"),
+            BOT, target=sr.id).version
     catch_up(system, ServiceQueue)
     row = one(read, "SELECT * FROM crm_read.service_requests WHERE id = %s", sr.id)
-    assert (row["assignee_id"], row["first_response_at"], row["version"]) == ("agent-7", None, 3)
+    assert (row["assignee_id"], row["first_response_at"], row["version"]) == ("agent-7", None, 4)
+    # Nobody responded yet: the first response's due applies.
+    assert (row["first_response_due_at"], row["resolution_due_at"], row["sla_due_at"]) == (at(3.5), at(24), at(3.5))
 
     v = run(system, cs.ChangeServiceRequestStatus(status="in_progress", occurred_at=at(4)), AGENT, sr.id, v).version
     v = run(system, cs.CommentOnServiceRequest(body="Try again", visibility="customer", occurred_at=at(5)),
@@ -255,6 +261,7 @@ def test_service_queue_tracks_status_first_response_resolution_and_rating(
     row = one(read, "SELECT * FROM crm_read.service_requests WHERE id = %s", sr.id)
     assert (row["status"], row["priority"], row["first_response_at"], row["version"]) == (
         "in_progress", "urgent", at(4), v)
+    assert row["sla_due_at"] == at(24)  # responded: the resolution's due applies now
 
     v = run(system, cs.ResolveServiceRequest(resolution="Reset it", occurred_at=at(6)), AGENT, sr.id, v).version
     v = run(system, cs.RateServiceRequest(rating=4, occurred_at=at(7)), AGENT, target=sr.id).version

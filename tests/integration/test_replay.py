@@ -197,6 +197,17 @@ def test_timeline_filters_and_pages(story: Story) -> None:
             break
         after = page.next_after
     assert seen == [i["position"] for i in every]
+    # Newest first, paging back with ``before``: the same events, the other way round.
+    seen, before = [], None
+    while True:
+        page = timeline(r, cid, TimelineQuery(newest_first=True, before=before, limit=3))
+        assert page.next_after is None
+        seen += [i["position"] for i in page.items]
+        if page.next_before is None:
+            break
+        before = page.next_before
+    assert seen == [i["position"] for i in reversed(every)]
+    assert timeline(r, cid, TimelineQuery(newest_first=True, before=every[8]["position"])).items == every[7::-1]
     by_agent = timeline(r, cid, TimelineQuery(actor="agent-7")).items
     assert [i["type"] for i in by_agent] == ["ServiceRequestOpened", "ServiceRequestAssigned"]
     typed = timeline(r, cid, TimelineQuery(types=("CustomerPurchaseRecorded", "TaskCreated"))).items

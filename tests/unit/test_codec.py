@@ -59,6 +59,7 @@ from events.service_request import (
     ServiceRequestOpened,
     ServiceRequestPriorityChanged,
     ServiceRequestResolved,
+    ServiceRequestSlaSet,
     ServiceRequestStatusChanged,
 )
 from events.team import TeamCreated, TeamRenamed
@@ -201,6 +202,11 @@ SAMPLES: list[Sample] = [
     Sample(ServiceRequestPriorityChanged, SRID, {"customer_id": CID,
                                                  "previous_priority": "high",
                                                  "priority": "urgent"}),
+    Sample(ServiceRequestSlaSet, SRID, {
+        "customer_id": CID, "priority": "urgent",
+        "first_response_due_at": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+        "resolution_due_at": datetime(2024, 5, 1, 16, 0, tzinfo=timezone(timedelta(hours=2))),
+    }),
     Sample(ServiceRequestStatusChanged, SRID, {"customer_id": CID, "from_status": "open",
                                                "to_status": "in_progress"}),
     Sample(ServiceRequestCommented, SRID, {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import pytest
@@ -15,6 +16,7 @@ from events.service_request import (
     ServiceRequestOpened,
     ServiceRequestPriorityChanged,
     ServiceRequestResolved,
+    ServiceRequestSlaSet,
     ServiceRequestStatusChanged,
 )
 from tests.unit.conftest import NOW
@@ -193,6 +195,57 @@ def test_request_that_is_not_closed_can_be_assigned(request_in, ctx, status):
     sr = request_in(status)
     assert sr.assign(ctx(), "agent-5") is True
     assert [type(e) for e in sr.collect_events()] == [ServiceRequestAssigned]
+
+
+# -- service level -------------------------------------------------------------------
+
+FIRST_DUE = NOW + timedelta(hours=2)
+RESOLUTION_DUE = NOW + timedelta(days=1)
+
+
+def test_set_sla_records_the_due_times(request_in, ctx, emitted):
+    sr = request_in("open")
+    assert sr.opened_at == NOW
+    assert sr.set_sla(ctx(), "high", FIRST_DUE, RESOLUTION_DUE) is True
+    assert emitted(sr) == [
+        (ServiceRequestSlaSet, {"customer_id": CID, "priority": "high",
+                                "first_response_due_at": FIRST_DUE, "resolution_due_at": RESOLUTION_DUE})
+    ]
+    assert (sr.sla_priority, sr.first_response_due_at, sr.resolution_due_at) == ("high", FIRST_DUE, RESOLUTION_DUE)
+
+
+def test_set_sla_again_with_other_times_records_them_and_the_same_is_a_no_op(request_in, ctx, event, given):
+    sr = given(ServiceRequest, event(ServiceRequestOpened, SRID, **opened()),
+               event(ServiceRequestSlaSet, SRID, customer_id=CID, priority="normal",
+                     first_response_due_at=FIRST_DUE, resolution_due_at=RESOLUTION_DUE))
+    assert sr.set_sla(ctx(), "normal", FIRST_DUE, RESOLUTION_DUE) is False
+    assert sr.collect_events() == []
+    later = RESOLUTION_DUE + timedelta(days=2)
+    assert sr.set_sla(ctx(), "low", FIRST_DUE, later) is True
+    assert [type(e) for e in sr.collect_events()] == [ServiceRequestSlaSet]
+    assert (sr.sla_priority, sr.resolution_due_at) == ("low", later)
+
+
+@pytest.mark.parametrize("status", ["resolved", "closed"])
+def test_set_sla_refused_once_the_request_is_resolved(request_in, ctx, refused, status):
+    sr = request_in(status)
+    with refused(InvalidTransition, "status", sr):
+        sr.set_sla(ctx(), "high", FIRST_DUE, RESOLUTION_DUE)
+
+
+@pytest.mark.parametrize(
+    ("priority", "first", "resolution", "field"),
+    [
+        ("p1", FIRST_DUE, RESOLUTION_DUE, "priority"),
+        ("high", RESOLUTION_DUE, FIRST_DUE, "resolution_due_at"),
+        ("high", datetime(2024, 5, 1, 14, 0), RESOLUTION_DUE, "first_response_due_at"),
+    ],
+    ids=["unknown-priority", "resolution-before-first-response", "naive-time"],
+)
+def test_set_sla_refuses_bad_values(request_in, ctx, refused, priority, first, resolution, field):
+    sr = request_in("in_progress")
+    with refused(InvalidValue, field, sr):
+        sr.set_sla(ctx(), priority, first, resolution)
 
 
 # -- status machine ------------------------------------------------------------------

@@ -190,6 +190,11 @@ EXPECTED: dict[tuple[str, int], tuple[UUID, int, dict[str, Any]]] = {
     ("ServiceRequestPriorityChanged", 1): (REQUEST_ID, 2, {
         "customer_id": CUSTOMER_ID, "previous_priority": "high", "priority": "urgent",
     }),
+    ("ServiceRequestSlaSet", 1): (REQUEST_ID, 2, {
+        "customer_id": CUSTOMER_ID, "priority": "urgent",
+        "first_response_due_at": datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+        "resolution_due_at": datetime(2024, 5, 1, 16, 0, tzinfo=UTC),
+    }),
     ("ServiceRequestStatusChanged", 1): (REQUEST_ID, 2, {
         "customer_id": CUSTOMER_ID, "from_status": "open", "to_status": "waiting_on_customer",
     }),

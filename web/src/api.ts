@@ -15,6 +15,7 @@ export interface Session {
   token: string;
   user: User;
   expires_at: number; // ms since the epoch
+  issued_at?: number; // ms since the epoch (sessions stored before refresh existed have none)
 }
 
 /** An application/problem+json answer (RFC 9457), or a network failure. */
@@ -87,13 +88,90 @@ export function onSessionChange(fn: () => void): () => void {
 }
 
 export function setSession(s: Session | null): void {
-  session = s;
   // Positions belong to what this session wrote; a new session starts from none.
   position = 0;
   sessionStorage.removeItem(POSITION_KEY);
+  keep(s);
+}
+
+function keep(s: Session | null): void {
+  session = s;
   if (s) localStorage.setItem(SESSION_KEY, JSON.stringify(s));
   else localStorage.removeItem(SESSION_KEY);
+  scheduleRefresh();
   listeners.forEach((fn) => fn());
+}
+
+// -- keeping a working user signed in -------------------------------------------------
+// Tokens live minutes. Shortly before the token expires it is exchanged for a new one
+// (POST /auth/refresh) if the user did anything since it was issued; an idle session
+// runs out, and the user signs in again with a message saying why.
+let lastActivity = Date.now();
+let refreshTimer: ReturnType<typeof setTimeout> | undefined;
+if (typeof window !== "undefined") {
+  for (const ev of ["pointerdown", "keydown", "wheel", "touchstart"]) {
+    window.addEventListener(ev, () => { lastActivity = Date.now(); }, { passive: true, capture: true });
+  }
+  // A sleeping tab's timers are late: check again when it is seen.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") scheduleRefresh();
+  });
+  window.addEventListener("storage", (e) => {
+    // Another tab refreshed or signed out: follow it.
+    if (e.key !== SESSION_KEY) return;
+    session = loadSession();
+    scheduleRefresh();
+    listeners.forEach((fn) => fn());
+  });
+}
+
+/** When to refresh: a minute before expiry (a quarter of the time left when shorter). */
+function refreshAt(s: Session): number {
+  const left = s.expires_at - Date.now();
+  return s.expires_at - Math.min(60_000, Math.max(0, left) / 4);
+}
+
+function scheduleRefresh(): void {
+  clearTimeout(refreshTimer);
+  const s = session;
+  if (!s) return;
+  const due = refreshAt(s) - Date.now();
+  refreshTimer = setTimeout(() => void onRefreshDue(s), Math.max(0, due));
+}
+
+async function onRefreshDue(s: Session): Promise<void> {
+  if (session !== s) return;
+  const worked = lastActivity >= (s.issued_at ?? 0);
+  if (!worked || s.expires_at <= Date.now()) {
+    // Idle through the token's life (or asleep past its end): the session ends here.
+    if (s.expires_at <= Date.now()) {
+      sessionStorage.setItem(EXPIRED_KEY, "1");
+      setSession(null);
+    } else {
+      refreshTimer = setTimeout(() => void onRefreshDue(s), s.expires_at - Date.now());
+    }
+    return;
+  }
+  try {
+    await refreshSession();
+  } catch (e) {
+    // A 401 ended the session in request(); anything else (offline): try again soon.
+    if (session === s && !(e instanceof ApiError && e.status === 401)) {
+      refreshTimer = setTimeout(() => void onRefreshDue(s), Math.min(15_000, Math.max(1_000, s.expires_at - Date.now())));
+    }
+  }
+}
+
+/** Exchange the current token for a new one (new id, fresh expiry, current role). */
+export async function refreshSession(): Promise<Session | null> {
+  const before = session;
+  if (!before) return null;
+  const answer = await request<TokenAnswer>("/auth/refresh", { method: "POST", readAfter: false });
+  if (session !== before) return session; // signed out or refreshed meanwhile
+  const now = Date.now();
+  const s: Session = { token: answer.access_token, user: answer.user, expires_at: now + answer.expires_in * 1000, issued_at: now };
+  keep(s);
+  return s;
 }
 
 export function lastPosition(): number {
@@ -230,10 +308,12 @@ export async function signIn(username: string, password: string): Promise<Sessio
     body: { username, password },
     auth: false,
   });
+  const now = Date.now();
   const s: Session = {
     token: answer.access_token,
     user: answer.user,
-    expires_at: Date.now() + answer.expires_in * 1000,
+    expires_at: now + answer.expires_in * 1000,
+    issued_at: now,
   };
   setSession(s);
   return s;
@@ -267,3 +347,6 @@ export async function all<T>(path: string, params: Parameters<typeof query>[0], 
   } while (cursor && out.length < max);
   return out;
 }
+
+// A session kept from an earlier visit is refreshed on time too.
+scheduleRefresh();

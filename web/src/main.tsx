@@ -1,7 +1,7 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import { ApiError, currentSession, onSessionChange, sessionExpired, signIn, signOut, type Session } from "./api";
-import { LOCALES, locale, setLocale, t, type Key, type Locale } from "./i18n";
+import { LOCALES, locale, setLocale, t, v, type Key, type Locale } from "./i18n";
 import { navigate, useRoute } from "./router";
 import { loadPeople, peopleVersion } from "./people";
 import { screensFor, type Screen } from "./roles";
@@ -116,7 +116,7 @@ function Shell({ session }: { session: Session }) {
   useSignal(locale);
   useSignal(peopleVersion);
   const { parts } = useRoute();
-  useEffect(() => { void loadPeople(session); }, [session.token]);
+  useEffect(() => { void loadPeople(session); }, [session.user.id]);
   const [menuOpen, setMenuOpen] = useState(false);
   const screens = screensFor(session.user.role);
   const screen = (parts[0] ?? "") as Screen;
@@ -175,7 +175,7 @@ function Shell({ session }: { session: Session }) {
           <LanguageSwitch />
           <span class="who" title={`${session.user.username} (${session.user.role})`} data-testid="who">
             {session.user.display_name || session.user.username}
-            <small>{session.user.role.replace("_", " ")}</small>
+            <small>{v(session.user.role)}</small>
           </span>
           <button type="button" class="link" data-testid="sign-out" onClick={() => signOut()}>
             {t("signOut")}

@@ -1,6 +1,6 @@
-// Names for the ids of users (owners, assignees, actors). Admins and managers may read the
-// user directory (GET /users: a manager their own team); everyone knows their own name.
-// Ids without a known name are shown shortened.
+// Names for the ids of users (owners, assignees, actors), from GET /people (every caller
+// may read colleagues' names and roles). Ids without a known name (systems, scripts) are
+// shown shortened.
 import { get, type Session } from "./api";
 import { signal } from "./signal";
 
@@ -8,24 +8,28 @@ const names = signal<Map<string, string>>(new Map());
 export const peopleVersion = names;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-interface UserRow {
+interface PersonRow {
   id: string;
-  display_name: string;
-  username: string;
+  display_name: string | null;
+  role: string;
 }
+
+const roles = new Map<string, string>();
 
 export async function loadPeople(session: Session): Promise<void> {
   const map = new Map(names.get());
   map.set(session.user.id, session.user.display_name || session.user.username);
   names.set(map);
-  if (!["admin", "manager"].includes(session.user.role)) return;
   try {
-    const page = await get<{ items: UserRow[] }>("/users", { limit: 200 });
+    const page = await get<{ items: PersonRow[] }>("/people");
     const next = new Map(names.get());
-    for (const u of page.items) next.set(u.id, u.display_name || u.username);
+    for (const u of page.items) {
+      if (u.display_name) next.set(u.id, u.display_name);
+      roles.set(u.id, u.role);
+    }
     names.set(next);
   } catch {
-    /* no directory for this caller: ids stay shortened */
+    /* not readable now: ids stay shortened */
   }
 }
 
@@ -35,7 +39,9 @@ export function person(id: string | null | undefined): string {
   return names.get().get(id) ?? (UUID.test(id) ? id.slice(0, 8) : id);
 }
 
-/** Every user whose name is known here, by name. */
-export function knownPeople(): [string, string][] {
-  return [...names.get().entries()].sort((a, b) => a[1].localeCompare(b[1]));
+/** Every user whose name is known here (of one of ``only`` roles when given), by name. */
+export function knownPeople(only?: string[]): [string, string][] {
+  return [...names.get().entries()]
+    .filter(([id]) => !only || only.includes(roles.get(id) ?? ""))
+    .sort((a, b) => a[1].localeCompare(b[1]));
 }

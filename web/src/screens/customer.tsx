@@ -378,7 +378,7 @@ function RelatedLists({ customer }: { customer: Customer }) {
             </ul>
           </section>
           <section class="card">
-            <h2>{t("tasks")} <span class="count">{r.tasks.length}</span></h2>
+            <h2>{t("customerTasks")} <span class="count">{r.tasks.length}</span></h2>
             <ul class="rows">
               {r.tasks.map((x) => (
                 <li key={x.id}>

@@ -138,7 +138,7 @@ export function CustomerList({ session }: { session: Session }) {
           <select value={owner} onChange={(e) => setOwner(e.currentTarget.value)}>
             <option value="">{t("any")}</option>
             <option value="mine">{t("mine")}</option>
-            {knownPeople().filter(([id]) => id !== session.user.id).map(([id, name]) => (
+            {knownPeople(["sales_rep", "manager", "admin"]).filter(([id]) => id !== session.user.id).map(([id, name]) => (
               <option key={id} value={id}>{name}</option>
             ))}
           </select>

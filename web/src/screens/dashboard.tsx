@@ -60,7 +60,9 @@ export function Dashboard() {
           }
           const funnelBars = [...funnel.entries()].sort((a, b) => a[1].order - b[1].order);
           const start = funnelBars[0]?.[1].reached || 1;
-          const sla = k.sla.filter((r) => r.period === null && r.priority !== null);
+          // Compliance by month opened (the KPI's rows per period over every priority).
+          const sla = k.sla.filter((r) => r.period !== null && r.priority === null)
+            .sort((a, b) => String(a.period).localeCompare(String(b.period)));
           const slaAll = k.sla.find((r) => r.period === null && r.priority === null);
           const csatAll = k.csat.find((r) => r.period === null && r.agent_id === null && r.channel === null && r.request_type === null);
           const csatTypes = k.csat.filter((r) => r.period === null && r.agent_id === null && r.channel === null && r.request_type !== null);
@@ -108,7 +110,7 @@ export function Dashboard() {
                 )}
                 <Columns
                   title={t("kpiSla")}
-                  labels={sla.map((r) => v(String(r.priority)))}
+                  labels={sla.map((r) => monthLabel(String(r.period)))}
                   series={[
                     { name: t("firstResponse"), values: sla.map((r) => num(r.first_response_compliance) * 100) },
                     { name: t("resolution"), values: sla.map((r) => num(r.resolution_compliance) * 100) },

@@ -21,6 +21,9 @@ interface RequestRow {
   assignee_id: string | null;
   opened_at: string;
   sla_due_at: string | null;
+  first_response_due_at?: string | null;
+  resolution_due_at?: string | null;
+  first_response_at?: string | null;
   resolved_at: string | null;
 }
 
@@ -53,7 +56,7 @@ export function SlaCell({ row, now }: { row: RequestRow; now: number }) {
   }
   const left = new Date(row.sla_due_at).getTime() - now;
   return (
-    <span class={left < 0 ? "sla late" : left < 3_600_000 ? "sla soon" : "sla"} title={dateTime(row.sla_due_at)}>
+    <span class={left < 0 ? "sla late" : left < 3_600_000 ? "sla soon" : "sla"} title={dateTime(row.sla_due_at)} data-testid="sla-left">
       {left < 0 ? t("overdueBy", { t: duration(left) }) : t("timeLeft", { t: duration(left) })}
     </span>
   );
@@ -101,6 +104,22 @@ function RequestPanel({ row, session, onClose, onChanged }: {
               <span class="muted">{t("assignee")}: {r.data.assignee_id ? person(r.data.assignee_id) : t("unassigned")}</span>
             </div>
             <Link href={`/customers/${row.customer_id}`}>{row.customer_name}</Link>
+            {(row.first_response_due_at || row.resolution_due_at) && (
+              <dl class="sla-times" data-testid="sla-times">
+                {row.first_response_due_at && (
+                  <div class={row.first_response_at ? "met" : ""}>
+                    <dt>{t("firstResponseDue")}</dt>
+                    <dd>{dateTime(row.first_response_due_at)}</dd>
+                  </div>
+                )}
+                {row.resolution_due_at && (
+                  <div>
+                    <dt>{t("resolutionDue")}</dt>
+                    <dd>{dateTime(row.resolution_due_at)}</dd>
+                  </div>
+                )}
+              </dl>
+            )}
             <p>{r.data.description}</p>
             {r.data.resolution && <p><strong>{t("resolution")}:</strong> {r.data.resolution}</p>}
             <h3>{t("comments")}</h3>

@@ -4,6 +4,7 @@ import { dateTime, locale, relative, t, v } from "../i18n";
 import { can } from "../roles";
 import { useSignal } from "../signal";
 import { Link, Show, toast, useAction, useLoad } from "../ui";
+import { withLocalTimes } from "./timeline";
 
 interface Task {
   id: string;
@@ -89,7 +90,7 @@ export function TasksScreen({ session }: { session: Session }) {
                   {n.items.map((x) => (
                     <li key={x.id} class={`card note ${x.kind}`}>
                       <span class="badge">{v(x.kind)}</span>
-                      <div>{x.message}</div>
+                      <div>{withLocalTimes(x.message)}</div>
                       <div class="muted small">{relative(x.created_at)}</div>
                     </li>
                   ))}

@@ -1,9 +1,10 @@
 // The activity timeline of a customer: who changed what, when and why, with field diffs.
+import { useEffect, useState } from "preact/hooks";
 import { get } from "../api";
-import { dateTime, locale, t } from "../i18n";
+import { dateTime, locale, t, v } from "../i18n";
 import { person } from "../people";
 import { useSignal } from "../signal";
-import { Show, useLoad } from "../ui";
+import { ErrorBox, Loading } from "../ui";
 
 export interface Change {
   field: string;
@@ -27,10 +28,18 @@ export interface TimelineEntry {
   changes: Change[] | null;
 }
 
+/** An ISO 8601 time as the API writes it (e.g. 2026-12-04T12:09:36.404673+00:00). */
+export const ISO_TIME = /\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})/g;
+
+/** A text with the ISO times in it written in the user's locale. */
+export function withLocalTimes(text: string): string {
+  return text.replace(ISO_TIME, (m) => dateTime(m));
+}
+
 /** A short human form of a value in a diff. */
 export function show(value: unknown): string {
   if (value === null || value === undefined) return "—";
-  if (typeof value === "string") return value;
+  if (typeof value === "string") return withLocalTimes(value);
   if (typeof value === "number" || typeof value === "boolean") return String(value);
   if (Array.isArray(value)) return value.map(show).join(", ");
   if (typeof value === "object") {
@@ -38,7 +47,7 @@ export function show(value: unknown): string {
     if ("value" in o && "kind" in o) return `${o.kind}: ${o.value}`;
     const entries = Object.entries(o);
     if (entries.length === 0) return "∅";
-    return entries.map(([k, x]) => `${k}: ${typeof x === "object" && x !== null ? show(x) : String(x)}`).join("; ");
+    return entries.map(([k, x]) => `${k}: ${show(x)}`).join("; ");
   }
   return String(value);
 }
@@ -50,9 +59,9 @@ export function showField(field: string, value: unknown): string {
   return PEOPLE_FIELDS.has(field) && typeof value === "string" ? person(value) : show(value);
 }
 
-/** "CustomerDetailsChanged" -> "Customer details changed". */
+/** "CustomerDetailsChanged" -> "Customer details changed" ("Sla" -> "SLA"). */
 export function eventLabel(type: string): string {
-  const words = type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase();
+  const words = type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase().replace(/\bsla\b/g, "SLA");
   return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
@@ -89,7 +98,7 @@ export function TimelineEntries({ items }: { items: TimelineEntry[] }) {
           <div class="tl-head">
             <strong class="tl-type">{eventLabel(e.type)}</strong>
             <span class="muted">
-              {dateTime(e.occurred_at)} · {t("by")} <span class="actor" title={e.actor_id}>{person(e.actor_id)}</span> ({e.actor_role.replace("_", " ")})
+              {dateTime(e.occurred_at)} · {t("by")} <span class="actor" title={e.actor_id}>{person(e.actor_id)}</span> ({v(e.actor_role)})
             </span>
           </div>
           {e.reason && <div class="tl-reason">“{e.reason}”</div>}
@@ -103,16 +112,56 @@ export function TimelineEntries({ items }: { items: TimelineEntry[] }) {
   );
 }
 
-/** The customer's timeline, newest first (one page of up to 1,000 events). */
+/** A page of the timeline, newest first: `next_before` pages back to older events. */
+interface TimelinePage {
+  items: TimelineEntry[];
+  next_before: number | null;
+}
+
+export const TIMELINE_PAGE = 50;
+
+/** The customer's timeline, newest first, a page at a time ("show older" loads the next). */
 export function Timeline({ customerId, version }: { customerId: string; version: unknown }) {
-  const state = useLoad(
-    async (signal) => {
-      const page = await get<{ items: TimelineEntry[]; next_after: number | null }>(
-        `/customers/${customerId}/timeline`, { limit: 1000 }, signal,
+  useSignal(locale);
+  const [items, setItems] = useState<TimelineEntry[]>([]);
+  const [before, setBefore] = useState<number | null>(null);
+  const [loading, setLoading] = useState(true);
+  const [error, setError] = useState<unknown>(null);
+  const [tick, setTick] = useState(0);
+
+  async function load(from: number | null, signal?: AbortSignal) {
+    setLoading(true);
+    setError(null);
+    try {
+      const page = await get<TimelinePage>(
+        `/customers/${customerId}/timeline`, { order: "newest", limit: TIMELINE_PAGE, before: from }, signal,
       );
-      return page.items.slice().reverse();
-    },
-    [customerId, version],
+      if (signal?.aborted) return;
+      setItems((old) => (from === null ? page.items : [...old, ...page.items]));
+      setBefore(page.next_before);
+    } catch (e) {
+      if (!signal?.aborted) setError(e);
+    } finally {
+      if (!signal?.aborted) setLoading(false);
+    }
+  }
+  useEffect(() => {
+    const ctrl = new AbortController();
+    void load(null, ctrl.signal);
+    return () => ctrl.abort();
+  }, [customerId, version, tick]);
+
+  return (
+    <div class="timeline-pages">
+      {error ? <ErrorBox error={error} onRetry={() => (items.length ? load(before) : setTick((n) => n + 1))} /> : null}
+      {items.length > 0 && <TimelineEntries items={items} />}
+      {!loading && !error && items.length === 0 && <p class="empty">{t("noResults")}</p>}
+      {loading && <Loading />}
+      {before !== null && !loading && (
+        <button type="button" class="more" data-testid="timeline-older" onClick={() => load(before)}>
+          {t("showOlder")}
+        </button>
+      )}
+    </div>
   );
-  return <Show state={state}>{(items) => <TimelineEntries items={items} />}</Show>;
 }
