@@ -17,9 +17,10 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from readapi.encoding import JSONResponse
 from readapi.problems import problem
 
 log = structlog.get_logger("crm.http")

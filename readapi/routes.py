@@ -14,7 +14,7 @@ from uuid import UUID
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from readapi.encoding import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from commands import AGGREGATE_TYPES, Aggregate, CrmEvent
