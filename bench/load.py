@@ -17,8 +17,8 @@ hide behind a slower client) for a fixed duration. The mix:
 Every user has a token of its own (several sales reps; the per-caller rate limit is set
 high so it does not shape the load). During the run ``/ready`` is polled every 100 ms
 for each read model's lag; after the load stops, until every lag is zero (the drain).
-With ``--profile`` the server runs under ``py-spy record`` and the top frames are in
-the report. The report goes to ``bench/reports/load-<timestamp>.{md,json}``.
+With ``--profile`` ``py-spy record --gil`` samples the server's processes while the
+generator runs (the ceilings and every rate), and the top frames are in the report. The report goes to ``bench/reports/load-<timestamp>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -412,12 +412,27 @@ def drive_main(config_path: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(asdict(result)))
 
 
+_BOILERPLATE = ("threading.py", "<module>", "multiprocessing/", "uvicorn/_", "uvicorn/server.py",
+                "uvicorn/supervisors", "asyncio/runners.py", "anyio/_backends", "sniffio")
+
+
 # -- profile summary --------------------------------------------------------------------------
+#: Where a sample is, by the first of these found in its stack (py-spy frame text).
+PARTS = (
+    ("read models (projection runners)", ("projections/runner.py", "projections/service.py")),
+    ("endpoints (route code in the threadpool)", ("_run_sync_endpoint",)),
+    ("authentication (dependencies)", ("solve_dependencies",)),
+    ("HTTP stack (uvicorn, middleware, routing)", ("run_asgi", "data_received", "httptools_impl")),
+)
+
+
 def top_frames(raw_path: Path, n: int = 15) -> dict[str, list[tuple[str, float]]]:
     """The frames most often on top of the stack (self) and anywhere in it (inclusive), in
-    percent of the samples, from py-spy's raw (collapsed) output."""
+    percent of the samples, from py-spy's raw (collapsed) output; and the share of each
+    of ``PARTS``."""
     own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
+    parts: Counter[str] = Counter()
     total = 0
     for line in raw_path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -425,16 +440,21 @@ def top_frames(raw_path: Path, n: int = 15) -> dict[str, list[tuple[str, float]]
             continue
         k = int(count)
         total += k
-        frames = stack.split(";")
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", " spawn_main"))]
+        if not frames:
+            continue
         own[frames[-1]] += k
         for f in set(frames):
             anywhere[f] += k
+        part = next((name for name, marks in PARTS if any(m in stack for m in marks)), "other")
+        parts[part] += k
     if not total:
-        return {"self": [], "inclusive": []}
+        return {"self": [], "inclusive": [], "parts": []}
     return {
+        "parts": [(f, round(100 * c / total, 1)) for f, c in parts.most_common()],
         "self": [(f, round(100 * c / total, 1)) for f, c in own.most_common(n)],
-        "inclusive": [(f, round(100 * c / total, 1)) for f, c in anywhere.most_common(n)
-                      if "threading.py" not in f and "<module>" not in f][:n],
+        "inclusive": [(f, round(100 * c / total, 1)) for f, c in anywhere.most_common(4 * n)
+                      if not any(b in f for b in _BOILERPLATE)][:n],
     }
 
 
@@ -461,10 +481,6 @@ def _run_workers(settings: Settings, workers: int, env: dict[str, str], tmp: Pat
     env = env | {"CRM_PORT": str(port), "CRM_WORKERS": str(workers)}
     command = [sys.executable, "-m", "crm.cli", "serve", "--workers", str(workers), "--port", str(port)]
     profile_path = tmp / f"server-{workers}.pyspy"
-    if settings.profile:
-        pyspy = Path(sys.executable).with_name("py-spy")
-        command = [str(pyspy), "record", "--subprocesses", "--nonblocking", "--gil", "-r", "100",
-                   "-f", "raw", "-o", str(profile_path), "--", *command]
     base, bare_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
     log(f"starting {' '.join(command[-6:])} on {base}, the bare app on {bare_base}")
     log_path = tmp / f"server-{workers}.log"
@@ -485,9 +501,19 @@ def _run_workers(settings: Settings, workers: int, env: dict[str, str], tmp: Pat
         load_during: list[float] = []
         driver = subprocess.Popen([sys.executable, "-m", "bench.load", "--drive",
                                    str(config_path), str(out_path)])
+        profiler = None
+        if settings.profile:  # the server's processes while the mix runs (not its start-up)
+            pyspy = Path(sys.executable).with_name("py-spy")
+            profiler = subprocess.Popen(
+                [str(pyspy), "record", "--pid", str(server.pid), "--subprocesses", "--nonblocking",
+                 "--gil", "-r", "100", "-f", "raw", "-o", str(profile_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while driver.poll() is None:
             load_during.append(os.getloadavg()[0])
             time.sleep(1.0)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
         if driver.returncode != 0:
             raise RuntimeError(f"the load generator failed ({driver.returncode})")
         result: dict[str, Any] = json.loads(out_path.read_text())
@@ -638,8 +664,9 @@ def markdown(doc: dict[str, Any]) -> str:
                              + "; ".join(f"{k}: {v}" for k, v in p["errors"].items()))
         if run.get("profile"):
             lines += ["", "Server profile (py-spy --gil: samples holding the GIL, all worker processes, "
-                      "whole run, % of samples):", "",
-                      "| self | % | inclusive | % |", "|---|---:|---|---:|"]
+                      "while the generator ran, % of samples):", ""]
+            lines.append("; ".join(f"{name} {share} %" for name, share in run["profile"].get("parts", [])))
+            lines += ["", "| self | % | inclusive | % |", "|---|---:|---|---:|"]
             own, incl = run["profile"]["self"], run["profile"]["inclusive"]
             for i in range(max(len(own), len(incl))):
                 a = own[i] if i < len(own) else ("", "")

@@ -216,7 +216,7 @@ def build_ops_router(metrics: HttpMetrics) -> APIRouter:
     r = APIRouter(tags=["ops"])
 
     @r.get("/health", summary="Liveness: the process answers (no database call)")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     @r.get("/ready", summary="Readiness: event store reachable, read models current, nothing parked",
