@@ -62,6 +62,10 @@ class JwtSettings:
         return self.secret
 
 
+#: Verified tokens remembered per process (forgotten all at once when there are more).
+MAX_VERIFIED_TOKENS = 10_000
+
+
 class TokenIssuer:
     """Verifies bearer tokens and, for `crm token` and tests, issues them."""
 
@@ -69,6 +73,10 @@ class TokenIssuer:
         if settings.algorithm not in ("HS256", "RS256"):
             raise ValueError("the token algorithm must be HS256 or RS256")
         self.settings = settings
+        # Tokens already verified: the principal until the token expires (as jwt.decode
+        # would say: exp + leeway). A caller sends the same token for many requests; its
+        # signature and claims need checking once (~60 µs each time, 10 % of a read).
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def issue(self, user_id: str, role: str, *, ttl: timedelta = timedelta(hours=8),
               now: datetime | None = None, team_id: str | None = None) -> str:
@@ -89,6 +97,16 @@ class TokenIssuer:
         return jwt.encode(claims, self.settings.signing_key(), algorithm=self.settings.algorithm)
 
     def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        principal, expires = self._verify(token)
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -112,7 +130,9 @@ class TokenIssuer:
         team = claims.get("team")
         if team is not None and not isinstance(team, str):
             raise _unauthorised("the token's team is not a string")
-        return Principal(id=sub, role=role, team_id=team)
+        if "nbf" in claims:  # not before a time: checked every time, never remembered
+            return Principal(id=sub, role=role, team_id=team), float("-inf")
+        return Principal(id=sub, role=role, team_id=team), float(claims["exp"]) + self.settings.leeway_seconds
 
 
 class Authenticator:
