@@ -29,6 +29,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -433,6 +434,7 @@ def top_frames(raw_path: Path, n: int = 15) -> dict[str, list[tuple[str, float]]
     own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
     parts: Counter[str] = Counter()
+    endpoints: Counter[str] = Counter()
     total = 0
     for line in raw_path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -448,10 +450,14 @@ def top_frames(raw_path: Path, n: int = 15) -> dict[str, list[tuple[str, float]]
             anywhere[f] += k
         part = next((name for name, marks in PARTS if any(m in stack for m in marks)), "other")
         parts[part] += k
+        at = next((i for i, f in enumerate(frames) if f.startswith("_run_sync_endpoint")), None)
+        if at is not None and at + 1 < len(frames):
+            endpoints[frames[at + 1].split(" (")[0]] += k
     if not total:
-        return {"self": [], "inclusive": [], "parts": []}
+        return {"self": [], "inclusive": [], "parts": [], "endpoints": []}
     return {
         "parts": [(f, round(100 * c / total, 1)) for f, c in parts.most_common()],
+        "endpoints": [(f, round(100 * c / total, 1)) for f, c in endpoints.most_common(10)],
         "self": [(f, round(100 * c / total, 1)) for f, c in own.most_common(n)],
         "inclusive": [(f, round(100 * c / total, 1)) for f, c in anywhere.most_common(4 * n)
                       if not any(b in f for b in _BOILERPLATE)][:n],
@@ -523,6 +529,11 @@ def _run_workers(settings: Settings, workers: int, env: dict[str, str], tmp: Pat
     result["workers"] = workers
     result["load_during_1min_mean"] = round(statistics.mean(load_during), 2) if load_during else None
     result["profile"] = top_frames(profile_path) if settings.profile and profile_path.exists() else None
+    if result["profile"] is not None:  # the raw samples beside the report, for a closer look
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        kept = REPORTS / f"load-profile-{datetime.now().strftime('%Y%m%d-%H%M%S')}-w{workers}.txt"
+        shutil.copyfile(profile_path, kept)
+        result["profile"]["raw"] = str(kept.relative_to(REPORTS.parent.parent))
     result["server_log_tail"] = log_path.read_text(errors="replace")[-4000:]
     return result
 
@@ -666,6 +677,8 @@ def markdown(doc: dict[str, Any]) -> str:
             lines += ["", "Server profile (py-spy --gil: samples holding the GIL, all worker processes, "
                       "while the generator ran, % of samples):", ""]
             lines.append("; ".join(f"{name} {share} %" for name, share in run["profile"].get("parts", [])))
+            lines += ["", "Endpoints: " + "; ".join(f"`{name}` {share} %"
+                                                 for name, share in run["profile"].get("endpoints", []))]
             lines += ["", "| self | % | inclusive | % |", "|---|---:|---|---:|"]
             own, incl = run["profile"]["self"], run["profile"]["inclusive"]
             for i in range(max(len(own), len(incl))):
