@@ -192,6 +192,8 @@ class Phase:
     lag_samples: list[tuple[float, int, float]] = field(default_factory=list)  # t, events, s
     drain_seconds: float | None = None
     sent_seconds: float = 0.0
+    counted_from: float = 0.0  # time.time() when the counted part began, and ended
+    counted_to: float = 0.0
     late: int = 0  # requests started more than 10 ms after they were due
 
 
@@ -392,6 +394,8 @@ async def _drive(config: dict[str, Any]) -> DriveResult:
             await asyncio.gather(*tasks)
             load_end = time.perf_counter()
             phase.sent_seconds = load_end - (started + warmup)
+            phase.counted_to = time.time()
+            phase.counted_from = phase.counted_to - phase.sent_seconds
             # the drain: until every read model has caught up with the log
             while time.perf_counter() - load_end < 60:
                 seen = await lag()
@@ -464,6 +468,69 @@ def top_frames(raw_path: Path, n: int = 15) -> dict[str, list[tuple[str, float]]
     }
 
 
+# -- where the CPU goes -------------------------------------------------------------------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_snapshot(server: int, driver: int, bare: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by each process, with its part: the server's workers and
+    its parent process (the read models' runners), PostgreSQL, the load generator, the
+    bare app, everything else; and the machine's idle time as pid 0 (from /proc; Linux)."""
+    procs: dict[int, tuple[str, int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        procs[int(entry)] = (comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+
+    def root_of(pid: int) -> int | None:
+        for _ in range(64):
+            if pid in (server, driver, bare):
+                return pid
+            if pid <= 1 or pid not in procs:
+                return None
+            pid = procs[pid][1]
+        return None
+
+    out: dict[int, tuple[str, float]] = {}
+    for pid, (comm, _, used) in procs.items():
+        root = root_of(pid)
+        if root == server:
+            part = "crm workers" if pid != server else "crm parent (read models)"
+        elif root == driver:
+            part = "load generator"
+        elif root == bare:
+            part = "bare app"
+        elif comm == "postgres":
+            part = "PostgreSQL"
+        else:
+            part = "other processes"
+        out[pid] = (part, used)
+    with open("/proc/stat") as f:
+        cpu = f.readline().split()[1:]
+    out[0] = ("idle", (int(cpu[3]) + int(cpu[4])) / _TICK)
+    return out
+
+
+def _cpu_between(samples: list[tuple[float, dict[int, tuple[str, float]]]], start: float,
+                 end: float) -> dict[str, float]:
+    """Cores used by each part between two times (the samples nearest inside them); a
+    process that began between them counts from its start, one that ended is left out."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if len(inside) < 2:
+        return {}
+    (t0, a), (t1, b) = inside[0], inside[-1]
+    used: Counter[str] = Counter()
+    for pid, (part, seconds) in b.items():
+        used[part] += max(0.0, seconds - (a[pid][1] if pid in a else 0.0))
+    return {k: round(v / (t1 - t0), 2) for k, v in used.items()}
+
+
 # -- the run --------------------------------------------------------------------------------------
 def _start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
@@ -514,9 +581,11 @@ def _run_workers(settings: Settings, workers: int, env: dict[str, str], tmp: Pat
                 [str(pyspy), "record", "--pid", str(server.pid), "--subprocesses", "--nonblocking",
                  "--gil", "-r", "100", "-f", "raw", "-o", str(profile_path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu_samples: list[tuple[float, dict[int, tuple[str, float]]]] = []
         while driver.poll() is None:
             load_during.append(os.getloadavg()[0])
-            time.sleep(1.0)
+            cpu_samples.append((time.time(), _cpu_snapshot(server.pid, driver.pid, bare.pid)))
+            time.sleep(0.5)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
@@ -527,6 +596,8 @@ def _run_workers(settings: Settings, workers: int, env: dict[str, str], tmp: Pat
         _stop(bare)
         _stop(server)
     result["workers"] = workers
+    for phase in result["phases"]:
+        phase["cpu_cores"] = _cpu_between(cpu_samples, phase["counted_from"], phase["counted_to"])
     result["load_during_1min_mean"] = round(statistics.mean(load_during), 2) if load_during else None
     result["profile"] = top_frames(profile_path) if settings.profile and profile_path.exists() else None
     if result["profile"] is not None:  # the raw samples beside the report, for a closer look
@@ -591,6 +662,7 @@ def _phase_doc(phase: dict[str, Any]) -> dict[str, Any]:
             "max_seconds": max((s[2] for s in lag), default=None),
             "drain_seconds": drain,
         },
+        "cpu_cores": phase.get("cpu_cores", {}),
         "meets_goal": bool(overall["p99_ms"] < GOALS["p99_ms"] and overall["errors"] == 0
                            and achieved is not None and achieved >= 0.98 * phase["rate"]
                            and drain is not None and drain <= GOALS["drain_seconds"]),
@@ -658,6 +730,11 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {o['max_ms']} | {o['errors']} | {o['conflicts']} | {p['late_starts']} "
                 f"| {lag['max_events']} / {lag['max_seconds']} | {lag['drain_seconds']} "
                 f"| {'yes' if p['meets_goal'] else 'no'} |")
+        parts = ("crm workers", "crm parent (read models)", "PostgreSQL", "load generator", "other processes", "idle")
+        lines += ["", "Where the 2 cores went at each rate (cores busy, from /proc):", "",
+                  "| offered /s | " + " | ".join(parts) + " |", "|---:|" + "---:|" * len(parts)]
+        for p in run["phases"]:
+            lines.append(f"| {p['rate']:.0f} | " + " | ".join(str(p["cpu_cores"].get(k, "")) for k in parts) + " |")
         lines += ["", f"Highest rate meeting the goal: {run['best_rate_meeting_goal'] or 'none'}"
                       f" (load average during: {run['load_during_1min_mean']}).", ""]
         top = run["phases"][-1] if run["phases"] else None
