@@ -1,11 +1,13 @@
-"""Load test of the running system: ``.venv/bin/python -m bench.load [--rate R] [--duration S]``.
+"""Load test of the running system: ``.venv/bin/python -m bench.load [--rates R1,R2,..]
+[--duration S] [--workers N1,N2,..] [--profile]``.
 
 A throw-away PostgreSQL database is seeded (sales reps, their customers, an opportunity
 each) through ``CommandService``; ``crm serve --workers N`` (uvicorn, projections running
 in the parent process) is started on loopback against it; then a second process drives
-it with a bounded async httpx load generator at a fixed rate (open loop: request *i* is
-due at start + i/rate, and its latency is counted from then, so a slow server cannot
-hide behind a slower client) for a fixed duration. The mix:
+it with a bounded async aiohttp load generator at each rate in turn (open loop: request
+*i* is due at start + i/rate, and its latency is counted from then, so a slow server
+cannot hide behind a slower client) for a fixed duration, stopping after the first rate
+the server cannot keep up with (under 90 % of it achieved). The mix:
 
 * 70 % reads: customer list (30), search by name (15), a customer (15), the
   opportunity list of a customer (10);
@@ -17,8 +19,15 @@ hide behind a slower client) for a fixed duration. The mix:
 Every user has a token of its own (several sales reps; the per-caller rate limit is set
 high so it does not shape the load). During the run ``/ready`` is polled every 100 ms
 for each read model's lag; after the load stops, until every lag is zero (the drain).
+Before the mix, the ceilings in the same run: 32 closed-loop clients of the same
+generator on a bare FastAPI app served by uvicorn as ``crm serve`` serves (the HTTP
+stack's limit, ``bench/bare_app.py``), on our ``/health`` and on one list read. The
+cores used by each part (workers, the parent's read-model runners, PostgreSQL, the
+generator, other processes, idle) are read from /proc at each rate.
 With ``--profile`` ``py-spy record --gil`` samples the server's processes while the
-generator runs (the ceilings and every rate), and the top frames are in the report. The report goes to ``bench/reports/load-<timestamp>.{md,json}``.
+generator runs (the ceilings and every rate): the top frames and the share of each part
+are in the report, the raw samples beside it. The report goes to
+``bench/reports/load-<timestamp>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John
 
 @dataclass(frozen=True)
 class Settings:
-    rates: tuple[float, ...] = (1000.0,)  # requests/s, one after the other
+    rates: tuple[float, ...] = (1000.0,)  # requests/s, one after the other (until one saturates)
     duration: float = 30.0  # seconds of load at each rate
     warmup: float = 5.0  # seconds at the same rate before, not counted
     workers: tuple[int, ...] = (2,)  # uvicorn worker processes; a server for each
@@ -74,8 +83,9 @@ class Settings:
     embedded: bool = False
 
 
-QUICK = Settings(rates=(200.0,), duration=10.0, warmup=2.0, customers=120)
-FULL = Settings()
+QUICK = Settings(rates=(100.0, 200.0), duration=8.0, warmup=2.0, customers=120)
+#: the sweep up to the goal; it stops after the first rate the server cannot keep up with
+FULL = Settings(rates=(100.0, 200.0, 300.0, 400.0, 700.0, 1000.0), duration=20.0)
 
 
 # -- seeding and serving ----------------------------------------------------------------
@@ -405,6 +415,8 @@ async def _drive(config: dict[str, Any]) -> DriveResult:
                 await asyncio.sleep(0.02)
             stop_polling.set()
             await poller
+            if len(phase.outcomes) < 0.9 * rate * phase.sent_seconds:
+                break  # saturated: a higher rate would only queue longer
             await asyncio.sleep(1.0)  # let the server settle before the next rate
     finally:
         await client.close()
