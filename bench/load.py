@@ -220,6 +220,7 @@ class Ceiling:
 class DriveResult:
     phases: list[Phase] = field(default_factory=list)
     ceilings: list[Ceiling] = field(default_factory=list)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # versions as left
 
 
 class _Client:
@@ -420,6 +421,7 @@ async def _drive(config: dict[str, Any]) -> DriveResult:
             await asyncio.sleep(1.0)  # let the server settle before the next rate
     finally:
         await client.close()
+    result.records = records
     return result
 
 
@@ -608,6 +610,7 @@ def _run_workers(settings: Settings, workers: int, env: dict[str, str], tmp: Pat
         _stop(bare)
         _stop(server)
     result["workers"] = workers
+    seeded["records"] = result.pop("records")  # the next server's run starts from these versions
     for phase in result["phases"]:
         phase["cpu_cores"] = _cpu_between(cpu_samples, phase["counted_from"], phase["counted_to"])
     result["load_during_1min_mean"] = round(statistics.mean(load_during), 2) if load_during else None
