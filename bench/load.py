@@ -12,8 +12,10 @@ the server cannot keep up with (under 90 % of it achieved). The mix:
 * 70 % reads: customer list (30), search by name (15), a customer (15), the
   opportunity list of a customer (10);
 * 25 % writes: customer details changed with If-Match (10), an interaction logged
-  (10), an opportunity moved to another stage with If-Match (5); a 409 is answered by
-  re-reading the record and trying again (counted as conflicts, not errors);
+  (10), an opportunity moved to another stage with If-Match (5), each on a record with
+  no other write of the generator in flight (as a person edits one record at a time);
+  a 409 is answered by re-reading the record and trying again (counted as conflicts,
+  not errors);
 * 5 % customer timelines.
 
 Every user has a token of its own (several sales reps; the per-caller rate limit is set
@@ -320,10 +322,26 @@ async def _drive(config: dict[str, Any]) -> DriveResult:
                 return r[0], conflicts
             return r[0], 0
 
+        editing: set[str] = set()  # records with a write in flight
+
         async def one(phase: Phase, due: float, counted: bool) -> None:
             kind = rng.choice(kinds)
             user = rng.choice(users)
             record = rng.choice(records[user])
+            if kind in WRITES:  # a person edits a record once at a time: another one if busy
+                for _ in range(10):
+                    if record["id"] not in editing:
+                        break
+                    record = rng.choice(records[user])
+                editing.add(record["id"])
+            try:
+                await send(phase, kind, user, record, due, counted)
+            finally:
+                if kind in WRITES:
+                    editing.discard(record["id"])
+
+        async def send(phase: Phase, kind: str, user: str, record: dict[str, Any], due: float,
+                       counted: bool) -> None:
             async with bound:
                 sent = time.perf_counter()
                 if sent - due > 0.010:
