@@ -12,7 +12,8 @@ the server cannot keep up with (under 90 % of it achieved). The mix:
 * 70 % reads: customer list (30), search by name (15), a customer (15), the
   opportunity list of a customer (10);
 * 25 % writes: customer details changed with If-Match (10), an interaction logged
-  (10), an opportunity moved to another stage with If-Match (5), each on a record with
+  (10), an opportunity moved to another stage with If-Match (5: one stage back or any
+  stage forward, the moves the pipeline allows), each on a record with
   no other write of the generator in flight (as a person edits one record at a time);
   a 409 is answered by re-reading the record and trying again (counted as conflicts,
   not errors);
@@ -304,7 +305,8 @@ async def _drive(config: dict[str, Any]) -> DriveResult:
                     else:
                         path = f"/api/v1/opportunities/{record['opportunity']}"
                         version_key = "opportunity_version"
-                        stage = rng.choice([s for s in STAGES if s != record["stage"]])
+                        at = STAGES.index(record["stage"])  # the pipeline's moves: one back, any forward
+                        stage = rng.choice([*STAGES[max(at - 1, 0):at], *STAGES[at + 1:]])
                         r = await get("POST", f"{path}/stage", {**h, "If-Match": f'"{record[version_key]}"'},
                                       {"stage": stage})
                         if r[0] < 300:
