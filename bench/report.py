@@ -107,17 +107,29 @@ def _replay_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _load_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    o, lag, ceiling = doc["overall"], doc["lag"], doc["ceiling"]
-    s = doc["settings"]
-    mix = f"{s['rate']:.0f}/s offered, {s['workers']} workers; load average {doc['load_average']['during_1min_mean']}"
-    return [
-        _row("read API (mixed load), achieved", doc["achieved_rate"], "requests/s",
-             "HTTP ceiling: /health, closed loop", ceiling["health_requests_per_second"], note=mix),
-        _row("read API (mixed load), p50", o["p50_ms"], "ms", "/health p50", ceiling["health_p50_ms"]),
-        _row("read API (mixed load), p99", o["p99_ms"], "ms", "goal", 50.0,
-             note=f"{o['errors']} errors, {o['conflicts']} conflicts re-tried"),
-        _row("read-model lag drained after the load", lag["drain_seconds"], "s", "goal", 1.0),
-    ]
+    rows = []
+    for run in doc["runs"]:
+        w = run["workers"]
+        ceilings = {c["label"].split(",")[0]: c for c in run["ceilings"]}
+        bare = ceilings.get("bare FastAPI app", {}).get("requests_per_second")
+        health = ceilings.get("crm", {}).get("requests_per_second")
+        phases = run["phases"]
+        best = max((p for p in phases if p["meets_goal"]), key=lambda p: p["rate"], default=None)
+        top = phases[-1] if phases else None
+        tried = ", ".join(f"{p['rate']:.0f}" for p in phases)
+        rows.append(_row(f"read API (mixed load), highest rate meeting the goal, {w} workers",
+                         best["rate"] if best else 0.0, "requests/s", "goal", 1000.0,
+                         note=f"p99 < 50 ms, no errors, drained within 1 s; rates tried: {tried}"))
+        if top is not None:
+            o = top["overall"]
+            rows.append(_row(f"read API (mixed load), achieved at {top['rate']:.0f}/s offered, {w} workers",
+                             top["achieved_rate"], "requests/s", "HTTP ceiling: bare FastAPI app /health, closed loop",
+                             bare, note=f"p50 {o['p50_ms']} ms, p99 {o['p99_ms']} ms, {o['errors']} errors"))
+            rows.append(_row(f"read-model lag drained after {top['rate']:.0f}/s, {w} workers",
+                             top["lag"]["drain_seconds"], "s", "goal", 1.0))
+        rows.append(_row(f"our /health, closed loop, {w} workers", health, "requests/s",
+                         "bare FastAPI app /health, closed loop", bare))
+    return rows
 
 
 SECTIONS = (("write", _write_rows), ("catchup", _catchup_rows), ("analytics", _analytics_rows),

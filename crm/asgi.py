@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 
 from fastapi import FastAPI
 
@@ -17,4 +18,15 @@ def create_app() -> FastAPI:
     configure(settings.log_format, settings.log_level)
     system = bootstrap.build(settings)
     atexit.register(system.close)
-    return system.http_app()
+    app = system.http_app()
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Move everything built at start-up (modules, routes, models: ~125,000 objects) out
+    of the garbage collector's sight. A full collection walks every tracked object and
+    took 250-300 ms here; one in the middle of the load stalls every request of the
+    worker for that long. Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()

@@ -70,7 +70,11 @@ def serve(
             uvicorn.run("crm.asgi:create_app", factory=True, host=host, port=port,
                         workers=settings.workers, log_config=None, access_log=False)
         else:
-            uvicorn.run(system.http_app(), host=host, port=port, log_config=None, access_log=False)
+            from crm.asgi import settle_heap
+
+            http_app = system.http_app()
+            settle_heap()
+            uvicorn.run(http_app, host=host, port=port, log_config=None, access_log=False)
     finally:
         system.close()
 

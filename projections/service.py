@@ -7,8 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+import psycopg
 import structlog
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
 from events.codec import EventCodec
@@ -17,6 +20,11 @@ from projections.runner import BatchRunner, RunnerStats
 from projections.store import ProjectionStore, Status
 
 log = structlog.get_logger("crm.projections")
+
+
+def _read_connection(conn: psycopg.Connection[Any]) -> None:
+    # json/jsonb columns of the read models parsed by orjson (the same values, ~5x faster)
+    set_json_loads(orjson.loads, conn)
 
 
 @dataclass
@@ -40,7 +48,8 @@ class ReadSide:
         for p in projections:
             store.ensure_active(p)
         pool: ConnectionPool[Any] = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=True,
-                              kwargs={"row_factory": dict_row, "autocommit": True})
+                              kwargs={"row_factory": dict_row, "autocommit": True},
+                              configure=_read_connection)
         return cls(store, projections, codec, pool, batch_size)
 
     def runner(self, projection: type[Projection]) -> BatchRunner:

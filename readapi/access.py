@@ -192,6 +192,11 @@ def team_members(conn: psycopg.Connection[Any], team_id: str) -> list[str]:
     return [r["id"] for r in rows]
 
 
+def reach_reads_database(principal: Principal) -> bool:
+    """Whether ``reach_of`` may ask the database (a manager's team); else it is quick."""
+    return principal.role == "manager" and bool(principal.team_id)
+
+
 def reach_of(request: Request, principal: Principal, conn: psycopg.Connection[Any] | None = None) -> Reach:
     """The caller's reach, computed once per request. A read of the read models passes its
     connection, taken once they reflect the request's ``min_position`` (a team change the

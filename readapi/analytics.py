@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from commands.application import Principal
@@ -18,6 +18,7 @@ from projections.analytics import report, sandbox
 from projections.analytics.clv import customer_lifetime_values
 from projections.analytics.schema import KPI_VIEWS
 from projections.analytics.store import AnalyticsProjection, NotLeader
+from readapi.encoding import JSONResponse
 from readapi.access import reach_of
 from readapi.auth import PERSONAL_DATA_ROLES
 from readapi.problems import Problem

@@ -15,6 +15,7 @@ from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
 from readapi.queries import build_read_router
 from readapi.replay_routes import build_replay_router
+from readapi.routing import install_route_index
 from readapi.routes import Services, build_router
 from readapi.schemas import build_schemas_router
 
@@ -53,4 +54,5 @@ def create_app(services: Services, *, title: str = "CRM core API",
     app.include_router(build_erasure_router())
     app.add_middleware(CorrelationMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
+    install_route_index(app)  # after every include (routes added later are seen too)
     return app

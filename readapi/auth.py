@@ -62,6 +62,10 @@ class JwtSettings:
         return self.secret
 
 
+#: Verified tokens remembered per process (forgotten all at once when there are more).
+MAX_VERIFIED_TOKENS = 10_000
+
+
 class TokenIssuer:
     """Verifies bearer tokens and, for `crm token` and tests, issues them."""
 
@@ -69,6 +73,10 @@ class TokenIssuer:
         if settings.algorithm not in ("HS256", "RS256"):
             raise ValueError("the token algorithm must be HS256 or RS256")
         self.settings = settings
+        # Tokens already verified: the principal until the token expires (as jwt.decode
+        # would say: exp + leeway). A caller sends the same token for many requests; its
+        # signature and claims need checking once (~60 µs each time, 10 % of a read).
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def issue(self, user_id: str, role: str, *, ttl: timedelta = timedelta(hours=8),
               now: datetime | None = None, team_id: str | None = None, auth_time: int | None = None) -> str:
@@ -92,7 +100,19 @@ class TokenIssuer:
         return jwt.encode(claims, self.settings.signing_key(), algorithm=self.settings.algorithm)
 
     def verify(self, token: str) -> Principal:
-        return self.principal(self.claims(token))
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        claims = self.claims(token)
+        principal = self.principal(claims)
+        # Remembered until the token expires (as jwt.decode would say: exp + leeway); a
+        # token with a not-before time is checked every time, never remembered.
+        expires = (float("-inf") if "nbf" in claims
+                   else float(claims["exp"]) + self.settings.leeway_seconds)
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
 
     def claims(self, token: str) -> dict[str, Any]:
         """The claims of a token signed by this issuer and not expired (else 401)."""
@@ -167,6 +187,42 @@ class Authenticator:
             raise
         self.limits.check_caller(f"principal:{principal.id}")
         return principal
+
+    def authenticate_known(self, request: Request, authorization: str | None,
+                           api_key: str | None) -> Principal | None:
+        """``authenticate`` when it needs no database (a bearer JWT whose user's sign-in
+        state is remembered, or that names no user); else None: call ``authenticate``
+        off the event loop. Raises as ``authenticate`` does."""
+        if api_key or not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or token.startswith("crmk_"):
+            return None
+        try:
+            principal = self.tokens.verify(token)
+            active = self._known_active(principal.id)
+            if active is None:
+                return None
+            if not active:
+                raise _unauthorised("the user is deactivated")
+        except HTTPException:
+            self.limits.check_caller(f"address:{client_address(request)}")
+            raise
+        self.limits.check_caller(f"principal:{principal.id}")
+        return principal
+
+    def _known_active(self, subject: str) -> bool | None:
+        """The remembered sign-in state of a user; True for a subject that is no user."""
+        try:
+            user_id = UUID(subject)
+        except ValueError:
+            return True
+        with self._lock:
+            cached = self._active.get(user_id)
+        if cached is not None and cached[0] > self._monotonic():
+            return cached[1]
+        return None
 
     def _identify(self, authorization: str | None, api_key: str | None) -> Principal:
         if api_key:

@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+import orjson
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from replay.timeline import jsonable
 
-__all__ = ["MASK", "jsonable", "masked_row"]
+__all__ = ["MASK", "JSONResponse", "jsonable", "masked_row"]
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 #: What a personal field shows to a role that may not read personal data.
 MASK = "***"
 
 
-def masked_row(row: dict[str, Any], *, personal: Iterable[str], hidden: Iterable[str] = (),
-               mask: bool) -> dict[str, Any]:
+def masked_row(row: Mapping[str, Any], *, personal: Iterable[str], hidden: Iterable[str] = (),
+               mask: bool, as_read: bool = False) -> dict[str, Any]:
     """A read-model row as JSON: ``hidden`` columns dropped, ``personal`` ones masked
-    (when ``mask``) unless they are empty."""
+    (when ``mask``) unless they are empty. ``as_read``: the values left as they are, for
+    ``JSONResponse`` to write (the same JSON, without a copy made first)."""
     drop = set(hidden)
-    out = {k: jsonable(v) for k, v in row.items() if k not in drop and not k.startswith("_")}
+    if as_read:
+        out = {k: v for k, v in row.items() if k not in drop and k[:1] != "_"}
+    else:
+        out = {k: v if type(v) in _PLAIN else jsonable(v)
+               for k, v in row.items() if k not in drop and k[:1] != "_"}
     if mask:
         for name in personal:
             if out.get(name) is not None:
                 out[name] = MASK
     return out
+
+
+def _default(value: Any) -> Any:
+    converted = jsonable(value)
+    if converted is value:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return converted
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSONResponse, rendered by orjson: the same bytes for the same content
+    (compact, UTF-8, ids and times as text), in a tenth of the time; values orjson does not
+    know (amounts) are made JSON by ``jsonable``."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, default=_default, option=orjson.OPT_NON_STR_KEYS)

@@ -7,10 +7,10 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from commands.application import Principal
+from readapi.encoding import JSONResponse
 from readapi.auth import require_scope
 from readapi.problems import Problem
 from readapi.routes import Call, services

@@ -12,12 +12,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from commands import identity as ci
 from commands.application import Principal
 from commands.application import Request as CommandRequest
+from readapi.encoding import JSONResponse
 from readapi.auth import Authenticator, client_address, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.listing import MAX_LIMIT

@@ -17,9 +17,10 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from readapi.encoding import JSONResponse
 from readapi.problems import problem
 
 log = structlog.get_logger("crm.http")
@@ -215,7 +216,7 @@ def build_ops_router(metrics: HttpMetrics) -> APIRouter:
     r = APIRouter(tags=["ops"])
 
     @r.get("/health", summary="Liveness: the process answers (no database call)")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     @r.get("/ready", summary="Readiness: event store reachable, read models current, nothing parked",

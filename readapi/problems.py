@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from readapi.encoding import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from commands import DomainError

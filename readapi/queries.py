@@ -21,7 +21,7 @@ from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from readapi.encoding import JSONResponse
 
 from commands import PIPELINES
 from commands.application import Principal
@@ -274,7 +274,7 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
                                (id, *reach[1])).fetchone()
         if row is None:
             raise Problem(404, f"no {label} {id} in the read model", code="not-found")
-        return JSONResponse(spec.row(row, caller), headers={"ETag": f'"{row["version"]}"'})
+        return JSONResponse(spec.view_row(row, caller), headers={"ETag": f'"{row["version"]}"'})
 
     get_row.__name__ = f"get_{aggregate_type}"
     router.add_api_route(

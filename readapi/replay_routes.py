@@ -16,11 +16,12 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from commands import AGGREGATE_TYPES, Aggregate
 from commands.application import Principal
+from readapi.encoding import JSONResponse
 from readapi.access import READABLE, reach_of, readable
 from readapi.auth import PERSONAL_DATA_ROLES
 from readapi.consistency import invalid

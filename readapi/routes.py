@@ -13,8 +13,9 @@ from uuid import UUID
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from readapi.encoding import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from commands import AGGREGATE_TYPES, Aggregate, CrmEvent
@@ -28,8 +29,8 @@ from commands.application import WriteResult
 from projections.kafka import KafkaFeed
 from projections.analytics.store import AnalyticsProjection
 from projections.service import ReadSide
-from readapi.access import Reach, reach_of
-from readapi.auth import PERSONAL_DATA_ROLES, TokenIssuer, authenticate, require_scope
+from readapi.access import Reach, reach_of, reach_reads_database
+from readapi.auth import PERSONAL_DATA_ROLES, Authenticator, TokenIssuer, authenticate, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.encoding import MASK, jsonable
 from replay.timeline import event_entry
@@ -99,12 +100,17 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def principal(
+async def principal(
     request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <JWT> or Bearer crmk_... (API key)")] = None,
     x_api_key: Annotated[str | None, Header(description="An API key, crmk_... (systems)")] = None,
 ) -> Principal:
-    p = authenticate(request, services(request).tokens, authorization, x_api_key)
+    # On the event loop when no database is asked (most requests: a thread hand-off
+    # less); an API key or a user's sign-in state not yet remembered: in the threadpool.
+    authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
+    p = authenticator.authenticate_known(request, authorization, x_api_key) if authenticator else None
+    if p is None:
+        p = await run_in_threadpool(authenticate, request, services(request).tokens, authorization, x_api_key)
     structlog.contextvars.bind_contextvars(actor_id=p.id, actor_role=p.role)
     return p
 
@@ -121,7 +127,7 @@ class CallInfo:
     reach: Reach
 
 
-def call_info(
+async def call_info(
     request: Request,
     caller: Caller,
     if_match: Annotated[str | None, Header(description='The record\'s ETag, e.g. "3"')] = None,
@@ -140,7 +146,10 @@ def call_info(
             [{"loc": ("header", "idempotency_key"), "msg": "1 to 255 visible ASCII characters",
               "type": "value_error"}]
         )
-    return CallInfo(caller, request.state.correlation_id, expected, idempotency_key, reach_of(request, caller))
+    # on the event loop unless the caller's reach asks the database (a manager's team)
+    reach = (await run_in_threadpool(reach_of, request, caller) if reach_reads_database(caller)
+             else reach_of(request, caller))
+    return CallInfo(caller, request.state.correlation_id, expected, idempotency_key, reach)
 
 
 Call = Annotated[CallInfo, Depends(call_info)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
-from fastapi.responses import JSONResponse
+from readapi.encoding import JSONResponse
 from pydantic import BaseModel
 
 from projections.kafka import public_schema, public_schemas

@@ -44,6 +44,9 @@ def jsonable(value: Any) -> Any:
     """A JSON value of a field value (ids, amounts and times as text, enums by value)."""
     if type(value) in _PLAIN:  # most values of most rows: nothing to do
         return value
+    convert = _BY_TYPE.get(type(value))  # the exact types of read-model rows, by one look-up
+    if convert is not None:
+        return convert(value)
     if isinstance(value, UUID | Decimal):
         return str(value)
     if isinstance(value, datetime | date):
@@ -53,10 +56,24 @@ def jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return _dict(value)
     if isinstance(value, list | tuple | set):
-        return [jsonable(v) for v in value]
+        return _list(value)
     return value
+
+
+def _dict(value: dict[Any, Any]) -> dict[str, Any]:
+    return {k if type(k) is str else str(k): v if type(v) in _PLAIN else jsonable(v) for k, v in value.items()}
+
+
+def _list(value: list[Any] | tuple[Any, ...] | set[Any]) -> list[Any]:
+    return [v if type(v) in _PLAIN else jsonable(v) for v in value]
+
+
+_BY_TYPE: dict[type, Any] = {
+    UUID: str, Decimal: str, datetime: datetime.isoformat, date: date.isoformat,
+    dict: _dict, list: _list, tuple: _list, set: _list,
+}
 
 
 def event_entry(event: CrmEvent, position: int, changes: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -38,11 +38,16 @@ def _docs() -> dict[str, dict[str, Any]]:
         "replay": {"customers": [{"events": 10_000, "as_of": timed, "baseline_repository_get": timed,
                                   "timeline_page_100": {"first": timed, "last": timed}}],
                    "verify": {"events": 50_000, "events_per_second": 100_000}},
-        "load": {"settings": {"rate": 1000.0, "workers": 2}, "achieved_rate": 990.0,
-                 "load_average": {"during_1min_mean": 3.0},
-                 "overall": {"p50_ms": 5.0, "p99_ms": 40.0, "errors": 0, "conflicts": 3},
-                 "ceiling": {"health_requests_per_second": 4000.0, "health_p50_ms": 1.0},
-                 "lag": {"drain_seconds": 0.2}},
+        "load": {"runs": [{
+            "workers": 2,
+            "ceilings": [{"label": "bare FastAPI app, GET /health", "requests_per_second": 4000.0},
+                         {"label": "crm, GET /health", "requests_per_second": 3000.0}],
+            "phases": [
+                {"rate": 500.0, "achieved_rate": 499.0, "meets_goal": True, "lag": {"drain_seconds": 0.1},
+                 "overall": {"p50_ms": 5.0, "p99_ms": 40.0, "errors": 0, "conflicts": 3}},
+                {"rate": 1000.0, "achieved_rate": 990.0, "meets_goal": False, "lag": {"drain_seconds": 0.2},
+                 "overall": {"p50_ms": 9.0, "p99_ms": 80.0, "errors": 0, "conflicts": 3}},
+            ]}]},
     }
 
 
@@ -56,7 +61,10 @@ def test_every_item_stands_beside_its_comparison_with_the_ratio(tmp_path: Path) 
     assert rebuild["figure"] == 6.0 and rebuild["other"] == 200.0 and rebuild["ratio"] == 33.333
     kpi = rows[("KPI kpi_pipeline on 500,000 events", "limit: plain scan of fact_events")]
     assert kpi["ratio"] == 2.0
-    assert rows[("read API (mixed load), achieved", "HTTP ceiling: /health, closed loop")]["ratio"] == 0.247
+    assert rows[("read API (mixed load), achieved at 1000/s offered, 2 workers",
+                 "HTTP ceiling: bare FastAPI app /health, closed loop")]["ratio"] == 0.247
+    assert rows[("read API (mixed load), highest rate meeting the goal, 2 workers", "goal")]["figure"] == 500.0
+    assert rows[("our /health, closed loop, 2 workers", "bare FastAPI app /health, closed loop")]["ratio"] == 0.75
     assert {r["item"].split(" (")[0].split(",")[0] for r in summary["rows"]} >= {
         "command append", "projection catch-up into PostgreSQL", "DuckDB catch-up", "Kafka publication",
         "as-of rebuild of a customer of 10", "read API"}
