@@ -8,12 +8,11 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import anyio
-import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, HTTPException
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
+from tests.asgi_client import Client
 from readapi.auth import JwtSettings, TokenIssuer
 from readapi.encoding import JSONResponse, masked_row
 from readapi.routing import RouteIndex, install_route_index, shape
@@ -26,25 +25,6 @@ def test_shape_names_only_whole_lower_case_uuid_segments() -> None:
     assert shape(f"/api/v1/customers/{u.upper()}") == f"/api/v1/customers/{u.upper()}"
     assert shape(f"/api/v1/customers/x{u}") == f"/api/v1/customers/x{u}"
     assert shape("/api/v1/customers") == "/api/v1/customers"
-
-
-class Client:
-    """Requests straight to the ASGI app (no server)."""
-
-    def __init__(self, app: FastAPI):
-        self.app = app
-
-    def request(self, method: str, path: str) -> httpx.Response:
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                return await c.request(method, path)
-
-        result: httpx.Response = anyio.run(go)
-        return result
-
-    def get(self, path: str) -> httpx.Response:
-        return self.request("GET", path)
 
 
 def _app(*, indexed: bool = True) -> FastAPI:

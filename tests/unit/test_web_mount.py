@@ -5,36 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import Any
 
-import anyio
-import httpx
 from fastapi import FastAPI
 
+from tests.asgi_client import Client
 from readapi import problems
 from readapi.web import mount_web_ui
-
-
-class Client:
-    """Requests straight to the ASGI app (no server)."""
-
-    def __init__(self, app: FastAPI):
-        self.app = app
-
-    def request(self, method: str, path: str) -> httpx.Response:
-        async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                return await c.request(method, path)
-
-        result: httpx.Response = anyio.run(go)
-        return result
-
-    def get(self, path: str) -> httpx.Response:
-        return self.request("GET", path)
-
-    def post(self, path: str, **_: Any) -> httpx.Response:
-        return self.request("POST", path)
 
 
 def _app(directory: Path) -> Client:
