@@ -4,6 +4,8 @@ resolving a service request, the timeline and the as-of view, switching language
 
 from __future__ import annotations
 
+import re
+
 from datetime import UTC, datetime
 from typing import Any
 
@@ -338,6 +340,12 @@ def test_switch_language_to_chinese_and_back(page: Any, app: App) -> None:
     assert page.execute_script("return document.documentElement.lang") == "zh-CN"
     page.refresh()  # remembered
     wait(lambda: css(page, "h1").text == "客户", what="Chinese after a reload")
+    # A customer's timeline names its events and fields in Chinese too.
+    css(page, "[data-testid=customer-list] tbody tr a").click()
+    wait(lambda: all_css(page, "[data-testid=timeline] > li"), what="the timeline")
+    label = css(page, "[data-testid=timeline] li .tl-type").text
+    assert re.search("[\u4e00-\u9fff]", label), label
+    goto(page, app, "/customers")
     # Money in the record's currency, formatted for the locale (e.g. "€1,234.00" / "£" / "US$").
     Select(css(page, "[data-testid=language]")).select_by_value("en")
     wait(lambda: css(page, "h1").text == "Customers", what="English again")

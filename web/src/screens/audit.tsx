@@ -9,7 +9,7 @@ import { navigate } from "../router";
 import { useSignal } from "../signal";
 import { ErrorBox, Link, Loading, Show, toast, useAction, useDebounced, useLoad } from "../ui";
 import type { CustomerRow } from "./customers";
-import { Diff, TimelineEntries, showField, type Change, type TimelineEntry } from "./timeline";
+import { Diff, TimelineEntries, fieldLabel, showField, type Change, type TimelineEntry } from "./timeline";
 
 interface RecordView {
   version: number;
@@ -129,7 +129,7 @@ function AsOf({ id, start }: { id: string; start: number }) {
           <dl class="details" data-testid="as-of-record">
             {Object.entries(record.data).filter(([k]) => !HIDDEN.has(k)).map(([k, val]) => (
               <div key={k}>
-                <dt>{k}</dt>
+                <dt title={k}>{fieldLabel(k)}</dt>
                 <dd data-field={k}>{showField(k, val)}</dd>
               </div>
             ))}

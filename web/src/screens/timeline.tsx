@@ -59,10 +59,55 @@ export function showField(field: string, value: unknown): string {
   return PEOPLE_FIELDS.has(field) && typeof value === "string" ? person(value) : show(value);
 }
 
-/** "CustomerDetailsChanged" -> "Customer details changed" ("Sla" -> "SLA"). */
+// Event types and record fields in Simplified Chinese (English is derived from the names).
+const EVENTS_ZH: Record<string, string> = {
+  CustomerRegistered: "客户已登记", CustomerDetailsChanged: "客户信息已修改",
+  ContactAdded: "已添加联系方式", ContactRemoved: "已删除联系方式",
+  CustomerOwnerReassigned: "客户负责人已变更", CustomerShared: "客户已共享",
+  CustomerUnshared: "客户已取消共享", CustomerLifecycleStageChanged: "生命周期阶段已变更",
+  CustomerClassified: "客户已分群", CustomerTagged: "已添加标签", CustomerUntagged: "已移除标签",
+  CustomerConsentSet: "联系同意已设置", CustomerPreferencesSet: "偏好已设置",
+  CustomerPurchaseRecorded: "已记录购买", CustomerPersonalDataErased: "个人数据已删除",
+  InteractionLogged: "已记录互动",
+  OpportunityOpened: "商机已创建", OpportunityStageChanged: "商机阶段已变更",
+  OpportunityAmountChanged: "商机金额已修改", OpportunityCloseDateChanged: "预计成交日期已修改",
+  OpportunityOwnerChanged: "商机负责人已变更", OpportunityWon: "商机赢单", OpportunityLost: "商机丢单",
+  OpportunityReopened: "商机已重新打开", OpportunityShared: "商机已共享",
+  OpportunityUnshared: "商机已取消共享",
+  ServiceRequestOpened: "服务请求已创建", ServiceRequestAssigned: "服务请求已分派",
+  ServiceRequestCommented: "服务请求已评论", ServiceRequestPriorityChanged: "服务请求优先级已变更",
+  ServiceRequestStatusChanged: "服务请求状态已变更", ServiceRequestResolved: "服务请求已解决",
+  ServiceRequestSatisfactionRated: "已评价满意度", ServiceRequestSlaSet: "服务请求 SLA 已设定",
+  TaskCreated: "任务已创建", TaskCompleted: "任务已完成", TaskCancelled: "任务已取消",
+  TaskCommented: "任务已评论", TaskDueChanged: "任务截止时间已修改", TaskReassigned: "任务已转派",
+  AuditExported: "审计记录已导出",
+};
+
+const FIELDS_ZH: Record<string, string> = {
+  name: "名称", kind: "类型", industry: "行业", country: "国家/地区", source: "来源",
+  preferred_language: "首选语言", owner_id: "负责人", assignee_id: "处理人", contacts: "联系方式",
+  lifecycle_stage: "生命周期阶段", segment: "客户分群", tags: "标签", consents: "联系同意",
+  preferences: "偏好", purchases: "购买记录", shared_with: "共享给", title: "标题",
+  amount: "金额", currency: "币种", stage: "阶段", pipeline: "销售管道", probability: "赢率",
+  expected_close_date: "预计成交日期", status: "状态", priority: "优先级", subject: "主题",
+  description: "描述", channel: "渠道", type: "类型", comments: "评论", due_at: "截止时间",
+  customer_id: "客户", related_id: "关联记录", opportunity_id: "商机", rating: "满意度评分",
+  resolution: "解决方案", first_response_due_at: "首次响应截止", resolution_due_at: "解决截止",
+  sla_priority: "SLA 优先级", lost_reason: "丢单原因", won_at: "赢单时间", closed_at: "关闭时间",
+  opened_at: "创建时间", summary: "摘要", direction: "方向", occurred_at: "发生时间",
+};
+
+/** "CustomerDetailsChanged" -> "Customer details changed" ("Sla" -> "SLA"); in Chinese
+ * from the table above. */
 export function eventLabel(type: string): string {
+  if (locale.get() === "zh-CN" && EVENTS_ZH[type]) return EVENTS_ZH[type];
   const words = type.replace(/([a-z])([A-Z])/g, "$1 $2").toLowerCase().replace(/\bsla\b/g, "SLA");
   return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+/** A record field's name in the user's language (the API's name in English). */
+export function fieldLabel(field: string): string {
+  return (locale.get() === "zh-CN" && FIELDS_ZH[field]) || field;
 }
 
 export function Diff({ changes }: { changes: Change[] }) {
@@ -79,7 +124,7 @@ export function Diff({ changes }: { changes: Change[] }) {
       <tbody>
         {changes.map((c) => (
           <tr key={c.field}>
-            <td class="field">{c.field}</td>
+            <td class="field" title={c.field}>{fieldLabel(c.field)}</td>
             <td class="before">{showField(c.field, c.before)}</td>
             <td class="after">{showField(c.field, c.after)}</td>
           </tr>
