@@ -14,15 +14,19 @@ Each step says what it did (table, action, rows); all are safe to run again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
+import structlog
 from psycopg import sql
 
 from projections.base import Projection, Table
+
+log = structlog.get_logger("crm.erasure")
 
 #: Each erasure's receipt (the first answer, for a repeat with the same Idempotency-Key).
 ERASURES_TABLE = "crm_erasures"
@@ -174,12 +178,34 @@ def erase_other_tables(conninfo: str, customer_id: UUID, *, erasure_version: int
     return out
 
 
+def wait_out_older_snapshots(conn: psycopg.Connection[Any], timeout: float = 30.0) -> bool:
+    """Wait until no other session of this database holds a snapshot taken before now
+    (one that may still see the old row versions: VACUUM keeps those, even FULL); True
+    when none is left, False when ``timeout`` ran out first."""
+    row = conn.execute("SELECT xid(pg_current_xact_id())::text").fetchone()
+    assert row is not None
+    cutoff = row[0]
+    deadline = time.monotonic() + timeout
+    while True:
+        older = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL"
+            " AND age(backend_xmin) > age(%s::xid)", (cutoff,)).fetchone()
+        if older is None or older[0] == 0:
+            return True
+        if time.monotonic() >= deadline:
+            log.warning("erasure vacuum: sessions with older snapshots still open", sessions=older[0])
+            return False
+        time.sleep(0.05)
+
+
 def vacuum(conninfo: str, tables: Iterable[str], *, full: bool = False) -> list[str]:
     """VACUUM the tables an erasure changed: the old row versions (dead tuples) holding
     the personal data leave the tables and their indexes. ``full`` rewrites each table
     into a new file (the old bytes go with the old file) but locks it while it does."""
     done = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        wait_out_older_snapshots(conn)
         for name in sorted(set(tables)):
             schema, _, table = name.rpartition(".")
             conn.execute(sql.SQL("VACUUM ({} ANALYZE) {}.{}").format(
