@@ -314,7 +314,10 @@ class AutomationRunner:
             "priority": priority, "first_response_due_at": first_due, "resolution_due_at": resolution_due,
             "reason": (f"SLA policy for {priority} priority: first response within {sla.first_response_minutes:g}"
                        f" min and resolution within {sla.resolution_minutes:g} min of opening{why}")})
-        self._issue(f"sla:{event.meta.event_id}", command, event, target=request_id)
+        current: Any = self.app.load(AGGREGATE_TYPES["service_request"], request_id)
+        if getattr(current, "status", None) not in ("resolved", "closed"):
+            # (a request already done when the automation catches up has no SLA to meet)
+            self._issue(f"sla:{event.meta.event_id}", command, event, target=request_id)
         cause = {"causation_id": str(event.meta.event_id), "correlation_id": event.meta.correlation_id,
                  "request_id": str(request_id), "team": team}
         self._timer(conn, f"sla-first-response:{request_id}", first_due, "sla_first_response", cause,
