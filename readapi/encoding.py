@@ -8,11 +8,10 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
-from replay.timeline import jsonable
+from replay.timeline import PLAIN, jsonable
 
 __all__ = ["MASK", "JSONResponse", "jsonable", "masked_row"]
 
-_PLAIN = frozenset({str, int, float, bool, type(None)})
 #: What a personal field shows to a role that may not read personal data.
 MASK = "***"
 
@@ -26,7 +25,7 @@ def masked_row(row: Mapping[str, Any], *, personal: Iterable[str], hidden: Itera
     if as_read:
         out = {k: v for k, v in row.items() if k not in drop and k[:1] != "_"}
     else:
-        out = {k: v if type(v) in _PLAIN else jsonable(v)
+        out = {k: v if type(v) in PLAIN else jsonable(v)
                for k, v in row.items() if k not in drop and k[:1] != "_"}
     if mask:
         for name in personal:

@@ -37,12 +37,13 @@ def known_type(type_name: str) -> bool:
     return type_name in all_event_types()
 
 
-_PLAIN = frozenset({str, int, float, bool, type(None)})
+#: Types whose values are JSON as they are.
+PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def jsonable(value: Any) -> Any:
     """A JSON value of a field value (ids, amounts and times as text, enums by value)."""
-    if type(value) in _PLAIN:  # most values of most rows: nothing to do
+    if type(value) in PLAIN:  # most values of most rows: nothing to do
         return value
     convert = _BY_TYPE.get(type(value))  # the exact types of read-model rows, by one look-up
     if convert is not None:
@@ -63,11 +64,11 @@ def jsonable(value: Any) -> Any:
 
 
 def _dict(value: dict[Any, Any]) -> dict[str, Any]:
-    return {k if type(k) is str else str(k): v if type(v) in _PLAIN else jsonable(v) for k, v in value.items()}
+    return {k if type(k) is str else str(k): v if type(v) in PLAIN else jsonable(v) for k, v in value.items()}
 
 
 def _list(value: list[Any] | tuple[Any, ...] | set[Any]) -> list[Any]:
-    return [v if type(v) in _PLAIN else jsonable(v) for v in value]
+    return [v if type(v) in PLAIN else jsonable(v) for v in value]
 
 
 _BY_TYPE: dict[type, Any] = {
