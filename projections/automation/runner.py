@@ -276,15 +276,15 @@ class AutomationRunner:
     def _route(self, conn: psycopg.Connection[Any], event: se.ServiceRequestOpened) -> None:
         team = self.config.route(event.request_type, event.channel, event.priority)
         request_id = event.originator_id
+        sr: Any = self.app.load(AGGREGATE_TYPES["service_request"], request_id)
         if team is not None:
             agent = self._least_loaded(conn, team)
-            sr = self.app.load(AGGREGATE_TYPES["service_request"], request_id)
             if agent is not None and getattr(sr, "assignee_id", None) is None:
                 command = cs.AssignServiceRequest(assignee_id=agent, reason=f"routed to team {team.name}")
                 if self._issue(f"route:{event.meta.event_id}", command, event,
                                target=request_id, expected_version=sr.version):
                     self._load(conn, request_id, agent, True)
-        self._set_sla(conn, event, request_id, event.priority, event.meta.occurred_at,
+        self._set_sla(conn, event, sr, event.priority, event.meta.occurred_at,
                       team.name if team else None, "")
 
     def _priority_changed(self, conn: psycopg.Connection[Any], event: se.ServiceRequestPriorityChanged) -> None:
@@ -297,25 +297,25 @@ class AutomationRunner:
         if sr.opened_at is None:
             return
         team = self.config.route(sr.request_type, sr.channel, event.priority)
-        self._set_sla(conn, event, event.originator_id, event.priority, sr.opened_at,
+        self._set_sla(conn, event, sr, event.priority, sr.opened_at,
                       team.name if team else None, f"; priority changed from {event.previous_priority}")
 
-    def _set_sla(self, conn: psycopg.Connection[Any], event: CrmEvent, request_id: UUID, priority: str,
+    def _set_sla(self, conn: psycopg.Connection[Any], event: CrmEvent, sr: Any, priority: str,
                  start: datetime, team: str | None, why: str) -> None:
-        """Record the SLA of ``priority`` counted from ``start`` on the request (a command,
-        so every reader sees the same due times, with who set them and why) and arm its
-        breach timers (a timer that fired already stays fired)."""
+        """Record the SLA of ``priority`` counted from ``start`` on the request ``sr`` (a
+        command, so every reader sees the same due times, with who set them and why) and
+        arm its breach timers (a timer that fired already stays fired)."""
         sla = self.config.sla.get(priority)  # type: ignore[call-overload]
         if sla is None:
             return
+        request_id = sr.id
         first_due = start + timedelta(minutes=sla.first_response_minutes)
         resolution_due = start + timedelta(minutes=sla.resolution_minutes)
         command = cs.SetServiceRequestSla.model_validate({
             "priority": priority, "first_response_due_at": first_due, "resolution_due_at": resolution_due,
             "reason": (f"SLA policy for {priority} priority: first response within {sla.first_response_minutes:g}"
                        f" min and resolution within {sla.resolution_minutes:g} min of opening{why}")})
-        current: Any = self.app.load(AGGREGATE_TYPES["service_request"], request_id)
-        if getattr(current, "status", None) not in ("resolved", "closed"):
+        if getattr(sr, "status", None) not in ("resolved", "closed"):
             # (a request already done when the automation catches up has no SLA to meet)
             self._issue(f"sla:{event.meta.event_id}", command, event, target=request_id)
         cause = {"causation_id": str(event.meta.event_id), "correlation_id": event.meta.correlation_id,
