@@ -416,12 +416,12 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         group; if it can, what it claims is marked taken for those after it; if not, its
         own error is set."""
         claims = append.claims
-        if any(c in stored_versions for c in claims) or len(set(claims)) < len(claims):
+        own = set(claims)
+        if any(c in stored_versions for c in claims) or len(own) < len(claims):
             first = claims[0]
             append.error = IntegrityError(
                 f"version {first[1]} of {first[0]} was stored by another writer")
             return False
-        own = set(claims)
         for originator_id, version in claims:
             before = (originator_id, version - 1)
             if version > 1 and before not in stored_versions and before not in own:
