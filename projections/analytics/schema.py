@@ -324,8 +324,9 @@ TABLES: tuple[DerivedTable, ...] = (
         "Per customer and currency bought in (currency NULL: never bought): orders, days with"
         " a purchase, total spent, first and last purchase, mean value of the repeat purchase"
         " days (all but the first), and the customer's last activity of any kind (purchase,"
-        " interaction, opportunity opened) and current lifecycle stage. The base of RFM and"
-        " lifetime value.",
+        " interaction, opportunity opened) and current lifecycle stage, as of the latest"
+        " event; the macro customer_value_at gives the same as of any cut-off (the base of"
+        " RFM and lifetime value).",
         """
         WITH days AS (
           SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day,
@@ -372,9 +373,136 @@ TABLE_COMMENTS = {
     "sla_target": "Service-level targets per request priority, in hours.",
 }
 
+# -- customer value, RFM and lifetime-value inputs as of a time -----------------------------
+#: The current time as a UTC TIMESTAMP (the query's transaction start): the default cut-off
+#: of the views over the macros below.
+NOW = "CAST(timezone('UTC', current_timestamp) AS TIMESTAMP)"
+
+#: name -> (parameters, SQL, description). Each is created as a table macro: ``SELECT *
+#: FROM rfm_at(TIMESTAMP '2026-06-30')``. Only purchases at or before the cut-off
+#: (``as_of_time``, UTC) count, and of a window start ``since_time`` (NULL: none), only
+#: those after it. A customer counts when registered by the cut-off or when they bought by
+#: then (a purchase recorded with an earlier business time than the registration); their
+#: attributes (lifecycle stage, segment, owner) are those valid at the cut-off, or, before
+#: the customer's first known state, that first state.
+MACROS: dict[str, tuple[str, str, str]] = {
+    "customer_value_at": ("as_of_time, since_time := NULL", """
+        WITH p AS (
+          SELECT customer_key, currency, purchased_at, amount FROM purchases
+          WHERE purchased_at <= as_of_time AND (since_time IS NULL OR purchased_at > since_time)),
+        days AS (
+          SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day,
+                 sum(amount) AS amount, count(*) AS orders, min(purchased_at) AS first_at,
+                 max(purchased_at) AS last_at
+          FROM p GROUP BY ALL),
+        bought AS (
+          SELECT customer_key, currency, CAST(sum(orders) AS INTEGER) AS orders,
+                 CAST(count(*) AS INTEGER) AS purchase_days, sum(amount) AS monetary,
+                 min(first_at) AS first_at, max(last_at) AS last_at,
+                 CASE WHEN count(*) > 1 THEN CAST((sum(amount) - arg_min(amount, day))
+                                                  / (count(*) - 1) AS DOUBLE) END AS repeat_mean
+          FROM days GROUP BY ALL),
+        attrs AS (
+          SELECT customer_key, min(valid_from) AS registered_at,
+                 coalesce(
+                   arg_max({'lifecycle_stage': lifecycle_stage, 'segment': segment,
+                            'owner_id': owner_id}, (valid_from, position))
+                     FILTER (WHERE valid_from <= as_of_time),
+                   arg_min({'lifecycle_stage': lifecycle_stage, 'segment': segment,
+                            'owner_id': owner_id}, (valid_from, position))) AS a
+          FROM dim_customer_history GROUP BY customer_key),
+        active AS (
+          SELECT customer_key, max(active_at) AS last_activity_at FROM (
+            SELECT customer_key, occurred_at AS active_at FROM interactions
+              WHERE occurred_at <= as_of_time
+            UNION ALL SELECT customer_key, purchased_at FROM purchases
+              WHERE purchased_at <= as_of_time
+            UNION ALL SELECT customer_key, opened_at FROM opportunities
+              WHERE opened_at <= as_of_time) GROUP BY ALL)
+        SELECT c.customer_key, b.currency, coalesce(b.orders, 0) AS orders,
+               coalesce(b.purchase_days, 0) AS purchase_days, b.monetary,
+               b.first_at AS first_purchase_at, b.last_at AS last_purchase_at,
+               b.repeat_mean AS repeat_value_mean, a.last_activity_at,
+               c.a.lifecycle_stage AS lifecycle_stage, c.a.segment AS segment,
+               c.a.owner_id AS owner_id, c.registered_at
+        FROM attrs c LEFT JOIN active a USING (customer_key)
+        LEFT JOIN bought b USING (customer_key)
+        WHERE c.registered_at <= as_of_time OR b.customer_key IS NOT NULL""",
+        "customer_value as of a cut-off: per customer and currency bought in (currency NULL:"
+        " bought nothing in the window), only purchases at or before as_of_time (and after"
+        " since_time, if given): orders, purchase days (UTC), total, first and last purchase,"
+        " mean value of the repeat purchase days, the last activity by the cut-off, and the"
+        " lifecycle stage, segment and owner valid at the cut-off (before the customer's"
+        " registration: their first known ones)."),
+    "rfm_at": ("as_of_time, since_time := NULL", """
+        WITH v AS (
+          SELECT *, epoch(last_purchase_at) AS r_value
+          FROM customer_value_at(as_of_time, since_time)),
+        cuts AS (
+          SELECT currency,
+                 quantile_cont(r_value, [0.2, 0.4, 0.6, 0.8]) AS r_cuts,
+                 quantile_cont(orders, [0.2, 0.4, 0.6, 0.8]) AS f_cuts,
+                 quantile_cont(monetary, [0.2, 0.4, 0.6, 0.8]) AS m_cuts
+          FROM v WHERE currency IS NOT NULL GROUP BY ALL),
+        scored AS (
+          SELECT v.*, date_diff('day', v.last_purchase_at, as_of_time) AS recency_days,
+                 1 + CAST(v.r_value > c.r_cuts[1] AS INTEGER) + CAST(v.r_value > c.r_cuts[2] AS INTEGER)
+                   + CAST(v.r_value > c.r_cuts[3] AS INTEGER) + CAST(v.r_value > c.r_cuts[4] AS INTEGER) AS r_score,
+                 1 + CAST(v.orders > c.f_cuts[1] AS INTEGER) + CAST(v.orders > c.f_cuts[2] AS INTEGER)
+                   + CAST(v.orders > c.f_cuts[3] AS INTEGER) + CAST(v.orders > c.f_cuts[4] AS INTEGER) AS f_score,
+                 1 + CAST(v.monetary > c.m_cuts[1] AS INTEGER) + CAST(v.monetary > c.m_cuts[2] AS INTEGER)
+                   + CAST(v.monetary > c.m_cuts[3] AS INTEGER) + CAST(v.monetary > c.m_cuts[4] AS INTEGER) AS m_score
+          FROM v LEFT JOIN cuts c USING (currency))
+        SELECT CAST(as_of_time AS TIMESTAMP) AS as_of, s.customer_key, s.currency,
+               s.last_purchase_at, s.recency_days, s.orders, s.purchase_days, s.monetary,
+               CAST(CASE WHEN s.currency IS NOT NULL THEN s.r_score END AS INTEGER) AS r_score,
+               CAST(CASE WHEN s.currency IS NOT NULL THEN s.f_score END AS INTEGER) AS f_score,
+               CAST(CASE WHEN s.currency IS NOT NULL THEN s.m_score END AS INTEGER) AS m_score,
+               s.last_activity_at, s.lifecycle_stage, s.segment,
+               CASE
+                 WHEN s.lifecycle_stage = 'churned' OR s.last_activity_at IS NULL
+                      OR s.last_activity_at < as_of_time - INTERVAL 365 DAY
+                   THEN 'churned'
+                 WHEN s.m_score >= 4 AND s.f_score >= 4 AND s.r_score >= 3 THEN 'high-value'
+                 WHEN s.r_score <= 2 AND (s.f_score >= 3 OR s.m_score >= 3) THEN 'at-risk'
+                 WHEN s.r_score >= 3 OR s.last_activity_at >= as_of_time - INTERVAL 90 DAY
+                   THEN 'potential'
+                 ELSE 'occasional' END AS customer_class
+        FROM scored s""",
+        "Per customer (and currency bought in) as of as_of_time, over the purchases after"
+        " since_time (NULL: all): recency in days, orders, purchase days, monetary, and the"
+        " 1-5 scores (1 + how many of the currency's 20/40/60/80 % quantiles the value"
+        " exceeds; F counts orders), and the class: churned (lifecycle churned at the"
+        " cut-off, or no purchase, interaction or opportunity in the 365 days before it),"
+        " high-value (M>=4, F>=4, R>=3), at-risk (R<=2 with F>=3 or M>=3), potential (R>=3,"
+        " or active in the 90 days before the cut-off), else occasional."),
+    "customer_classes_at": ("as_of_time, since_time := NULL", """
+        SELECT CAST(as_of_time AS TIMESTAMP) AS as_of, customer_class,
+               count(DISTINCT customer_key) AS customers
+        FROM rfm_at(as_of_time, since_time) GROUP BY ALL ORDER BY customers DESC, customer_class""",
+        "How many customers are in each class of rfm_at(as_of_time, since_time)."),
+    "clv_inputs_at": ("as_of_time", """
+        SELECT CAST(as_of_time AS TIMESTAMP) AS as_of, customer_key, currency,
+               purchase_days - 1 AS repeat_purchase_days,
+               date_diff('day', CAST(first_purchase_at AS DATE), CAST(last_purchase_at AS DATE))
+                 AS recency_days,
+               date_diff('day', CAST(first_purchase_at AS DATE), CAST(as_of_time AS DATE))
+                 AS age_days,
+               repeat_value_mean AS avg_repeat_value, lifecycle_stage, segment
+        FROM customer_value_at(as_of_time) WHERE currency IS NOT NULL""",
+        "Per customer and currency, the inputs of the lifetime-value model with calibration"
+        " end as_of_time (purchases after it are ignored), in days: repeat purchase days"
+        " (purchase days, UTC, after the first: the model's frequency), recency (first to"
+        " last purchase day), age (first purchase day to the cut-off: the model's clock"
+        " starts at the first purchase, not at registration), mean value of the repeat"
+        " purchase days; with the lifecycle stage and segment valid at the cut-off."),
+}
+
 # -- KPI views ---------------------------------------------------------------------------
 #: name -> (SQL, description). Each is created as view kpi_<name>. ``as_of`` is the time of
-#: the latest event in the log, so every figure is a pure function of the log.
+#: the latest event in the log, so those figures are a pure function of the log; kpi_rfm,
+#: kpi_customer_classes and kpi_clv_inputs are as of now (the macros above at the current
+#: time), so that an event logged today does not move their cut-off.
 KPI_VIEWS: dict[str, tuple[str, str]] = {
     "funnel": ("""
         WITH reach AS (
@@ -474,52 +602,13 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
         ORDER BY ALL NULLS FIRST""",
         "Satisfaction ratings (1-5): average and share of 4-5, overall, per month, agent"
         " (assignee when rated), channel and request type; the other keys NULL."),
-    "rfm": ("""
-        WITH v AS (
-          SELECT *, epoch(last_purchase_at) AS r_value FROM customer_value),
-        cuts AS (
-          SELECT currency,
-                 quantile_cont(r_value, [0.2, 0.4, 0.6, 0.8]) AS r_cuts,
-                 quantile_cont(orders, [0.2, 0.4, 0.6, 0.8]) AS f_cuts,
-                 quantile_cont(monetary, [0.2, 0.4, 0.6, 0.8]) AS m_cuts
-          FROM v WHERE currency IS NOT NULL GROUP BY ALL),
-        scored AS (
-          SELECT v.*, date_diff('day', v.last_purchase_at, (SELECT as_of FROM analytics_as_of))
-                        AS recency_days,
-                 1 + CAST(v.r_value > c.r_cuts[1] AS INTEGER) + CAST(v.r_value > c.r_cuts[2] AS INTEGER)
-                   + CAST(v.r_value > c.r_cuts[3] AS INTEGER) + CAST(v.r_value > c.r_cuts[4] AS INTEGER) AS r_score,
-                 1 + CAST(v.orders > c.f_cuts[1] AS INTEGER) + CAST(v.orders > c.f_cuts[2] AS INTEGER)
-                   + CAST(v.orders > c.f_cuts[3] AS INTEGER) + CAST(v.orders > c.f_cuts[4] AS INTEGER) AS f_score,
-                 1 + CAST(v.monetary > c.m_cuts[1] AS INTEGER) + CAST(v.monetary > c.m_cuts[2] AS INTEGER)
-                   + CAST(v.monetary > c.m_cuts[3] AS INTEGER) + CAST(v.monetary > c.m_cuts[4] AS INTEGER) AS m_score
-          FROM v LEFT JOIN cuts c USING (currency))
-        SELECT s.customer_key, s.currency, s.last_purchase_at, s.recency_days,
-               coalesce(s.orders, 0) AS frequency, s.monetary,
-               CAST(CASE WHEN s.currency IS NOT NULL THEN s.r_score END AS INTEGER) AS r_score,
-               CAST(CASE WHEN s.currency IS NOT NULL THEN s.f_score END AS INTEGER) AS f_score,
-               CAST(CASE WHEN s.currency IS NOT NULL THEN s.m_score END AS INTEGER) AS m_score,
-               s.last_activity_at, s.lifecycle_stage,
-               CASE
-                 WHEN s.lifecycle_stage = 'churned' OR s.last_activity_at IS NULL
-                      OR s.last_activity_at < (SELECT as_of FROM analytics_as_of) - INTERVAL 365 DAY
-                   THEN 'churned'
-                 WHEN s.m_score >= 4 AND s.f_score >= 4 AND s.r_score >= 3 THEN 'high-value'
-                 WHEN s.r_score <= 2 AND (s.f_score >= 3 OR s.m_score >= 3) THEN 'at-risk'
-                 WHEN s.r_score >= 3
-                      OR s.last_activity_at >= (SELECT as_of FROM analytics_as_of) - INTERVAL 90 DAY
-                   THEN 'potential'
-                 ELSE 'occasional' END AS customer_class
-        FROM scored s""",
-        "Per current customer (and currency bought in): recency, frequency, monetary and"
-        " their 1-5 scores (1 + how many of the currency's 20/40/60/80 % quantiles the value"
-        " exceeds), and the class: churned"
-        " (lifecycle churned, or no purchase, interaction or opportunity for 365 days),"
-        " high-value (M>=4, F>=4, R>=3), at-risk (R<=2 with F>=3 or M>=3), potential (R>=3,"
-        " or active in the last 90 days), else occasional."),
-    "customer_classes": ("""
-        SELECT customer_class, count(DISTINCT customer_key) AS customers
-        FROM kpi_rfm GROUP BY ALL ORDER BY customers DESC, customer_class""",
-        "How many customers are in each class of kpi_rfm."),
+    "rfm": (f"SELECT * FROM rfm_at({NOW})",
+        "Per customer (and currency bought in) as of now (the as_of column; rfm_at(T) gives"
+        " any other time): recency, orders (F counts orders), purchase days, monetary, their"
+        " 1-5 scores and the class; see the macro rfm_at."),
+    "customer_classes": (f"SELECT * FROM customer_classes_at({NOW})",
+        "How many customers are in each class of kpi_rfm, as of now (the as_of column;"
+        " customer_classes_at(T) gives any other time)."),
     "churn_rate": ("""
         WITH months AS (
           SELECT unnest(generate_series(date_trunc('month', min(valid_from)),
@@ -544,11 +633,19 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
         "Per month: customers in lifecycle stage customer at its start, how many of them moved"
         " to churned during it, and the rate."),
     "repeat_purchase": ("""
-        SELECT currency, count(*) AS buyers, count(*) FILTER (WHERE orders >= 2) AS repeat_buyers,
-               count(*) FILTER (WHERE orders >= 2) / count(*) AS repeat_purchase_rate
-        FROM (SELECT customer_key, currency, count(*) AS orders FROM purchases GROUP BY ALL)
+        SELECT currency, count(*) AS buyers,
+               count(*) FILTER (WHERE orders >= 2) AS repeat_buyers_orders,
+               count(*) FILTER (WHERE orders >= 2) / count(*) AS repeat_purchase_rate_orders,
+               count(*) FILTER (WHERE days >= 2) AS repeat_buyers_days,
+               count(*) FILTER (WHERE days >= 2) / count(*) AS repeat_purchase_rate_days
+        FROM (SELECT customer_key, currency, count(*) AS orders,
+                     count(DISTINCT CAST(purchased_at AS DATE)) AS days
+              FROM purchases GROUP BY ALL)
         GROUP BY ALL ORDER BY ALL""",
-        "Share of the customers who bought (in a currency) who bought at least twice."),
+        "Of the customers who bought (in a currency): the share with at least two orders"
+        " (repeat_purchase_rate_orders) and the share who bought on at least two days (UTC)"
+        " (repeat_purchase_rate_days, the lifetime-value model's count: two orders on one day"
+        " are one purchase there)."),
     "aov": ("""
         SELECT currency, date_trunc('month', purchased_at) AS period, count(*) AS orders,
                sum(amount) AS revenue, sum(amount) / count(*) AS average_order_value
@@ -561,17 +658,10 @@ KPI_VIEWS: dict[str, tuple[str, str]] = {
         FROM opportunities o LEFT JOIN dim_stage d USING (pipeline, stage)
         WHERE o.status = 'open' GROUP BY ALL ORDER BY o.pipeline, d.stage_order, o.currency""",
         "Open pipeline per stage and currency."),
-    "clv_inputs": ("""
-        SELECT customer_key, currency, purchase_days - 1 AS frequency,
-               date_diff('day', CAST(first_purchase_at AS DATE), CAST(last_purchase_at AS DATE))
-                 AS recency_days,
-               date_diff('day', CAST(first_purchase_at AS DATE),
-                         CAST((SELECT as_of FROM analytics_as_of) AS DATE)) AS age_days,
-               repeat_value_mean AS avg_repeat_value
-        FROM customer_value WHERE currency IS NOT NULL""",
-        "Per customer and currency, the inputs of the lifetime-value model: repeat purchase"
-        " days (frequency), days from first to last purchase (recency), days since the first"
-        " (age), mean value of the repeat purchases."),
+    "clv_inputs": (f"SELECT * FROM clv_inputs_at({NOW})",
+        "Per customer and currency, the inputs of the lifetime-value model as of now (the"
+        " as_of column; clv_inputs_at(T) gives any other calibration end); see the macro"
+        " clv_inputs_at."),
 }
 
 SUPPORT_VIEWS = {
@@ -614,6 +704,8 @@ SUPPORT_VIEWS = {
 def view_ddl() -> list[str]:
     """CREATE VIEW statements of the support and KPI views, in dependency order."""
     out = [f"CREATE OR REPLACE VIEW {name} AS {sql}" for name, (sql, _) in SUPPORT_VIEWS.items()]
+    out += [f"CREATE OR REPLACE MACRO {name}({params}) AS TABLE {sql}"
+            for name, (params, sql, _) in MACROS.items()]
     # kpi_stage_win_rates before kpi_forecast_historical, kpi_rfm before customer_classes
     out += [f"CREATE OR REPLACE VIEW kpi_{name} AS {sql}" for name, (sql, _) in KPI_VIEWS.items()]
     return out
@@ -630,6 +722,7 @@ def comment_ddl() -> list[str]:
     out += [f"COMMENT ON TABLE {n} IS {q(c)}" for n, c in TABLE_COMMENTS.items()]
     out += [f"COMMENT ON VIEW {n} IS {q(d)}" for n, (_, d) in SUPPORT_VIEWS.items()]
     out += [f"COMMENT ON VIEW kpi_{n} IS {q(d)}" for n, (_, d) in KPI_VIEWS.items()]
+    out += [f"COMMENT ON MACRO TABLE {n} IS {q(d)}" for n, (_, _, d) in MACROS.items()]
     return out
 
 

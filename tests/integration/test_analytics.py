@@ -203,16 +203,18 @@ def test_kpis_match_figures_worked_out_by_hand(analytics_system: Any) -> None:
         ("email", 2.0), ("phone", 5.0)]
     assert q(s, "SELECT currency, average_order_value FROM kpi_aov WHERE period IS NULL") == [
         ("EUR", 162.5), ("USD", 80.0)]
-    assert q(s, "SELECT currency, buyers, repeat_buyers, repeat_purchase_rate"
-                " FROM kpi_repeat_purchase") == [("EUR", 2, 1, 0.5), ("USD", 1, 0, 0.0)]
+    assert q(s, "SELECT currency, buyers, repeat_buyers_orders, repeat_purchase_rate_orders,"
+                " repeat_buyers_days, repeat_purchase_rate_days FROM kpi_repeat_purchase") == [
+        ("EUR", 2, 1, 0.5, 1, 0.5), ("USD", 1, 0, 0.0, 0, 0.0)]
     assert q(s, "SELECT CAST(period AS DATE), customers_at_start, churned, churn_rate"
                 " FROM kpi_churn_rate") == [
         (date(2026, 1, 1), 2, 0, 0.0), (date(2026, 2, 1), 2, 1, 0.5)]
-    assert q(s, "SELECT customer_class, customers FROM kpi_customer_classes"
+    # RFM and the classes as of the latest event, 2026-02-15 (the views are as of now)
+    assert q(s, "SELECT customer_class, customers FROM customer_classes_at(TIMESTAMP '2026-02-15')"
                 " ORDER BY customer_class") == [("churned", 1), ("high-value", 1), ("potential", 1)]
-    (rfm,) = q(s, "SELECT frequency, monetary, r_score, f_score, m_score, recency_days"
-                  " FROM kpi_rfm WHERE customer_class = 'high-value'")
-    assert rfm == (3, Decimal("600"), 5, 5, 5, 14)
+    (rfm,) = q(s, "SELECT orders, purchase_days, monetary, r_score, f_score, m_score, recency_days"
+                  " FROM rfm_at(TIMESTAMP '2026-02-15') WHERE customer_class = 'high-value'")
+    assert rfm == (3, 3, Decimal("600"), 5, 5, 5, 14)
 
 
 def test_star_keeps_history_and_pseudonymous_keys(analytics_system: Any, database_url: str) -> None:
