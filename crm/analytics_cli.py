@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -165,23 +166,88 @@ def export(directory: Annotated[Path, typer.Argument(help="Where to write the Pa
                f"{manifest['position']}: {directory}")
 
 
+AsOfOption = Annotated[str | None, typer.Option(
+    "--as-of", help="Cut-off, ISO 8601 with a time zone (e.g. 2026-06-30T23:59:59Z): only "
+                    "purchases and activity up to then count. Default: now.")]
+HorizonOption = Annotated[float, typer.Option(
+    "--horizon-weeks", min=0.001, max=520, help="Lifetime value over this many weeks.")]
+
+
+def _as_of(text: str | None) -> datetime:
+    """The --as-of option as an aware time (now when not given)."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        typer.echo("error: --as-of must be an ISO 8601 date-time with a time zone, e.g. "
+                   "2026-06-30T23:59:59Z", err=True)
+        raise typer.Exit(2)
+    return at
+
+
 @analytics_app.command("report")
-def report_command(out: Annotated[Path, typer.Argument(help="The HTML file to write.")]) -> None:
-    """Write the analytics report (KPIs and charts) as one self-contained HTML file."""
+def report_command(out: Annotated[Path, typer.Argument(help="The HTML file to write.")],
+                   as_of: AsOfOption = None, horizon_weeks: HorizonOption = 52.0) -> None:
+    """Write the analytics report (KPIs and charts) as one self-contained HTML file; the
+    customer classes and lifetime value as of --as-of (default now)."""
     from projections.analytics import report
 
+    cutoff = _as_of(as_of)
     settings = _settings()
     try:
         db, _ = _open_local(settings)
     except OwnedElsewhere:
-        data, _ = _call(settings, "GET", "/api/v1/analytics/report")
+        query = urllib.parse.urlencode({"as_of": cutoff.isoformat(), "horizon_weeks": horizon_weeks})
+        data, _ = _call(settings, "GET", f"/api/v1/analytics/report?{query}")
         out.write_bytes(data)
     else:
         try:
-            out.write_text(report.render(report.collect(db)))
+            out.write_text(report.render(report.collect(db, as_of=cutoff,
+                                                        horizon_weeks=horizon_weeks)))
         finally:
             db.close()
     typer.echo(f"report: {out}")
+
+
+@analytics_app.command("clv")
+def clv_command(
+    as_of: AsOfOption = None, horizon_weeks: HorizonOption = 52.0,
+    top: Annotated[int, typer.Option(min=0, max=1000, help="This many top customers.")] = 20,
+) -> None:
+    """Customer lifetime value (BG/NBD + Gamma-Gamma) per currency, fitted on the purchases
+    up to --as-of (default now), as JSON: the cut-off, time unit, customers fitted, the
+    parameters, the total and mean value over the horizon and the top customers."""
+    from projections.analytics import sandbox
+    from projections.analytics.clv import customer_lifetime_values
+    from projections.analytics.schema import macro_call
+
+    cutoff = _as_of(as_of)
+    settings = _settings()
+    try:
+        db, config = _open_local(settings)
+    except OwnedElsewhere:
+        query = urllib.parse.urlencode({"as_of": cutoff.isoformat(),
+                                        "horizon_weeks": horizon_weeks, "top": top})
+        data, _ = _call(settings, "GET", f"/api/v1/analytics/clv?{query}")
+        _write(None, data)
+        return
+    try:
+        result = sandbox.run_query(db, f"SELECT * FROM {macro_call('clv_inputs_at', cutoff)}",
+                                   timeout=config.query_timeout_seconds, max_rows=10_000_000)
+    except sandbox.QueryRefused as e:
+        typer.echo(f"error: {e.detail}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        db.close()
+    out = customer_lifetime_values(sandbox.rows_of(result.table), horizon_weeks=horizon_weeks,
+                                   as_of=cutoff)
+    for entry in out["currencies"].values():
+        if "customer_values" in entry:
+            entry["customer_values"] = entry["customer_values"][:top]
+    _write(None, json.dumps({"position": result.position, **out}, indent=1).encode())
 
 
 @analytics_app.command("run")

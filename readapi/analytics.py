@@ -6,21 +6,23 @@ projection's leader): elsewhere these routes answer 503 naming the reason.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from commands.application import Principal
 from projections.analytics import report, sandbox
-from projections.analytics.clv import customer_lifetime_values
-from projections.analytics.schema import KPI_VIEWS
+from projections.analytics.clv import customer_lifetime_values, utc_text
+from projections.analytics.schema import AS_OF_KPIS, KPI_VIEWS, macro_call
 from projections.analytics.store import AnalyticsProjection, NotLeader
 from readapi.encoding import JSONResponse
 from readapi.access import reach_of
 from readapi.auth import PERSONAL_DATA_ROLES
+from readapi.consistency import invalid
 from readapi.problems import Problem
 from readapi.routes import Caller, services
 
@@ -79,37 +81,77 @@ def kpi_names(request: Request, caller: Caller) -> Any:
                      for n, (_, d) in KPI_VIEWS.items()]}
 
 
-def kpi(name: str, request: Request, caller: Caller) -> Any:
+AsOf = Annotated[AwareDatetime | None, Query(
+    description="Cut-off (ISO 8601 with a time zone): only purchases and activity up to then "
+                "count; default now.")]
+
+
+def _cutoff(as_of: datetime | None) -> datetime:
+    return as_of if as_of is not None else datetime.now(UTC)
+
+
+def kpi(name: str, request: Request, caller: Caller, as_of: AsOf = None,
+        horizon_days: Annotated[int | None, Query(
+            ge=1, le=36_500, description="rfm, customer_classes: only purchases in the "
+                                         "days before the cut-off count; default all.")] = None,
+        ) -> Any:
     analytics = _owner(request, caller)
     if name not in KPI_VIEWS:
         raise Problem(404, f"no KPI named {name!r}; see /api/v1/analytics/kpis",
                       code="not-found", field="name")
+    at_kpi = AS_OF_KPIS.get(name)
+    if at_kpi is None and as_of is not None:
+        raise invalid("as_of", f"the KPI {name} has no cut-off; only "
+                      f"{', '.join(AS_OF_KPIS)} take as_of")
+    if (at_kpi is None or not at_kpi[1]) and horizon_days is not None:
+        raise invalid("horizon_days", f"the KPI {name} has no look-back window; only "
+                      f"{', '.join(n for n, (_, w) in AS_OF_KPIS.items() if w)} take horizon_days")
+    cutoff = _cutoff(as_of)
+    if at_kpi is None:
+        sql = f"SELECT * FROM kpi_{name}"
+    else:
+        since = cutoff - timedelta(days=horizon_days) if horizon_days is not None else None
+        source = macro_call(at_kpi[0], cutoff, since)
+        # how many customers the answer covers (before any row limit), as one more column
+        counted = source if name != "customer_classes" else macro_call("rfm_at", cutoff, since)
+        sql = (f"SELECT *, (SELECT count(DISTINCT customer_key) FROM {counted}) "
+               f"AS {_COUNT_COLUMN} FROM {source}")
     con = _cursor(analytics)
     try:
-        result = sandbox.run_query(con, f"SELECT * FROM kpi_{name}",
-                                   timeout=analytics.config.query_timeout_seconds,
+        result = sandbox.run_query(con, sql, timeout=analytics.config.query_timeout_seconds,
                                    max_rows=analytics.config.max_rows)
     except sandbox.QueryRefused as e:
         raise _refused(e) from None
     finally:
         con.close()
-    return {"kpi": name, **sandbox.to_json(result)}
+    if at_kpi is None:
+        return {"kpi": name, **sandbox.to_json(result)}
+    counts = result.table.column(_COUNT_COLUMN).to_pylist()
+    result.table = result.table.drop_columns([_COUNT_COLUMN])
+    return {"kpi": name, "as_of": utc_text(cutoff), "time_unit": "day",
+            "horizon_days": horizon_days,
+            "customers": int(counts[0]) if counts else 0, **sandbox.to_json(result)}
 
 
-def clv(request: Request, caller: Caller,
+_COUNT_COLUMN = "__customers_in_answer"
+
+
+def clv(request: Request, caller: Caller, as_of: AsOf = None,
         horizon_weeks: Annotated[float, Query(gt=0, le=520)] = 52.0,
         top: Annotated[int, Query(ge=0, le=1000)] = 20) -> Any:
     analytics = _owner(request, caller)
+    cutoff = _cutoff(as_of)
     con = _cursor(analytics)
     try:
-        result = sandbox.run_query(con, "SELECT * FROM kpi_clv_inputs",
+        result = sandbox.run_query(con, f"SELECT * FROM {macro_call('clv_inputs_at', cutoff)}",
                                    timeout=analytics.config.query_timeout_seconds,
                                    max_rows=10_000_000)
     except sandbox.QueryRefused as e:
         raise _refused(e) from None
     finally:
         con.close()
-    out = customer_lifetime_values(sandbox.rows_of(result.table), horizon_weeks=horizon_weeks)
+    out = customer_lifetime_values(sandbox.rows_of(result.table), horizon_weeks=horizon_weeks,
+                                   as_of=cutoff)
     for entry in out["currencies"].values():
         if "customer_values" in entry:
             entry["customer_values"] = entry["customer_values"][:top]
@@ -190,11 +232,13 @@ def export(body: ExportRequest, request: Request, caller: Caller) -> Any:
         con.close()
 
 
-def html_report(request: Request, caller: Caller) -> Any:
+def html_report(request: Request, caller: Caller, as_of: AsOf = None,
+                horizon_weeks: Annotated[float, Query(gt=0, le=520)] = 52.0) -> Any:
     analytics = _owner(request, caller)
     con = _cursor(analytics)
     try:
-        return HTMLResponse(report.render(report.collect(con)))
+        return HTMLResponse(report.render(report.collect(
+            con, as_of=_cutoff(as_of), horizon_weeks=horizon_weeks)))
     finally:
         con.close()
 

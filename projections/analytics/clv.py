@@ -16,6 +16,12 @@ Parameters are fitted on log scale within e^-10..e^10. When buyers are nearly al
 no-heterogeneity limit (a plain Poisson rate r / alpha), and the predictions stay finite
 and sensible.
 
+The inputs (``clv_inputs_at``) are the standard ones, as of a calibration end (the cut-off,
+``as_of``; purchases after it are ignored): frequency x = purchase days after the first
+(two orders on one day are one purchase), recency t_x = first to last purchase day, age
+T = first purchase day to the cut-off -- each customer's clock starts at their first
+purchase, not at their registration.
+
 Time unit: weeks. CLV = expected purchases in the horizon x expected value per purchase
 (undiscounted), per customer, in the currency of the fit.
 """
@@ -23,6 +29,7 @@ Time unit: weeks. CLV = expected purchases in the horizon x expected value per p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,6 +37,8 @@ from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 MIN_CUSTOMERS = 20
+#: The models' time unit: frequency, recency and age in days from the SQL become weeks.
+TIME_UNIT = "week"
 
 
 @dataclass(frozen=True)
@@ -111,19 +120,25 @@ def expected_value(m: GammaGamma, x: FloatArray, m_x: FloatArray, population_mea
     return np.asarray(np.where(x > 0, cond, population_mean), dtype=np.float64)
 
 
-def customer_lifetime_values(rows: list[dict[str, Any]], *, horizon_weeks: float = 52.0
-                             ) -> dict[str, Any]:
-    """Fit per currency on ``kpi_clv_inputs`` rows; the models and each customer's CLV."""
-    out: dict[str, Any] = {"horizon_weeks": horizon_weeks, "currencies": {}}
+def customer_lifetime_values(rows: list[dict[str, Any]], *, horizon_weeks: float = 52.0,
+                             as_of: datetime | None = None) -> dict[str, Any]:
+    """Fit per currency on ``clv_inputs_at(as_of)`` rows; the models and each customer's CLV.
+
+    ``as_of`` is the calibration end the rows were taken at, echoed (UTC) with the time unit
+    and how many customers each fit used."""
+    out: dict[str, Any] = {
+        "as_of": None if as_of is None else utc_text(as_of), "time_unit": TIME_UNIT,
+        "horizon_weeks": horizon_weeks, "customers_fitted": 0, "currencies": {}}
     by_currency: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_currency.setdefault(str(row["currency"]), []).append(row)
     for currency, group in sorted(by_currency.items()):
-        x = np.array([float(r["frequency"]) for r in group])
+        x = np.array([float(r["repeat_purchase_days"]) for r in group])
         t_x = np.array([float(r["recency_days"]) for r in group]) / 7.0
         big_t = np.array([float(r["age_days"]) for r in group]) / 7.0
-        entry: dict[str, Any] = {"customers": len(group)}
         repeat = x > 0
+        entry: dict[str, Any] = {"customers": len(group), "repeat_buyers": int(repeat.sum()),
+                                 "customers_fitted": 0}
         if len(group) < MIN_CUSTOMERS or repeat.sum() < MIN_CUSTOMERS // 2 or big_t.max() <= 0:
             entry["error"] = (f"too few customers to fit ({len(group)} buyers, "
                               f"{int(repeat.sum())} repeat buyers; need {MIN_CUSTOMERS} and "
@@ -142,6 +157,8 @@ def customer_lifetime_values(rows: list[dict[str, Any]], *, horizon_weeks: float
         n_future = expected_purchases(bg, horizon_weeks, x, t_x, big_t)
         value = expected_value(gg, x, m_x, population_mean)
         clv = n_future * value
+        entry["customers_fitted"] = len(group)
+        out["customers_fitted"] += len(group)
         entry.update({
             "bgnbd": bg.__dict__, "gamma_gamma": gg.__dict__,
             "total_clv": float(clv.sum()), "mean_clv": float(clv.mean()),
@@ -153,3 +170,9 @@ def customer_lifetime_values(rows: list[dict[str, Any]], *, horizon_weeks: float
         })
         out["currencies"][currency] = entry
     return out
+
+
+def utc_text(at: datetime) -> str:
+    """A cut-off as ISO 8601 in UTC (a naive time is taken as UTC, as DuckDB stores it)."""
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return at.isoformat().replace("+00:00", "Z")

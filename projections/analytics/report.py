@@ -11,6 +11,7 @@ import duckdb
 
 from projections.analytics.clv import customer_lifetime_values
 from projections.analytics.sandbox import rows_of
+from projections.analytics.schema import macro_call
 from projections.analytics.store import tracked_position
 
 PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"]
@@ -18,8 +19,11 @@ CLASS_COLOURS = {"high-value": "#16a34a", "potential": "#2563eb", "at-risk": "#f
                  "churned": "#dc2626", "occasional": "#94a3b8"}
 
 
-def collect(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    """Every figure of the report, read from one snapshot of the analytics database."""
+def collect(con: duckdb.DuckDBPyConnection, *, as_of: datetime | None = None,
+            horizon_weeks: float = 52.0) -> dict[str, Any]:
+    """Every figure of the report, read from one snapshot of the analytics database; the
+    customer classes and lifetime value as of ``as_of`` (default now)."""
+    cutoff = as_of if as_of is not None else datetime.now(UTC)
 
     def q(sql: str) -> list[dict[str, Any]]:
         return rows_of(con.sql(sql).to_arrow_table())
@@ -49,15 +53,16 @@ def collect(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                                AND channel IS NULL AND request_type IS NULL"""),
             "csat_by_month": q("SELECT * FROM kpi_csat WHERE period IS NOT NULL ORDER BY period"),
             "csat_by_agent": q("SELECT * FROM kpi_csat WHERE agent_id IS NOT NULL ORDER BY agent_id"),
-            "classes": q("SELECT * FROM kpi_customer_classes"),
+            "classes": q(f"SELECT * FROM {macro_call('customer_classes_at', cutoff)}"),
             "churn": q("SELECT * FROM kpi_churn_rate"),
             "repeat": q("SELECT * FROM kpi_repeat_purchase"),
             "aov": q("SELECT * FROM kpi_aov WHERE period IS NULL"),
-            "clv_inputs": q("SELECT * FROM kpi_clv_inputs"),
+            "clv_inputs": q(f"SELECT * FROM {macro_call('clv_inputs_at', cutoff)}"),
         }
     finally:
         con.execute("ROLLBACK")
-    clv = customer_lifetime_values(data.pop("clv_inputs"))
+    clv = customer_lifetime_values(data.pop("clv_inputs"), horizon_weeks=horizon_weeks,
+                                   as_of=cutoff)
     for entry in clv["currencies"].values():
         entry.pop("customer_values", None)
     data["clv"] = clv
@@ -253,8 +258,9 @@ def render(data: dict[str, Any]) -> str:
         tiles.append((f"Average order ({r['currency']})", _fmt(r["average_order_value"]),
                       f"{r['orders']} orders"))
     for r in data["repeat"]:
-        tiles.append((f"Repeat purchase ({r['currency']})", _pct(r["repeat_purchase_rate"]),
-                      f"{r['repeat_buyers']} of {r['buyers']} buyers"))
+        tiles.append((f"Repeat purchase ({r['currency']})", _pct(r["repeat_purchase_rate_orders"]),
+                      f"{r['repeat_buyers_orders']} of {r['buyers']} buyers ordered twice or more; "
+                      f"{r['repeat_buyers_days']} on two days or more"))
     churn = [r for r in data["churn"] if r.get("churn_rate") is not None]
     if churn:
         last = churn[-1]
@@ -262,7 +268,8 @@ def render(data: dict[str, Any]) -> str:
     for cur, entry in data["clv"]["currencies"].items():
         if "total_clv" in entry:
             tiles.append((f"Lifetime value ({cur})", _fmt(entry["mean_clv"]),
-                          f"mean per buyer, next {data['clv']['horizon_weeks']:.0f} weeks"))
+                          f"mean per buyer, next {data['clv']['horizon_weeks']:.0f} weeks "
+                          f"from {data['clv']['as_of'][:10]}"))
 
     charts: list[tuple[str, str, str]] = []
     pbs = data["pipeline_by_stage"]
@@ -321,7 +328,8 @@ def render(data: dict[str, Any]) -> str:
             [r["customer_class"] for r in cl],
             {"customers": [_num(r["customers"]) for r in cl]},
             title="Customers by RFM class", colours=["#2563eb"]),
-            "Recency, frequency and monetary scores from purchases and activity."))
+            f"Recency, frequency (orders) and monetary scores from purchases and activity, "
+            f"as of {data['clv']['as_of'][:16]} UTC."))
         # each class's bar in its own colour
         charts[-1] = (charts[-1][0], _recolour(charts[-1][1], [r["customer_class"] for r in cl]),
                       charts[-1][2])
@@ -346,7 +354,8 @@ def render(data: dict[str, Any]) -> str:
             ("agent_id", "agent", "text"), ("ratings", "ratings", "num"),
             ("avg_rating", "average", "hours"), ("satisfied_share", "rated 4-5", "pct")])),
         ("Lifetime value model", _table([
-            {"currency": c, "customers": v.get("customers"), "total": v.get("total_clv"),
+            {"currency": c, "customers": v.get("customers_fitted") or v.get("customers"),
+             "total": v.get("total_clv"),
              "mean": v.get("mean_clv"), "note": v.get("error", "BG/NBD + Gamma-Gamma")}
             for c, v in data["clv"]["currencies"].items()], [
             ("currency", "currency", "text"), ("customers", "buyers", "num"),
@@ -377,7 +386,8 @@ table{{border-collapse:collapse;font-size:12px;width:100%}}
 th,td{{padding:4px 8px;border-bottom:1px solid #e2e8f0;text-align:left}} td.n{{text-align:right}}
 </style></head><body>
 <header><h1>CRM analytics</h1>
-<p>As of {e(str(data['as_of'])[:16])} (latest event) · log position {data['position']:,} ·
+<p>As of {e(str(data['as_of'])[:16])} (latest event; customer classes and lifetime value
+as of {e(data['clv']['as_of'][:16])} UTC, purchases after it ignored) · log position {data['position']:,} ·
 {data['events']:,} events · {data['customers']:,} customers · generated {generated} ·
 money per currency, never summed across currencies</p></header>
 <main><div class="tiles">{tile_html}</div>

@@ -18,6 +18,7 @@ Tables come in two kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 # Money and the JSON payload's timestamps.
 MONEY = "DECIMAL(18,4)"
@@ -497,6 +498,31 @@ MACROS: dict[str, tuple[str, str, str]] = {
         " starts at the first purchase, not at registration), mean value of the repeat"
         " purchase days; with the lifecycle stage and segment valid at the cut-off."),
 }
+
+#: The KPI views that are a macro above at a cut-off: name -> (macro, whether it takes a
+#: window start). The API and the report call the macro with an explicit cut-off.
+AS_OF_KPIS: dict[str, tuple[str, bool]] = {
+    "rfm": ("rfm_at", True),
+    "customer_classes": ("customer_classes_at", True),
+    "clv_inputs": ("clv_inputs_at", False),
+}
+
+
+def utc_naive(at: datetime) -> datetime:
+    """A time as the naive UTC TIMESTAMP the tables store (a naive time is taken as UTC)."""
+    return at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
+
+
+def timestamp_literal(at: datetime) -> str:
+    """A time as a DuckDB TIMESTAMP literal, in UTC."""
+    return f"TIMESTAMP '{utc_naive(at).isoformat(sep=' ')}'"
+
+
+def macro_call(macro: str, as_of: datetime, since: datetime | None = None) -> str:
+    """``macro(TIMESTAMP '…'[, TIMESTAMP '…'])``: one of MACROS at a cut-off."""
+    args = [timestamp_literal(as_of)] + ([timestamp_literal(since)] if since is not None else [])
+    return f"{macro}({', '.join(args)})"
+
 
 # -- KPI views ---------------------------------------------------------------------------
 #: name -> (SQL, description). Each is created as view kpi_<name>. ``as_of`` is the time of
