@@ -130,7 +130,9 @@ def customer_lifetime_values(rows: list[dict[str, Any]], *, horizon_weeks: float
         "as_of": None if as_of is None else utc_text(as_of), "time_unit": TIME_UNIT,
         "horizon_weeks": horizon_weeks, "customers_fitted": 0, "currencies": {}}
     by_currency: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
+    # in customer order: the same inputs give the same fit to the last bit, whatever order
+    # the query returned them in
+    for row in sorted(rows, key=lambda r: str(r["customer_key"])):
         by_currency.setdefault(str(row["currency"]), []).append(row)
     for currency, group in sorted(by_currency.items()):
         x = np.array([float(r["repeat_purchase_days"]) for r in group])
