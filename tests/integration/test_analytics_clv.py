@@ -8,6 +8,10 @@ the model's inputs (x, t_x, T) and checks the API against a fit on them."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +26,7 @@ from events import customer as ce
 from events import interaction as ie
 from projections.analytics.clv import customer_lifetime_values
 from tests.e2e.test_http import serving
-from tests.integration.test_analytics import Log, q
+from tests.integration.test_analytics import ROOT, Log, q
 
 pytestmark = pytest.mark.postgres
 START = datetime(1997, 1, 1, tzinfo=UTC)
@@ -226,13 +230,18 @@ def test_clv_is_fitted_as_of_the_cut_off_and_ignores_later_events(
         window = {key[cid]: sum(1 for d in days if 242 < d <= 272) for cid, days in s.customers}
         assert {r["customer_key"]: r["orders"] for r in recent["rows"]} == window
 
+        # the report: classes and lifetime value as of the cut-off, which it names
+        r = client.get("/api/v1/analytics/report", params={"as_of": AS_OF_TEXT}, headers=analyst)
+        assert r.status_code == 200 and "as of 1997-09-30T23:59 UTC" in r.text
+
         # bad input: 422 naming the parameter, nothing computed
         for path, params, field in (
                 ("/clv", {"as_of": "1997-09-30T23:59:59"}, "as_of"),
                 ("/clv", {"as_of": "yesterday"}, "as_of"),
                 ("/kpis/win_rate", {"as_of": AS_OF_TEXT}, "as_of"),
                 ("/kpis/clv_inputs", {"horizon_days": 30}, "horizon_days"),
-                ("/kpis/rfm", {"horizon_days": 0}, "horizon_days")):
+                ("/kpis/rfm", {"horizon_days": 0}, "horizon_days"),
+                ("/report", {"as_of": "1997-09-30"}, "as_of")):
             r = client.get(f"/api/v1/analytics{path}", params=params, headers=analyst)
             assert r.status_code == 422, (path, params, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")
@@ -241,3 +250,32 @@ def test_clv_is_fitted_as_of_the_cut_off_and_ignores_later_events(
     # the views are as of now and carry their cut-off in the as_of column
     (row,) = q(s, "SELECT DISTINCT as_of FROM kpi_customer_classes")
     assert abs(row[0].replace(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+def test_crm_analytics_clv_answers_as_of_the_cut_off(cdnow_system: Any, database_url: str) -> None:
+    s = cdnow_system
+    path = s.analytics.config.path
+    env = {**os.environ, "CRM_DATABASE_URL": database_url, "CRM_DATA_DIR": str(path.parent),
+           "CRM_MASTER_KEY": "5e" * 32, "CRM_JWT_SECRET": s.settings.jwt_secret.get_secret_value(),
+           "CRM_LOG_FORMAT": "console"}
+
+    def crm(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "crm.cli", "analytics", "clv", *args],
+                              env={**env, **extra}, cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+
+    with serving(s.http_app()) as base:  # the file is owned here: the command calls the API
+        owned = crm("--as-of", AS_OF_TEXT, "--top", "3", CRM_ANALYTICS_URL=base)
+    assert owned.returncode == 0, owned.stderr
+    via_api = json.loads(owned.stdout)
+    assert via_api["as_of"] == AS_OF_TEXT and via_api["time_unit"] == "week"
+    assert len(via_api["currencies"]["USD"]["customer_values"]) == 3
+    s.analytics.close()  # nobody owns the file: the command opens it itself
+    local = crm("--as-of", "1997-10-01T01:59:59+02:00", "--top", "3")
+    assert local.returncode == 0, local.stderr
+    itself = json.loads(local.stdout)
+    assert itself["as_of"] == AS_OF_TEXT
+    assert itself["currencies"]["USD"]["bgnbd"] == via_api["currencies"]["USD"]["bgnbd"]
+    assert itself["customers_fitted"] == via_api["customers_fitted"] > 0
+    bad = crm("--as-of", "1997-09-30")
+    assert bad.returncode == 2 and "time zone" in bad.stderr

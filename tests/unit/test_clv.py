@@ -3,6 +3,8 @@ simulated from them, and give the textbook expectations."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 
 from projections.analytics.clv import (
@@ -64,9 +66,54 @@ def test_gamma_gamma_recovers_the_mean_spend() -> None:
     assert abs(gg.p * gg.v / (gg.q - 1) - p * v / (q - 1)) / (p * v / (q - 1)) < 0.1
 
 
+def cdnow_like_inputs(seed: int) -> list[dict[str, object]]:
+    """clv_inputs_at rows (days) of 2,357 customers drawn from BG/NBD with the CDNOW sample's
+    published parameters, in its design: first purchases in the first 12 weeks, calibration
+    to day 273 (39 weeks); frequency counts purchase days."""
+    rng = np.random.default_rng(seed)
+    r, alpha, a, b = CDNOW
+    rows: list[dict[str, object]] = []
+    for i in range(2357):
+        first = int(rng.integers(0, 84))
+        lam, p = rng.gamma(r, 1 / alpha), rng.beta(a, b)
+        t, days = first / 7, {first}
+        while True:
+            t += rng.exponential(1 / lam)
+            if t > 273 / 7:
+                break
+            days.add(int(t * 7))
+            if rng.random() < p:
+                break
+        d = sorted(days)
+        rows.append({"customer_key": f"c{i:04d}", "currency": "USD",
+                     "repeat_purchase_days": len(d) - 1, "recency_days": d[-1] - d[0],
+                     "age_days": 273 - d[0],
+                     "avg_repeat_value": 30.0 + i % 7 if len(d) > 1 else None})
+    return rows
+
+
+CDNOW = (0.243, 4.414, 0.793, 2.426)  # Fader, Hardie & Lee (2005), 2,357 customers
+
+
+def test_cdnow_like_purchases_give_back_the_published_parameters() -> None:
+    rows = cdnow_like_inputs(2)
+    out = customer_lifetime_values(rows, as_of=datetime(1997, 9, 30, tzinfo=UTC))
+    # the cut-off, the time unit and the customers fitted are part of the answer
+    assert out["as_of"] == "1997-09-30T00:00:00Z" and out["time_unit"] == "week"
+    assert out["customers_fitted"] == 2357 == out["currencies"]["USD"]["customers_fitted"]
+    m = out["currencies"]["USD"]["bgnbd"]
+    r, alpha, a, b = CDNOW
+    assert abs(m["r"] - r) < 0.05 and abs(m["alpha"] / alpha - 1) < 0.3
+    assert abs(m["a"] / (m["a"] + m["b"]) - a / (a + b)) < 0.05
+    # the answer does not depend on the order the rows came in
+    again = customer_lifetime_values(rows[::-1], as_of=datetime(1997, 9, 30, tzinfo=UTC))
+    assert again["currencies"]["USD"]["bgnbd"] == m
+
+
 def test_too_few_buyers_are_reported_not_fitted() -> None:
-    rows = [{"customer_key": f"k{i}", "currency": "EUR", "frequency": i % 3,
+    rows = [{"customer_key": f"k{i}", "currency": "EUR", "repeat_purchase_days": i % 3,
              "recency_days": 10 * (i % 3), "age_days": 60, "avg_repeat_value": 10.0}
             for i in range(5)]
     out = customer_lifetime_values(rows)
     assert "too few customers" in out["currencies"]["EUR"]["error"]
+    assert out["customers_fitted"] == 0 and out["currencies"]["EUR"]["customers"] == 5
