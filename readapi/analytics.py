@@ -113,9 +113,12 @@ def kpi(name: str, request: Request, caller: Caller, as_of: AsOf = None,
         since = cutoff - timedelta(days=horizon_days) if horizon_days is not None else None
         source = macro_call(at_kpi[0], cutoff, since)
         # how many customers the answer covers (before any row limit), as one more column
-        counted = source if name != "customer_classes" else macro_call("rfm_at", cutoff, since)
-        sql = (f"SELECT *, (SELECT count(DISTINCT customer_key) FROM {counted}) "
-               f"AS {_COUNT_COLUMN} FROM {source}")
+        if name == "customer_classes":
+            counted = (f"(SELECT count(DISTINCT customer_key) FROM "
+                       f"{macro_call('customer_value_at', cutoff, since)})")
+        else:
+            counted = "count(DISTINCT customer_key) OVER ()"
+        sql = f"SELECT *, {counted} AS {_COUNT_COLUMN} FROM {source}"
     con = _cursor(analytics)
     try:
         result = sandbox.run_query(con, sql, timeout=analytics.config.query_timeout_seconds,
