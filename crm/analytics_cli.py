@@ -178,10 +178,11 @@ def _as_of(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
     try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
+        at: datetime | None = datetime.fromisoformat(text)
+        at = at.astimezone(UTC) if at is not None and at.tzinfo is not None else None
+    except (ValueError, OverflowError):
         at = None
-    if at is None or at.tzinfo is None:
+    if at is None:
         typer.echo("error: --as-of must be an ISO 8601 date-time with a time zone, e.g. "
                    "2026-06-30T23:59:59Z", err=True)
         raise typer.Exit(2)

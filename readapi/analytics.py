@@ -86,8 +86,17 @@ AsOf = Annotated[AwareDatetime | None, Query(
                 "count; default now.")]
 
 
-def _cutoff(as_of: datetime | None) -> datetime:
-    return as_of if as_of is not None else datetime.now(UTC)
+def _cutoff(as_of: datetime | None, horizon_days: int | None = None
+            ) -> tuple[datetime, datetime | None]:
+    """The cut-off (default now) and the window's start (None: no window)."""
+    if as_of is None:
+        as_of = datetime.now(UTC)
+    try:
+        as_of = as_of.astimezone(UTC)
+        return as_of, as_of - timedelta(days=horizon_days) if horizon_days else None
+    except (OverflowError, ValueError):
+        raise invalid("as_of", "is out of range (give a time between the years 1 and 9999, "
+                      "far enough from both)") from None
 
 
 def kpi(name: str, request: Request, caller: Caller, as_of: AsOf = None,
@@ -106,11 +115,10 @@ def kpi(name: str, request: Request, caller: Caller, as_of: AsOf = None,
     if (at_kpi is None or not at_kpi[1]) and horizon_days is not None:
         raise invalid("horizon_days", f"the KPI {name} has no look-back window; only "
                       f"{', '.join(n for n, (_, w) in AS_OF_KPIS.items() if w)} take horizon_days")
-    cutoff = _cutoff(as_of)
+    cutoff, since = _cutoff(as_of, horizon_days)
     if at_kpi is None:
         sql = f"SELECT * FROM kpi_{name}"
     else:
-        since = cutoff - timedelta(days=horizon_days) if horizon_days is not None else None
         source = macro_call(at_kpi[0], cutoff, since)
         # how many customers the answer covers (before any row limit), as one more column
         if name == "customer_classes":
@@ -143,7 +151,7 @@ def clv(request: Request, caller: Caller, as_of: AsOf = None,
         horizon_weeks: Annotated[float, Query(gt=0, le=520)] = 52.0,
         top: Annotated[int, Query(ge=0, le=1000)] = 20) -> Any:
     analytics = _owner(request, caller)
-    cutoff = _cutoff(as_of)
+    cutoff, _ = _cutoff(as_of)
     con = _cursor(analytics)
     try:
         result = sandbox.run_query(con, f"SELECT * FROM {macro_call('clv_inputs_at', cutoff)}",
@@ -241,7 +249,7 @@ def html_report(request: Request, caller: Caller, as_of: AsOf = None,
     con = _cursor(analytics)
     try:
         return HTMLResponse(report.render(report.collect(
-            con, as_of=_cutoff(as_of), horizon_weeks=horizon_weeks)))
+            con, as_of=_cutoff(as_of)[0], horizon_weeks=horizon_weeks)))
     finally:
         con.close()
 

@@ -241,7 +241,9 @@ def test_clv_is_fitted_as_of_the_cut_off_and_ignores_later_events(
                 ("/kpis/win_rate", {"as_of": AS_OF_TEXT}, "as_of"),
                 ("/kpis/clv_inputs", {"horizon_days": 30}, "horizon_days"),
                 ("/kpis/rfm", {"horizon_days": 0}, "horizon_days"),
-                ("/report", {"as_of": "1997-09-30"}, "as_of")):
+                ("/report", {"as_of": "1997-09-30"}, "as_of"),
+                ("/kpis/rfm", {"as_of": "0001-01-01T00:00:00Z", "horizon_days": 5}, "as_of"),
+                ("/clv", {"as_of": "0001-01-01T00:30:00+01:00"}, "as_of")):
             r = client.get(f"/api/v1/analytics{path}", params=params, headers=analyst)
             assert r.status_code == 422, (path, params, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")
