@@ -68,15 +68,28 @@ def serve(
             if system.embedded is not None:
                 os.environ["CRM_DATABASE_URL"] = system.embedded.url
             uvicorn.run("crm.asgi:create_app", factory=True, host=host, port=port,
-                        workers=settings.workers, log_config=None, access_log=False)
+                        workers=settings.workers, log_config=None, access_log=False, **server_options(settings))
         else:
             from crm.asgi import settle_heap
 
             http_app = system.http_app()
             settle_heap()
-            uvicorn.run(http_app, host=host, port=port, log_config=None, access_log=False)
+            uvicorn.run(http_app, host=host, port=port, log_config=None, access_log=False,
+                        **server_options(settings))
     finally:
         system.close()
+
+
+def server_options(settings: Any) -> dict[str, Any]:
+    """uvicorn's options from the settings. The app decides whom X-Forwarded-For is
+    believed from (CRM_TRUSTED_PROXIES), so uvicorn's own rewriting of the client address
+    (from 127.0.0.1 by default) is off. The app answers 431 to a head over
+    CRM_MAX_HEADER_BYTES; the h11 parser (when httptools is absent) also stops buffering
+    an unfinished head past that size."""
+    options: dict[str, Any] = {"proxy_headers": False}
+    if settings.max_header_bytes > 0:
+        options["h11_max_incomplete_event_size"] = settings.max_header_bytes
+    return options
 
 
 def _load_demo(system: object) -> None:
