@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from aggregates.api_key import ApiKey
 from aggregates.base import CommandContext
@@ -23,7 +23,7 @@ from aggregates.team import Team
 from aggregates.user import ROLES, User, normalise_username, user_id
 from commands import passwords
 from commands.application import CommandService, CrmApplication, Principal, Request, UnitOfWork, WriteResult
-from commands.base import Command, Email
+from commands.base import Command, Email, When
 from commands.eventstore import ApiKeySecret
 
 __all__ = ["ROLES", "ApiKey", "ApiKeyCheck", "Role", "NotFound", "SignedIn", "Team", "User", "check_api_key",
@@ -94,7 +94,7 @@ class RenameTeam(Command):
 class IssueApiKey(Command):
     name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. the system.")
     role: Role
-    expires_at: AwareDatetime | None = None
+    expires_at: When | None = None
 
     #: the SHA-256 of the secret (made by ``issue_api_key``, never sent by a caller)
     _secret_sha256: bytes | None = PrivateAttr(default=None)

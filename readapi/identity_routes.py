@@ -311,7 +311,7 @@ def _sign_in_change(command_cls: type[BaseModel]) -> Any:
         # this module's annotations are strings; FastAPI could not resolve the local class
         endpoint.__annotations__["body"] = command_cls | None
     else:
-        def endpoint(id: UUID, body: command_cls, call: Call, request: Request) -> Any:  # type: ignore[valid-type,misc,no-redef]
+        def endpoint(id: UUID, body: command_cls, call: Call, request: Request) -> Any:  # type: ignore[valid-type,misc]
             require_scope(call.principal, SCOPE)
             try:
                 return _run(services(request), call, body, id, USERS)
