@@ -256,8 +256,9 @@ def parse_datetime(param: str, text: str) -> datetime:
     """An ISO 8601 time with an offset, or a date (its midnight UTC)."""
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time(), UTC)
-        value = datetime.fromisoformat(text)
+            value = datetime.combine(date.fromisoformat(text), time(), UTC)
+        else:
+            value = datetime.fromisoformat(text)
     except ValueError:
         raise invalid(param, "must be an ISO 8601 time with an offset, or a date") from None
     if value.tzinfo is None:
