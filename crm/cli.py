@@ -28,6 +28,7 @@ def serve(
     import uvicorn
 
     from crm import bootstrap
+    from crm.server import server_options
     from crm.logging import configure
     from crm.settings import Settings
 
@@ -78,18 +79,6 @@ def serve(
                         **server_options(settings))
     finally:
         system.close()
-
-
-def server_options(settings: Any) -> dict[str, Any]:
-    """uvicorn's options from the settings. The app decides whom X-Forwarded-For is
-    believed from (CRM_TRUSTED_PROXIES), so uvicorn's own rewriting of the client address
-    (from 127.0.0.1 by default) is off. The app answers 431 to a head over
-    CRM_MAX_HEADER_BYTES; the h11 parser (when httptools is absent) also stops buffering
-    an unfinished head past that size."""
-    options: dict[str, Any] = {"proxy_headers": False}
-    if settings.max_header_bytes > 0:
-        options["h11_max_incomplete_event_size"] = settings.max_header_bytes
-    return options
 
 
 def _load_demo(system: object) -> None:

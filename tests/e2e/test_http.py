@@ -23,7 +23,7 @@ import jwt
 import pytest
 import uvicorn
 
-from crm.cli import server_options
+from crm.server import server_options
 from crm.settings import Settings
 
 from readapi.auth import JwtSettings, TokenIssuer

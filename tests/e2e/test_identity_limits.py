@@ -245,6 +245,14 @@ def test_a_request_head_over_the_limit_gets_431(client: IdentityClient, make_sys
         body = assert_problem(r, 431, "headers")
         assert body["max_bytes"] == 16 * 1024 and body["type"].endswith("headers-too-large")
     assert_problem(client.http.get(ME + "?q=" + "z" * (17 * 1024), headers=admin), 431, "headers")
+    # Far over it, the server stops reading the head itself (the app never sees it: no
+    # correlation id), for many header lines and for one endless one.
+    for headers in ({**admin, **{f"X-Pad-{i}": "y" * 100 for i in range(2000)}},
+                    {**admin, "X-Padding": "x" * (1024 * 1024)}):
+        r = client.http.get(ME, headers=headers)
+        body = assert_problem(r, 431, "headers")
+        assert "x-correlation-id" not in r.headers and r.headers["connection"] == "close"
+    assert client.http.get(ME, headers=admin).status_code == 200  # and serves the next one
     # In-process (no server), with the limit set.
     app = make_system(max_header_bytes=2048).http_app()
     assert _asgi(app, "GET", ME, headers={**admin, "X-Padding": "x" * 1500}).status_code == 200
