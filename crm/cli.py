@@ -55,10 +55,11 @@ def serve(
         host = host or settings.host
         port = port or settings.port
         base = f"http://{host}:{port}"
-        token = system.tokens.issue("demo-admin", "admin", ttl=timedelta(days=1))
+        ttl = min(timedelta(days=1), timedelta(hours=settings.jwt_max_lifetime_hours))
+        token = system.tokens.issue("demo-admin", "admin", ttl=ttl)
         typer.echo(
             f"\nCRM is up.\n  Web UI:    {base}/\n  API docs:  {base}/docs\n  Health:    {base}/health\n"
-            f"  A token (admin, 24 h):\n    export TOKEN={token}\n"
+            f"  A token (admin, {ttl.total_seconds() / 3600:g} h):\n    export TOKEN={token}\n"
             f"  Try:       curl -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/customers?limit=5\"\n",
             err=True,
         )
