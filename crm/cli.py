@@ -117,7 +117,7 @@ def _echo_demo_users() -> None:
 def token(
     user: Annotated[str, typer.Option("--user", help="The user id (the token's subject).")],
     role: Annotated[str, typer.Option("--role", help="admin, manager, sales_rep, service_agent, ...")],
-    hours: Annotated[float, typer.Option(help="Lifetime in hours.")] = 8.0,
+    hours: Annotated[float, typer.Option(help="Lifetime in hours (at most CRM_JWT_MAX_LIFETIME_HOURS).")] = 8.0,
 ) -> None:
     """Print a bearer token signed with the configured secret."""
     from crm.bootstrap import jwt_settings
