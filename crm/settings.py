@@ -60,8 +60,9 @@ class Settings(BaseSettings):
         "out a new token; then the user signs in again.")
     auth_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts a user's sign-in state (active or "
-        "deactivated) before re-reading it: the longest a deactivated user's token still works in "
-        "another process.")
+        "deactivated, and the generation of their tokens) before re-reading it: the longest a "
+        "deactivated user's token, or one issued before a change of their role, team or password, "
+        "still works in another process.")
     api_key_touch_seconds: float = Field(
         default=60.0, ge=0, description="At most one write of an API key's last-used time per interval.")
     max_body_bytes: int = Field(
