@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-from aggregates.errors import NotFound
+from aggregates.errors import no_record
 from events.base import Actor, CrmEvent, EventMeta
 
 A = TypeVar("A", bound="Aggregate")
@@ -132,7 +132,7 @@ class Aggregate:
         for event in events:
             if aggregate is None:
                 if getattr(event, "aggregate_type", None) != cls.type_name or not event.creates:
-                    raise NotFound(f"no {cls.type_name} {event.originator_id}")
+                    raise no_record(cls.type_name, event.originator_id)
                 aggregate = cls.__new__(cls)
                 Aggregate.__init__(aggregate, event.originator_id)
             aggregate.apply(event)

@@ -43,6 +43,17 @@ class NotFound(DomainError):
     code = "not-found"
 
 
+def no_record(type_name: str, record_id: object) -> NotFound:
+    """The one answer for a record that does not exist, is of another type, or is out of
+    the caller's reach: the same words for all three, so none tells which."""
+    return NotFound(f"no {record_label(type_name)} {record_id}")
+
+
+def record_label(type_name: str) -> str:
+    """A record type in words: ``service_request`` -> ``service request``."""
+    return type_name.replace("_", " ")
+
+
 class Forbidden(DomainError):
     """The caller may not do this (403)."""
 

@@ -19,9 +19,12 @@ async def health() -> dict[str, str]:
 def main(argv: list[str]) -> None:
     import uvicorn
 
+    from crm.server import server_options
+    from crm.settings import Settings
+
     port, workers = int(argv[0]), int(argv[1])
     uvicorn.run("bench.bare_app:app", host="127.0.0.1", port=port, workers=workers,
-                log_config=None, access_log=False)
+                log_config=None, access_log=False, **server_options(Settings()))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ from pydantic import BaseModel
 
 from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate
-from aggregates.errors import DomainError, Forbidden, NotFound
+from aggregates.errors import DomainError, Forbidden, NotFound, no_record, record_label
 from aggregates.pipeline import PIPELINES
 from commands import audit, customer, identity, interaction, opportunity, service_request, task
 from events.base import CrmEvent
 from events.codec import dump_fields
 
 __all__ = ["AGGREGATE_TYPES", "HANDLERS", "PIPELINES", "Aggregate", "CrmEvent", "DomainError", "Forbidden",
-           "NotFound", "dump_fields"]
+           "NotFound", "dump_fields", "no_record", "record_label"]
 
 #: The one map from command type to handler.
 HANDLERS: dict[type[BaseModel], Any] = {}

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate, CommandContext
 from aggregates.customer import normalise_email
-from aggregates.errors import Duplicate, InvalidValue, NotFound, PersonalDataErased
+from aggregates.errors import Duplicate, InvalidValue, NotFound, PersonalDataErased, no_record, record_label
 from commands.clock import Clock, SystemClock, random_ids
 from commands.errors import ConcurrencyConflict, IdempotencyKeyReused, PreconditionRequired
 from commands.eventstore import (
@@ -115,9 +115,9 @@ class CrmApplication(Application[UUID]):
                 aggregate_id, version=version, projector_func=cls.project
             )
         except AggregateNotFoundError:
-            raise NotFound(f"no {cls.type_name} {aggregate_id}") from None
+            raise no_record(cls.type_name, aggregate_id) from None
         if not isinstance(aggregate, cls):
-            raise NotFound(f"no {cls.type_name} {aggregate_id}")
+            raise no_record(cls.type_name, aggregate_id)
         return aggregate
 
     def load_any(self, aggregate_id: UUID) -> Aggregate:
@@ -248,7 +248,7 @@ class UnitOfWork:
         existing = self.loaded.get(aggregate_id)
         if existing is not None:
             if not isinstance(existing, cls):
-                raise NotFound(f"no {cls.type_name} {aggregate_id}")
+                raise no_record(cls.type_name, aggregate_id)
             return existing
         record = self._cache.take(aggregate_id) if self._cache is not None else None
         if record is not None and not isinstance(record, cls):
@@ -274,7 +274,7 @@ class UnitOfWork:
         try:
             return self.get(cls, aggregate_id)
         except NotFound:
-            raise InvalidValue(f"no {cls.type_name} {aggregate_id}", field=field) from None
+            raise InvalidValue(f"no {record_label(cls.type_name)} {aggregate_id}", field=field) from None
 
     def add(self, aggregate: Aggregate) -> None:
         self.loaded[aggregate.id] = aggregate

@@ -10,19 +10,19 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from aggregates.audit_export import AuditExport
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
 from commands.application import CommandService, Principal, Request, UnitOfWork, WriteResult
-from commands.base import Command
+from commands.base import Command, When
 
 
 class RecordAuditExport(Command):
     customer_id: UUID
-    occurred_from: AwareDatetime | None = None
-    occurred_to: AwareDatetime | None = None
+    occurred_from: When | None = None
+    occurred_to: When | None = None
     events: int = Field(ge=0)
     last_position: int | None = None
     head_position: int | None = None

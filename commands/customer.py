@@ -7,7 +7,6 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,7 +18,7 @@ from pydantic import (
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
 from commands.application import UnitOfWork
-from commands.base import Command, Currency, ShortText, Slug, UserId, check_email
+from commands.base import Command, Currency, ShortText, Slug, UserId, When, check_email
 
 Country = Field(default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
 Language = Field(default=None, pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", description="BCP 47, e.g. en-GB")
@@ -155,7 +154,7 @@ class RecordPurchase(Command):
     amount: Decimal = Field(ge=0, max_digits=18, decimal_places=4)
     currency: Currency
     lines: list[PurchaseLineIn] = Field(default_factory=list, max_length=1000)
-    purchased_at: AwareDatetime | None = Field(default=None, description="Defaults to occurred_at.")
+    purchased_at: When | None = Field(default=None, description="Defaults to occurred_at.")
 
 
 class EraseCustomerPersonalData(Command):

@@ -59,6 +59,8 @@ class WriteExtras:
     passwords: list[tuple[UUID, str]] = field(default_factory=list)
     #: users whose sign-in is switched on (True) or off (False)
     sign_in: list[tuple[UUID, bool]] = field(default_factory=list)
+    #: users whose role, team or password changed: every token issued before ends
+    end_tokens: list[UUID] = field(default_factory=list)
     #: API keys issued: their secrets' hashes, kept outside the log
     api_keys: list[ApiKeySecret] = field(default_factory=list)
     #: API keys revoked (refused from the moment this commits)
@@ -79,11 +81,14 @@ class ApiKeySecret:
 
 @dataclass(frozen=True)
 class Credential:
-    """A user's password hash and whether they may sign in."""
+    """A user's password hash, whether they may sign in, and the generation of their
+    tokens (raised by every change of role, team or password; a token of an earlier
+    generation is refused)."""
 
     user_id: UUID
     password_hash: str
     active: bool
+    generation: int = 0
 
 
 def _lookup(state: bytes) -> tuple[UUID | None, str | None, str | None, str | None]:
@@ -207,6 +212,10 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 " active boolean NOT NULL DEFAULT true,"
                 " updated_at timestamptz NOT NULL DEFAULT now())"
             ).format(self.credentials_table)
+        )
+        self.sql_create_statements.append(
+            SQL("ALTER TABLE {0} ADD COLUMN IF NOT EXISTS generation integer NOT NULL DEFAULT 0").format(
+                self.credentials_table)
         )
         self.sql_create_statements.append(
             SQL(
@@ -633,6 +642,12 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                     self.credentials_table),
                 (active, user_id),
             )
+        for user_id in extras.end_tokens:
+            curs.execute(
+                SQL("UPDATE {0} SET generation = generation + 1, updated_at = now() WHERE user_id = %s").format(
+                    self.credentials_table),
+                (user_id,),
+            )
         for key in extras.api_keys:
             curs.execute(
                 SQL("INSERT INTO {0} (key_id, secret_sha256, role, expires_at) VALUES (%s, %s, %s, %s)"
@@ -673,11 +688,11 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         """The user's password hash and sign-in state (None: no such user)."""
         with self.datastore.get_connection() as conn:
             row = conn.execute(
-                SQL("SELECT password_hash, active FROM {0} WHERE user_id = %s").format(
+                SQL("SELECT password_hash, active, generation FROM {0} WHERE user_id = %s").format(
                     self.credentials_table),
                 (user_id,),
             ).fetchone()
-        return Credential(user_id, row["password_hash"], row["active"]) if row else None
+        return Credential(user_id, row["password_hash"], row["active"], row["generation"]) if row else None
 
     def rehash_password(self, user_id: UUID, old_hash: str, new_hash: str) -> None:
         """Store a stronger hash of the same password (unless it changed meanwhile)."""
@@ -783,10 +798,14 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
     def _keep_credentials(self, extras: WriteExtras) -> None:
         for user_id, password_hash in extras.passwords:
             old = self._credentials.get(user_id)
-            self._credentials[user_id] = Credential(user_id, password_hash, old.active if old else True)
+            self._credentials[user_id] = (replace(old, password_hash=password_hash) if old
+                                          else Credential(user_id, password_hash, True))
         for user_id, active in extras.sign_in:
             if (old := self._credentials.get(user_id)) is not None:
                 self._credentials[user_id] = replace(old, active=active)
+        for user_id in extras.end_tokens:
+            if (old := self._credentials.get(user_id)) is not None:
+                self._credentials[user_id] = replace(old, generation=old.generation + 1)
         for key in extras.api_keys:
             self._api_keys[key.key_id] = key
         for key_id in extras.revoked_api_keys:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from aggregates.api_key import ApiKey
 from aggregates.base import CommandContext
@@ -23,11 +23,11 @@ from aggregates.team import Team
 from aggregates.user import ROLES, User, normalise_username, user_id
 from commands import passwords
 from commands.application import CommandService, CrmApplication, Principal, Request, UnitOfWork, WriteResult
-from commands.base import Command, Email
+from commands.base import Command, Email, When
 from commands.eventstore import ApiKeySecret
 
-__all__ = ["ROLES", "ApiKey", "ApiKeyCheck", "Role", "NotFound", "Team", "User", "check_api_key", "check_password",
-           "issue_api_key", "user_id"]
+__all__ = ["ROLES", "ApiKey", "ApiKeyCheck", "Role", "NotFound", "SignedIn", "Team", "User", "check_api_key",
+           "check_password", "issue_api_key", "sign_in", "user_id"]
 
 Role = Literal["admin", "manager", "sales_rep", "service_agent", "marketing", "analyst", "auditor",
                "data_admin", "integration"]
@@ -94,7 +94,7 @@ class RenameTeam(Command):
 class IssueApiKey(Command):
     name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. the system.")
     role: Role
-    expires_at: AwareDatetime | None = None
+    expires_at: When | None = None
 
     #: the SHA-256 of the secret (made by ``issue_api_key``, never sent by a caller)
     _secret_sha256: bytes | None = PrivateAttr(default=None)
@@ -130,7 +130,8 @@ def create_user(cmd: CreateUser, uow: UnitOfWork, ctx: CommandContext) -> User:
 
 def change_role(cmd: ChangeUserRole, uow: UnitOfWork, ctx: CommandContext) -> User:
     user = uow.get(User, _target(uow))
-    user.change_role(ctx, cmd.role)
+    if user.change_role(ctx, cmd.role):
+        uow.extras.end_tokens.append(user.id)  # no token goes on acting in the old role
     return user
 
 
@@ -138,7 +139,8 @@ def move_to_team(cmd: MoveUserToTeam, uow: UnitOfWork, ctx: CommandContext) -> U
     user = uow.get(User, _target(uow))
     if cmd.team_id is not None:
         uow.get_reference(Team, cmd.team_id, "team_id")
-    user.join_team(ctx, cmd.team_id)
+    if user.join_team(ctx, cmd.team_id):
+        uow.extras.end_tokens.append(user.id)  # nor for the old team
     return user
 
 
@@ -165,6 +167,7 @@ def change_password(cmd: ChangePassword, uow: UnitOfWork, ctx: CommandContext) -
             raise InvalidValue("the current password is not right", field="current_password")
     user.record_password_change(ctx)
     uow.extras.passwords.append((user.id, passwords.hash_password(cmd.password.get_secret_value())))
+    uow.extras.end_tokens.append(user.id)  # nor with the old password's sign-ins
     return user
 
 
@@ -214,21 +217,40 @@ HANDLERS = {
 
 
 # -- signing in ------------------------------------------------------------------------
-def check_password(app: CrmApplication, username: str, password: str) -> User | None:
-    """The active user with this name and password; None for any mismatch (an unknown
-    name costs one hash verification too, like a wrong password)."""
-    try:
-        user: User | None = app.load(User, user_id(username))
-    except NotFound:
-        user = None
-    credential = app.recorder.credential(user.id) if user is not None else None  # type: ignore[attr-defined]
+@dataclass(frozen=True)
+class SignedIn:
+    """A user who gave the right password, and the generation of tokens to issue them."""
+
+    user: User
+    generation: int
+
+
+def sign_in(app: CrmApplication, username: str, password: str) -> SignedIn | None:
+    """The active user with this name and password, and their tokens' generation; None for
+    any mismatch (an unknown name costs one hash verification too, like a wrong password).
+
+    The generation is read before the user's events: a token never carries a role or team
+    older than its generation (a change in between makes the token one generation behind,
+    so it is refused, never the other way round)."""
+    uid = user_id(username)
+    credential = app.recorder.credential(uid)  # type: ignore[attr-defined]
     stored = credential.password_hash if credential is not None else None
     if not passwords.verify_password(stored, password):
         return None
-    assert user is not None and stored is not None
+    assert credential is not None and stored is not None
+    try:
+        user = app.load(User, uid)
+    except NotFound:
+        return None
     if passwords.needs_rehash(stored):
-        app.recorder.rehash_password(user.id, stored, passwords.hash_password(password))  # type: ignore[attr-defined]
-    return user if user.active else None
+        app.recorder.rehash_password(uid, stored, passwords.hash_password(password))  # type: ignore[attr-defined]
+    return SignedIn(user, credential.generation) if user.active else None
+
+
+def check_password(app: CrmApplication, username: str, password: str) -> User | None:
+    """The active user with this name and password; None for any mismatch."""
+    signed_in = sign_in(app, username, password)
+    return signed_in.user if signed_in is not None else None
 
 
 def _secret_digest(secret: str) -> bytes:

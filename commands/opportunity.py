@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 from typing import Literal
 from uuid import UUID
@@ -15,7 +14,7 @@ from aggregates.errors import PersonalDataErased
 from aggregates.opportunity import Opportunity
 from aggregates.pipeline import LOSS_REASONS
 from commands.application import UnitOfWork
-from commands.base import Command, Currency, Slug, UserId
+from commands.base import Command, Currency, Date, Slug, UserId
 
 
 class OpenOpportunity(Command):
@@ -23,7 +22,7 @@ class OpenOpportunity(Command):
     title: str = Field(min_length=1, max_length=200)
     amount: Decimal = Field(ge=0, max_digits=18, decimal_places=4)
     currency: Currency
-    expected_close: date | None = None
+    expected_close: Date | None = None
     pipeline: Slug = "default"
     stage: Slug | None = Field(default=None, description="Defaults to the pipeline's first stage.")
     owner_id: UserId | None = Field(default=None, description="Defaults to the caller.")
@@ -40,7 +39,7 @@ class UpdateOpportunity(Command):
     requires_version = True
     amount: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=4)
     currency: Currency | None = None
-    expected_close: date | None = None
+    expected_close: Date | None = None
     owner_id: UserId | None = None
 
     @model_validator(mode="after")

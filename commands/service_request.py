@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
 from aggregates.errors import PersonalDataErased
 from aggregates.service_request import ServiceRequest
 from commands.application import UnitOfWork
-from commands.base import Command, UserId
+from commands.base import Command, UserId, When
 
 Priority = Literal["low", "normal", "high", "urgent"]
 
@@ -41,8 +41,8 @@ class SetServiceRequestSla(Command):
     sends it when it routes a request and when its priority changes)."""
 
     priority: Priority
-    first_response_due_at: AwareDatetime
-    resolution_due_at: AwareDatetime
+    first_response_due_at: When
+    resolution_due_at: When
 
 
 class ChangeServiceRequestStatus(Command):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from aggregates import AGGREGATE_TYPES
 from aggregates.base import CommandContext
@@ -13,13 +13,13 @@ from aggregates.customer import Customer
 from aggregates.errors import InvalidValue
 from aggregates.task import Task
 from commands.application import UnitOfWork
-from commands.base import Command, UserId
+from commands.base import Command, UserId, When
 
 
 class CreateTask(Command):
     title: str = Field(min_length=1, max_length=300)
     description: str = Field(default="", max_length=20_000)
-    due_at: AwareDatetime | None = None
+    due_at: When | None = None
     assignee_id: UserId | None = Field(default=None, description="Defaults to the caller.")
     related_type: Literal["customer", "opportunity", "service_request", "interaction"] | None = None
     related_id: UUID | None = None
@@ -32,7 +32,7 @@ class ReassignTask(Command):
 
 class ChangeTaskDue(Command):
     requires_version = True
-    due_at: AwareDatetime | None
+    due_at: When | None
 
 
 class CommentOnTask(Command):

@@ -135,6 +135,8 @@ def jwt_settings(settings: Settings) -> JwtSettings:
         algorithm=settings.jwt_algorithm,
         public_key=settings.jwt_public_key_file.read_text() if settings.jwt_public_key_file else None,
         private_key=settings.jwt_private_key_file.read_text() if settings.jwt_private_key_file else None,
+        leeway_seconds=settings.jwt_clock_skew_seconds,
+        max_lifetime_seconds=int(settings.jwt_max_lifetime_hours * 3600),
     )
 
 
@@ -147,7 +149,8 @@ def authenticator(settings: Settings, app: CrmApplication, tokens: TokenIssuer) 
     return Authenticator(app, tokens, limits, active_cache_seconds=settings.auth_cache_seconds,
                          api_key_touch_seconds=settings.api_key_touch_seconds,
                          access_token_ttl=timedelta(minutes=settings.access_token_minutes),
-                         max_session=timedelta(hours=settings.session_max_hours))
+                         max_session=timedelta(hours=settings.session_max_hours),
+                         trusted_proxies=settings.trusted_proxies)
 
 
 class EmbeddedPostgres:
@@ -219,7 +222,8 @@ class System:
                                   audit_key=self.audit_key, analytics=self.analytics,
                                   survey_key=survey_key(self.settings), erasure=_LazyEraser(self)),
                          authenticator=authenticator(self.settings, self.app, self.tokens),
-                         max_body_bytes=self.settings.max_body_bytes)
+                         max_body_bytes=self.settings.max_body_bytes,
+                         max_header_bytes=self.settings.max_header_bytes)
         mount_web_ui(app, web_dir(self.settings))
         return app
 

@@ -28,6 +28,7 @@ def serve(
     import uvicorn
 
     from crm import bootstrap
+    from crm.server import server_options
     from crm.logging import configure
     from crm.settings import Settings
 
@@ -54,10 +55,11 @@ def serve(
         host = host or settings.host
         port = port or settings.port
         base = f"http://{host}:{port}"
-        token = system.tokens.issue("demo-admin", "admin", ttl=timedelta(days=1))
+        ttl = min(timedelta(days=1), timedelta(hours=settings.jwt_max_lifetime_hours))
+        token = system.tokens.issue("demo-admin", "admin", ttl=ttl)
         typer.echo(
             f"\nCRM is up.\n  Web UI:    {base}/\n  API docs:  {base}/docs\n  Health:    {base}/health\n"
-            f"  A token (admin, 24 h):\n    export TOKEN={token}\n"
+            f"  A token (admin, {ttl.total_seconds() / 3600:g} h):\n    export TOKEN={token}\n"
             f"  Try:       curl -H \"Authorization: Bearer $TOKEN\" \"{base}/api/v1/customers?limit=5\"\n",
             err=True,
         )
@@ -68,13 +70,14 @@ def serve(
             if system.embedded is not None:
                 os.environ["CRM_DATABASE_URL"] = system.embedded.url
             uvicorn.run("crm.asgi:create_app", factory=True, host=host, port=port,
-                        workers=settings.workers, log_config=None, access_log=False)
+                        workers=settings.workers, log_config=None, access_log=False, **server_options(settings))
         else:
             from crm.asgi import settle_heap
 
             http_app = system.http_app()
             settle_heap()
-            uvicorn.run(http_app, host=host, port=port, log_config=None, access_log=False)
+            uvicorn.run(http_app, host=host, port=port, log_config=None, access_log=False,
+                        **server_options(settings))
     finally:
         system.close()
 
@@ -114,7 +117,7 @@ def _echo_demo_users() -> None:
 def token(
     user: Annotated[str, typer.Option("--user", help="The user id (the token's subject).")],
     role: Annotated[str, typer.Option("--role", help="admin, manager, sales_rep, service_agent, ...")],
-    hours: Annotated[float, typer.Option(help="Lifetime in hours.")] = 8.0,
+    hours: Annotated[float, typer.Option(help="Lifetime in hours (at most CRM_JWT_MAX_LIFETIME_HOURS).")] = 8.0,
 ) -> None:
     """Print a bearer token signed with the configured secret."""
     from crm.bootstrap import jwt_settings

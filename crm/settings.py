@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -43,6 +45,13 @@ class Settings(BaseSettings):
     jwt_audience: str = "crm-api"
     jwt_public_key_file: Path | None = None
     jwt_private_key_file: Path | None = None
+    jwt_max_lifetime_hours: float = Field(
+        default=24.0, gt=0, description="The longest a token may be valid for (exp - iat): a longer "
+        "one is refused even if signed, and none longer is issued.")
+    jwt_clock_skew_seconds: int = Field(
+        default=60, ge=0, le=600, description="Clock difference allowed between the token's issuer and "
+        "the API: on exp, and on iat and auth_time in the future (a token issued later than now plus "
+        "this is refused).")
     # -- signing in and limits -------------------------------------------------------------
     access_token_minutes: float = Field(
         default=15.0, gt=0, description="Lifetime of the tokens POST /api/v1/auth/token hands out.")
@@ -51,12 +60,20 @@ class Settings(BaseSettings):
         "out a new token; then the user signs in again.")
     auth_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts a user's sign-in state (active or "
-        "deactivated) before re-reading it: the longest a deactivated user's token still works in "
-        "another process.")
+        "deactivated, and the generation of their tokens) before re-reading it: the longest a "
+        "deactivated user's token, or one issued before a change of their role, team or password, "
+        "still works in another process.")
     api_key_touch_seconds: float = Field(
         default=60.0, ge=0, description="At most one write of an API key's last-used time per interval.")
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=0, description="Largest request body accepted (413 above it); 0: no limit.")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=0, description="Largest request head accepted: the request line and all "
+        "header names and values (431 above it); 0: no limit.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Addresses and networks (CIDR) of the reverse proxies whose "
+        "X-Forwarded-For is believed, comma-separated or a JSON list; empty: none (the client address "
+        "is the connection's peer).")
     rate_limit_per_second: float = Field(
         default=100.0, ge=0, description="Requests per second each caller (user, API key, or client "
         "address when unauthenticated) may make, per API process; 0: no limit (load tests).")
@@ -151,3 +168,21 @@ class Settings(BaseSettings):
     analytics_exports_ledger: Path | None = Field(
         default=None, description="Where Parquet exports are recorded (found again by erasures). "
         "Default: data_dir/analytics-exports.jsonl")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p.strip()]
+        if isinstance(value, list):
+            for p in value:
+                ipaddress.ip_network(str(p).strip(), strict=False)  # ValueError: not an address or network
+            return [str(p).strip() for p in value]
+        return value
+
+    @model_validator(mode="after")
+    def _token_lifetimes(self) -> Settings:
+        if self.access_token_minutes > self.jwt_max_lifetime_hours * 60:
+            raise ValueError("access_token_minutes is longer than jwt_max_lifetime_hours allows")
+        return self

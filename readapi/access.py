@@ -31,7 +31,7 @@ from uuid import UUID
 import psycopg
 from fastapi import Request
 
-from commands import AGGREGATE_TYPES, Aggregate, Forbidden, NotFound
+from commands import AGGREGATE_TYPES, Aggregate, Forbidden, NotFound, no_record
 from commands.application import CrmApplication, Principal
 from projections.store import READ_SCHEMA
 from readapi.problems import Problem
@@ -53,6 +53,9 @@ READABLE: dict[str, frozenset[str]] = {
     "data_admin": _ALL,
     "integration": _ALL,
 }
+#: Each record type in words, many of them.
+PLURALS = {"customer": "customers", "opportunity": "opportunities", "interaction": "interactions",
+           "service_request": "service requests", "task": "tasks"}
 #: Roles whose reach is their own (and their team's, or shared) records.
 LIMITED = frozenset({"sales_rep", "manager"})
 #: Roles whose reach among customers is the ones that gave consent.
@@ -67,8 +70,7 @@ _CONSENTED = "jsonb_path_exists(\"consents\", '$.* ? (@ == true)')"
 def readable(principal: Principal, aggregate_type: str) -> None:
     """403 unless the role may read records of this type at all."""
     if aggregate_type not in READABLE.get(principal.role, frozenset()):
-        raise Problem(403, f"the {principal.role} role may not read {aggregate_type.replace('_', ' ')}s",
-                      code="forbidden")
+        raise Problem(403, f"the {principal.role} role may not read {PLURALS[aggregate_type]}", code="forbidden")
 
 
 @dataclass
@@ -163,7 +165,7 @@ class Reach:
         """404 (as if it did not exist) unless the record is within reach."""
         readable(self.principal, aggregate.type_name)
         if not self.reaches(app, aggregate):
-            raise NotFound(f"no {aggregate.type_name.replace('_', ' ')} {aggregate.id}")
+            raise no_record(aggregate.type_name, aggregate.id)
 
     def guard(self, app: CrmApplication) -> Callable[[Aggregate, bool], None]:
         """The check a command runs on every record it loads, and on what it creates."""

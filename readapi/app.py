@@ -9,7 +9,7 @@ from readapi.analytics import build_analytics_router
 from readapi.auth import Authenticator
 from readapi.automation_routes import build_automation_router
 from readapi.identity_routes import build_identity_router
-from readapi.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit, Rate, RateLimits
+from readapi.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, BodySizeLimit, HeaderSizeLimit, Rate, RateLimits
 from readapi.erasure_routes import build_erasure_router
 from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
 from readapi.middleware import CorrelationMiddleware
@@ -27,7 +27,8 @@ DEFAULT_LOGIN_RATE = Rate(per_second=0.2, burst=10.0)
 
 def create_app(services: Services, *, title: str = "CRM core API",
                authenticator: Authenticator | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> FastAPI:
     """The HTTP app over already-built services (the composition root builds them)."""
     app = FastAPI(
         title=title,
@@ -52,6 +53,7 @@ def create_app(services: Services, *, title: str = "CRM core API",
     app.include_router(build_automation_router())
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.include_router(build_erasure_router())
+    app.add_middleware(HeaderSizeLimit, max_bytes=max_header_bytes)  # before anything reads them
     app.add_middleware(CorrelationMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything
     install_route_index(app)  # after every include (routes added later are seen too)

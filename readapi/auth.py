@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,7 +46,11 @@ class JwtSettings:
     algorithm: str = "HS256"
     public_key: str | None = None
     private_key: str | None = None
+    #: the clock skew allowed between issuer and API: on exp, and on iat, nbf and
+    #: auth_time in the future
     leeway_seconds: int = 30
+    #: the longest a token may be valid for (exp - iat); longer ones are refused even if signed
+    max_lifetime_seconds: int = 24 * 3600
 
     def verification_key(self) -> str:
         if self.algorithm.startswith("RS"):
@@ -73,17 +78,22 @@ class TokenIssuer:
         if settings.algorithm not in ("HS256", "RS256"):
             raise ValueError("the token algorithm must be HS256 or RS256")
         self.settings = settings
-        # Tokens already verified: the principal until the token expires (as jwt.decode
-        # would say: exp + leeway). A caller sends the same token for many requests; its
-        # signature and claims need checking once (~60 µs each time, 10 % of a read).
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        # Tokens already verified: the principal and the token's generation until the
+        # token expires (as jwt.decode would say: exp + leeway). A caller sends the same
+        # token for many requests; its signature and claims need checking once (~60 µs
+        # each time, 10 % of a read).
+        self._verified: dict[str, tuple[Principal, int, float]] = {}
 
     def issue(self, user_id: str, role: str, *, ttl: timedelta = timedelta(hours=8),
-              now: datetime | None = None, team_id: str | None = None, auth_time: int | None = None) -> str:
+              now: datetime | None = None, team_id: str | None = None, auth_time: int | None = None,
+              generation: int = 0) -> str:
         """A signed token; ``auth_time`` is when the user signed in (kept across refreshes;
-        the token's own issue time when not given)."""
+        the token's own issue time when not given); ``generation`` the user's token
+        generation (``Credential.generation``) when it was issued."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
+        if ttl.total_seconds() > self.settings.max_lifetime_seconds:
+            raise ValueError(f"a token lives at most {self.settings.max_lifetime_seconds / 3600:g} hours")
         now = now or datetime.now(UTC)
         claims: dict[str, Any] = {
             "sub": user_id,
@@ -95,24 +105,33 @@ class TokenIssuer:
             "jti": uuid.uuid4().hex,
             "auth_time": int(now.timestamp()) if auth_time is None else auth_time,
         }
+        if generation:
+            claims["gen"] = generation
         if team_id is not None:
             claims["team"] = team_id
         return jwt.encode(claims, self.settings.signing_key(), algorithm=self.settings.algorithm)
 
     def verify(self, token: str) -> Principal:
+        return self.verified(token)[0]
+
+    def verified(self, token: str) -> tuple[Principal, int]:
+        """The token's principal and generation (401 for a token that is not good)."""
         known = self._verified.get(token)
-        if known is not None and time.time() < known[1]:
-            return known[0]
+        if known is not None and time.time() < known[2]:
+            return known[0], known[1]
         claims = self.claims(token)
         principal = self.principal(claims)
+        generation = claims.get("gen", 0)
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+            raise _unauthorised("the token's generation is not a count")
         # Remembered until the token expires (as jwt.decode would say: exp + leeway); a
         # token with a not-before time is checked every time, never remembered.
         expires = (float("-inf") if "nbf" in claims
                    else float(claims["exp"]) + self.settings.leeway_seconds)
         if len(self._verified) >= MAX_VERIFIED_TOKENS:
             self._verified.clear()
-        self._verified[token] = (principal, expires)
-        return principal
+        self._verified[token] = (principal, generation, expires)
+        return principal, generation
 
     def claims(self, token: str) -> dict[str, Any]:
         """The claims of a token signed by this issuer and not expired (else 401)."""
@@ -124,12 +143,24 @@ class TokenIssuer:
                 audience=self.settings.audience,
                 issuer=self.settings.issuer,
                 leeway=self.settings.leeway_seconds,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                options={"require": ["exp", "iss", "aud", "sub", "iat"]},
             )
         except jwt.ExpiredSignatureError:
             raise _unauthorised("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _unauthorised("the token is not valid yet (issued in the future)") from None
         except jwt.InvalidTokenError as e:
             raise _unauthorised(f"invalid token: {e}") from None
+        # PyJWT checked that exp and iat are numbers and iat is not in the future.
+        if float(claims["exp"]) - float(claims["iat"]) > self.settings.max_lifetime_seconds:
+            raise _unauthorised(f"the token lives longer than {self.settings.max_lifetime_seconds} s "
+                                "(exp - iat); such tokens are refused")
+        auth_time = claims.get("auth_time")
+        if auth_time is not None:
+            if not isinstance(auth_time, int | float) or isinstance(auth_time, bool):
+                raise _unauthorised("the token's auth_time is not a time")
+            if auth_time > time.time() + self.settings.leeway_seconds:
+                raise _unauthorised("the token's auth_time is in the future")
         return claims
 
     @staticmethod
@@ -151,17 +182,24 @@ class Authenticator:
     (systems, as ``Authorization: Bearer crmk_...`` or ``X-API-Key``), and the rate
     limits of callers.
 
-    A user's token stops working when the user is deactivated: each request checks the
-    user's sign-in state (``crm_credentials.active``, written with the deactivation's
-    event), remembered per process for ``active_cache_seconds`` and forgotten at once
-    by this process's own deactivations. Subjects that are no user (tokens made by
-    `crm token` for scripts and tests) are trusted on their signature alone.
+    A user's token stops working when the user is deactivated, and when their role,
+    team or password changes: each request checks the user's sign-in state
+    (``crm_credentials.active`` and ``generation``, written with the change's event;
+    a token of an earlier generation is refused), remembered per process for
+    ``active_cache_seconds`` and forgotten at once by this process's own changes.
+    Subjects that are no user (tokens made by `crm token` for scripts and tests) are
+    trusted on their signature alone.
+
+    The client address (the key of unauthenticated callers' and sign-in attempts' rate
+    limits) is the connection's peer; ``X-Forwarded-For`` is believed only when the peer
+    is one of ``trusted_proxies``.
     """
 
     def __init__(self, app: CrmApplication, tokens: TokenIssuer, limits: RateLimits, *,
                  active_cache_seconds: float = 2.0, api_key_touch_seconds: float = 60.0,
                  access_token_ttl: timedelta = timedelta(minutes=15),
                  max_session: timedelta = timedelta(hours=12),
+                 trusted_proxies: Iterable[str] = (),
                  monotonic: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.app = app
@@ -174,8 +212,10 @@ class Authenticator:
         self._touch_seconds = api_key_touch_seconds
         self._monotonic = monotonic
         self._now = now
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
         self._lock = threading.Lock()
-        self._active: dict[UUID, tuple[float, bool]] = {}
+        #: user -> (remembered until, active, generation)
+        self._active: dict[UUID, tuple[float, bool, int]] = {}
         self._touched: dict[UUID, float] = {}
 
     def authenticate(self, request: Request, authorization: str | None, api_key: str | None) -> Principal:
@@ -200,28 +240,28 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token or token.startswith("crmk_"):
             return None
         try:
-            principal = self.tokens.verify(token)
-            active = self._known_active(principal.id)
-            if active is None:
+            principal, generation = self.tokens.verified(token)
+            state = self._known_state(principal.id)
+            if state is None:
                 return None
-            if not active:
-                raise _unauthorised("the user is deactivated")
+            _check_state(state, generation)
         except HTTPException:
             self.limits.check_caller(f"address:{client_address(request)}")
             raise
         self.limits.check_caller(f"principal:{principal.id}")
         return principal
 
-    def _known_active(self, subject: str) -> bool | None:
-        """The remembered sign-in state of a user; True for a subject that is no user."""
+    def _known_state(self, subject: str) -> tuple[bool, int | None] | None:
+        """The remembered sign-in state of a user (active, generation); None when not
+        remembered; (True, None) for a subject that is no user."""
         try:
             user_id = UUID(subject)
         except ValueError:
-            return True
+            return True, None
         with self._lock:
             cached = self._active.get(user_id)
         if cached is not None and cached[0] > self._monotonic():
-            return cached[1]
+            return cached[1], cached[2]
         return None
 
     def _identify(self, authorization: str | None, api_key: str | None) -> Principal:
@@ -235,9 +275,8 @@ class Authenticator:
             raise _unauthorised("use a Bearer token")
         if token.startswith("crmk_"):
             return self._api_key(token)
-        principal = self.tokens.verify(token)
-        if not self._is_active(principal.id):
-            raise _unauthorised("the user is deactivated")
+        principal, generation = self.tokens.verified(token)
+        _check_state(self._state(principal.id), generation)
         return principal
 
     def _api_key(self, presented: str) -> Principal:
@@ -255,31 +294,89 @@ class Authenticator:
             self.app.recorder.touch_api_key(key_id, self._now())  # type: ignore[attr-defined]
         return checked.principal
 
-    def _is_active(self, subject: str) -> bool:
+    def _state(self, subject: str) -> tuple[bool, int | None]:
+        """(active, generation) of the subject's user; (True, None) for no user."""
         try:
             user_id = UUID(subject)
         except ValueError:
-            return True  # not a user: a token made for a script or test
+            return True, None  # not a user: a token made for a script or test
         now = self._monotonic()
         with self._lock:
             cached = self._active.get(user_id)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[1], cached[2]
         credential = self.app.recorder.credential(user_id)  # type: ignore[attr-defined]
-        active = credential is None or bool(credential.active)
+        if credential is None:
+            return True, None  # a subject that looks like a user id but names none
+        active, generation = bool(credential.active), int(credential.generation)
         with self._lock:
             if len(self._active) > 100_000:
                 self._active.clear()
-            self._active[user_id] = (now + self._cache_seconds, active)
-        return active
+            self._active[user_id] = (now + self._cache_seconds, active, generation)
+        return active, generation
+
+    def generation(self, user_id: UUID) -> int:
+        """The user's current token generation, read now (for the token to issue them)."""
+        credential = self.app.recorder.credential(user_id)  # type: ignore[attr-defined]
+        return int(credential.generation) if credential is not None else 0
 
     def forget(self, user_id: UUID) -> None:
         """Re-read this user's sign-in state on their next request."""
         with self._lock:
             self._active.pop(user_id, None)
 
+    def client_address(self, request: Request) -> str:
+        return self.trusted_proxies.client_address(request)
+
+
+def _check_state(state: tuple[bool, int | None], generation: int) -> None:
+    active, current = state
+    if not active:
+        raise _unauthorised("the user is deactivated")
+    if current is not None and generation != current:
+        raise _unauthorised("the token was issued before the user's role, team or password changed; "
+                            "sign in again")
+
+
+class TrustedProxies:
+    """Which peers' ``X-Forwarded-For`` is believed: addresses and networks (CIDR)."""
+
+    def __init__(self, proxies: Iterable[str] = ()):
+        self.networks = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in proxies if p.strip())
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in n for n in self.networks)
+
+    def client_address(self, request: Request) -> str:
+        """The peer; behind trusted proxies, the nearest address in ``X-Forwarded-For``
+        that is not one of them (read from the right: the left is whatever the client
+        wrote)."""
+        peer = request.client.host if request.client else "unknown"
+        if not self.networks or not self.trusts(peer):
+            return peer
+        forwarded = [a.strip() for v in request.headers.getlist("x-forwarded-for") for a in v.split(",")]
+        address = peer
+        for hop in reversed(forwarded):
+            try:
+                hop = str(ipaddress.ip_address(hop))
+            except ValueError:
+                return address  # not an address: nothing further left is believed
+            address = hop
+            if not self.trusts(hop):
+                break
+        return address
+
 
 def client_address(request: Request) -> str:
+    """The caller's address: through the app's ``Authenticator`` (which knows the trusted
+    proxies) when it has one, else the connection's peer."""
+    authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
+    if authenticator is not None:
+        return authenticator.client_address(request)
     return request.client.host if request.client else "unknown"
 
 

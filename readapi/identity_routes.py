@@ -23,7 +23,7 @@ from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.listing import MAX_LIMIT
 from readapi.problems import Problem
 from readapi.queries import reading
-from readapi.routes import Call, Caller, WriteResponse, _optional_body, _run, add_command, services
+from readapi.routes import Call, Caller, WriteResponse, _all_optional, _optional_body, _run, add_command, services
 
 USERS = "/api/v1/users"
 TEAMS = "/api/v1/teams"
@@ -143,14 +143,15 @@ def login(body: Login, request: Request) -> Any:
     """Sign in with a username and password: a short-lived bearer token."""
     auth = authenticator(request)
     auth.limits.check_login(body.username, client_address(request))
-    user = ci.check_password(services(request).app, body.username, body.password)
-    if user is None:
+    signed_in = ci.sign_in(services(request).app, body.username, body.password)
+    if signed_in is None:
         # One answer for an unknown name, a wrong password and a deactivated user.
         raise Problem(401, "wrong username or password", code="invalid-credentials",
                       headers={"WWW-Authenticate": 'Bearer realm="crm"'})
+    user = signed_in.user
     team = str(user.team_id) if user.team_id else None
     ttl = auth.access_token_ttl
-    token = auth.tokens.issue(str(user.id), user.role, ttl=ttl, team_id=team)
+    token = auth.tokens.issue(str(user.id), user.role, ttl=ttl, team_id=team, generation=signed_in.generation)
     view = _user_view(user)
     return JSONResponse({
         "access_token": token, "token_type": "bearer", "expires_in": int(ttl.total_seconds()),
@@ -168,12 +169,17 @@ def refresh(caller: Caller, request: Request) -> Any:
         raise _forbidden("only a signed-in user's token can be refreshed (not an API key)")
     claims = auth.tokens.claims(presented.strip())  # the caller was authenticated by it: valid
     try:
+        # the generation before the events: a change in between ends the new token too
+        generation = auth.generation(UUID(caller.id))
         user = services(request).app.load(ci.User, UUID(caller.id))
     except (ValueError, ci.NotFound):  # a script's token (`crm token`), or a user who never was
         raise _forbidden("only a signed-in user's token can be refreshed") from None
     if not user.active:
         raise Problem(401, "the user is deactivated", code="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="crm"'})
+    if claims.get("gen", 0) != generation:  # read now, not as remembered by this process
+        raise Problem(401, "the token was issued before the user's role, team or password changed; "
+                      "sign in again", code="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
     now = datetime.now(UTC)
     auth_time = int(claims.get("auth_time", claims.get("iat", 0)))
     if now.timestamp() - auth_time > auth.max_session.total_seconds():
@@ -181,7 +187,8 @@ def refresh(caller: Caller, request: Request) -> Any:
                       headers={"WWW-Authenticate": 'Bearer realm="crm"'})
     team = str(user.team_id) if user.team_id else None
     ttl = auth.access_token_ttl
-    token = auth.tokens.issue(str(user.id), user.role, ttl=ttl, team_id=team, now=now, auth_time=auth_time)
+    token = auth.tokens.issue(str(user.id), user.role, ttl=ttl, team_id=team, now=now, auth_time=auth_time,
+                              generation=generation)
     view = _user_view(user)
     return JSONResponse({
         "access_token": token, "token_type": "bearer", "expires_in": int(ttl.total_seconds()),
@@ -284,19 +291,35 @@ def change_password(id: UUID, body: ci.ChangePassword, call: Call, request: Requ
     if own and body.current_password is None:
         raise Problem(422, "send your current password to change it", code="validation",
                       field="current_password")
-    return _run(services(request), call, body, id, USERS)
+    try:
+        return _run(services(request), call, body, id, USERS)
+    finally:
+        authenticator(request).forget(id)  # the user's earlier tokens end at once here
 
 
 def _sign_in_change(command_cls: type[BaseModel]) -> Any:
-    def endpoint(id: UUID, call: Call, request: Request, body: command_cls | None = None) -> Any:  # type: ignore[valid-type]
-        require_scope(call.principal, SCOPE)
-        response = _run(services(request), call, _optional_body(command_cls, body), id, USERS)
-        authenticator(request).forget(id)  # this process sees the change at once
-        return response
+    """The route of a command that changes how the user's tokens are judged (deactivation,
+    reactivation, role, team): this process re-reads the user's sign-in state at once."""
+    if _all_optional(command_cls):
+        def endpoint(id: UUID, call: Call, request: Request, body: command_cls | None = None) -> Any:  # type: ignore[valid-type]
+            require_scope(call.principal, SCOPE)
+            try:
+                return _run(services(request), call, _optional_body(command_cls, body), id, USERS)
+            finally:
+                authenticator(request).forget(id)  # this process sees the change at once
 
+        # this module's annotations are strings; FastAPI could not resolve the local class
+        endpoint.__annotations__["body"] = command_cls | None
+    else:
+        def endpoint(id: UUID, body: command_cls, call: Call, request: Request) -> Any:  # type: ignore[valid-type,misc]
+            require_scope(call.principal, SCOPE)
+            try:
+                return _run(services(request), call, body, id, USERS)
+            finally:
+                authenticator(request).forget(id)  # this process sees the change at once
+
+        endpoint.__annotations__["body"] = command_cls
     endpoint.__name__ = command_cls.__name__
-    # this module's annotations are strings; FastAPI could not resolve the local class
-    endpoint.__annotations__["body"] = command_cls | None
     return endpoint
 
 
@@ -353,11 +376,11 @@ def build_identity_router() -> APIRouter:
                     openapi_extra={"parameters": OPENAPI_PARAMETERS})
     r.add_api_route("/users/{id}", get_user, methods=["GET"], response_model=UserOut, operation_id="get_user",
                     summary="One user, now (ETag: version)", responses={404: {"description": "No such user"}})
-    add_command(r, "/users/{id}/role", ci.ChangeUserRole, SCOPE, USERS,
-                summary="Change a user's role (admin; If-Match required)", targeted=True)
-    add_command(r, "/users/{id}/team", ci.MoveUserToTeam, SCOPE, USERS,
-                summary="Move a user to a team, or to none (admin; If-Match required)", targeted=True)
     for path, command_cls, summary in (
+        ("/users/{id}/role", ci.ChangeUserRole,
+         "Change a user's role: their tokens stop working (admin; If-Match required)"),
+        ("/users/{id}/team", ci.MoveUserToTeam,
+         "Move a user to a team, or to none: their tokens stop working (admin; If-Match required)"),
         ("/users/{id}/deactivation", ci.DeactivateUser,
          "Deactivate a user: no more sign-in, their tokens stop working (admin; If-Match required)"),
         ("/users/{id}/reactivation", ci.ReactivateUser, "Reactivate a user (admin; If-Match required)"),

@@ -1,4 +1,4 @@
-"""Limits that keep one caller from starving the others: request body size, and token
+"""Limits that keep one caller from starving the others: request head and body size, and token
 buckets per caller (principal, or client address when unauthenticated) and per sign-in
 attempt (username and address)."""
 
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from readapi.problems import Problem, problem
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -156,5 +157,34 @@ class BodySizeLimit:
         response = problem(413, "Request body too large",
                            f"the request body is larger than {self.max_bytes} bytes",
                            code="body-too-large", field="body", max_bytes=self.max_bytes,
+                           headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def head_bytes(scope: Scope) -> int:
+    """The size of a request's head as sent: request line, header lines, blank line."""
+    target = scope.get("raw_path") or scope.get("path", "").encode()
+    query = scope.get("query_string") or b""
+    size = len(scope.get("method", "")) + 1 + len(target) + (1 + len(query) if query else 0) + 11
+    for name, value in scope.get("headers", []):
+        size += len(name) + 2 + len(value) + 2
+    return size + 2
+
+
+class HeaderSizeLimit:
+    """Refuses requests whose head (request line and headers) is over ``max_bytes`` with
+    431 problem+json, before anything reads them."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int = DEFAULT_MAX_HEADER_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0 or head_bytes(scope) <= self.max_bytes:
+            await self.app(scope, receive, send)
+            return
+        response = problem(431, "Request header fields too large",
+                           f"the request line and headers are larger than {self.max_bytes} bytes",
+                           code="headers-too-large", field="headers", max_bytes=self.max_bytes,
                            headers={"Connection": "close"})
         await response(scope, receive, send)

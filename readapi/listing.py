@@ -29,6 +29,7 @@ from uuid import UUID
 import psycopg
 
 from commands.application import Principal
+from commands.base import check_date, check_datetime
 from readapi.auth import PERSONAL_DATA_ROLES
 from readapi.consistency import PARAMS as CONSISTENCY_PARAMS
 from readapi.consistency import invalid
@@ -231,9 +232,13 @@ def _parse_value(f: Filter, raw: str) -> Any:
         return parse_datetime(f.param, text)
     if f.kind == "date":
         try:
-            return date.fromisoformat(text)
+            day = date.fromisoformat(text)
         except ValueError:
             raise invalid(f.param, "must be a date like 2024-05-31") from None
+        try:
+            return check_date(day)
+        except ValueError as e:
+            raise invalid(f.param, str(e)) from None
     if f.kind == "int":
         if not re.fullmatch(r"-?\d{1,18}", text):
             raise invalid(f.param, "must be a whole number")
@@ -251,13 +256,17 @@ def parse_datetime(param: str, text: str) -> datetime:
     """An ISO 8601 time with an offset, or a date (its midnight UTC)."""
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time(), UTC)
-        value = datetime.fromisoformat(text)
+            value = datetime.combine(date.fromisoformat(text), time(), UTC)
+        else:
+            value = datetime.fromisoformat(text)
     except ValueError:
         raise invalid(param, "must be an ISO 8601 time with an offset, or a date") from None
     if value.tzinfo is None:
         raise invalid(param, "must have a time zone offset (e.g. Z or +02:00)")
-    return value
+    try:
+        return check_datetime(value)
+    except ValueError as e:
+        raise invalid(param, str(e)) from None
 
 
 def _like(fragment: str) -> str:

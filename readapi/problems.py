@@ -61,10 +61,12 @@ _TITLES = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    412: "Precondition failed",
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Unprocessable content",
     428: "Precondition required",
+    431: "Request header fields too large",
     500: "Internal server error",
     503: "Service unavailable",
 }

@@ -19,8 +19,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from commands import AGGREGATE_TYPES, Aggregate
+from commands import AGGREGATE_TYPES, Aggregate, no_record
 from commands.application import Principal
+from commands.base import DATE_RANGE, check_datetime
+from commands.base import When as BoundedTime
 from readapi.encoding import JSONResponse
 from readapi.access import READABLE, reach_of, readable
 from readapi.auth import PERSONAL_DATA_ROLES
@@ -61,7 +63,7 @@ AS_OF_PARAMETERS: list[dict[str, Any]] = [
      "schema": {"type": "string", "format": "date-time"},
      "description": "Recording time: only what the system had recorded by then."},
 ]
-When = Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone")]
+When = Annotated[BoundedTime | None, Query(description=f"ISO 8601 with a time zone; {DATE_RANGE}")]
 
 
 def replayer(request: Request) -> Replayer:
@@ -74,10 +76,14 @@ def parse_time(request: Request, name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        return _TIME.validate_python(raw)
+        value = _TIME.validate_python(raw)
     except ValidationError:
         raise invalid(name, "must be an ISO 8601 date-time with a time zone, e.g. "
                       "2026-03-01T00:00:00Z") from None
+    try:
+        return check_datetime(value)
+    except ValueError as e:
+        raise invalid(name, str(e)) from None
 
 
 def _mask_entry(entry: dict[str, Any], caller: Principal) -> dict[str, Any]:
@@ -105,6 +111,16 @@ def require_current(request: Request, caller: Principal, aggregate_type: str, id
     reach.require(app, app.load(AGGREGATE_TYPES[aggregate_type], id))
 
 
+def require_existing(request: Request, caller: Principal, r: Replayer, aggregate_type: str, id: UUID) -> None:
+    """403 unless the role may read the type (asked first: the answer tells nothing about
+    the record); then one 404 for a record that does not exist, is of another type, or is
+    out of the caller's reach."""
+    readable(caller, aggregate_type)
+    if r.kind_of(id) != aggregate_type:
+        raise no_record(aggregate_type, id)
+    require_current(request, caller, aggregate_type, id)
+
+
 def as_of_record(request: Request, caller: Principal, aggregate_type: str, id: UUID) -> JSONResponse:
     """``GET /{collection}/{id}?as_of=T&as_known_at=T2``: the record rebuilt from the
     events that had happened by T (business time) and were recorded by T2."""
@@ -112,9 +128,7 @@ def as_of_record(request: Request, caller: Principal, aggregate_type: str, id: U
     as_known_at = parse_time(request, "as_known_at")
     label = aggregate_type.replace("_", " ")
     r = replayer(request)
-    if r.kind_of(id) != aggregate_type:
-        raise Problem(404, f"no {label} {id}", code="not-found")
-    require_current(request, caller, aggregate_type, id)
+    require_existing(request, caller, r, aggregate_type, id)
     aggregate = r.state(id, as_of=as_of, as_known_at=as_known_at)
     if aggregate is None:
         raise Problem(404, f"the {label} {id} did not exist then", code="not-found-then")
@@ -141,14 +155,12 @@ def add_history_route(router: APIRouter, base: str, aggregate_type: str) -> None
     label = aggregate_type.replace("_", " ")
 
     def get_history(id: UUID, caller: Caller, request: Request,
-                    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+                    from_: Annotated[BoundedTime | None, Query(alias="from")] = None,
                     to: When = None, as_known_at: When = None) -> Any:
         if from_ is not None and to is not None and to < from_:
             raise invalid("to", "must not be before from")
         r = replayer(request)
-        if r.kind_of(id) != aggregate_type:
-            raise Problem(404, f"no {label} {id}", code="not-found")
-        require_current(request, caller, aggregate_type, id)
+        require_existing(request, caller, r, aggregate_type, id)
         before, after, seen = history(r, id, start=from_, end=to, as_known_at=as_known_at)
         at = positions(r, id)
         return JSONResponse({
@@ -180,7 +192,7 @@ def get_timeline(id: UUID, caller: Caller, request: Request,
                      description="oldest first (page on with `after` = `next_after`) or newest first "
                                  "(page back with `before` = `next_before`)")] = "oldest",
                  before: Annotated[int | None, Query(ge=1, description="Log position the page ends before")] = None,
-                 from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+                 from_: Annotated[BoundedTime | None, Query(alias="from")] = None,
                  to: When = None,
                  type: Annotated[list[str] | None, Query(description="Event types")] = None,
                  actor: Annotated[str | None, Query(max_length=100)] = None) -> Any:
@@ -191,9 +203,7 @@ def get_timeline(id: UUID, caller: Caller, request: Request,
     if from_ is not None and to is not None and to < from_:
         raise invalid("to", "must not be before from")
     r = replayer(request)
-    if r.kind_of(id) != "customer":
-        raise Problem(404, f"no customer {id}", code="not-found")
-    require_current(request, caller, "customer", id)
+    require_existing(request, caller, r, "customer", id)
     page = timeline(r, id, TimelineQuery(after=after, limit=limit, occurred_from=from_, occurred_to=to,
                                          types=tuple(type or ()), actor=actor, before=before,
                                          newest_first=order == "newest"))
@@ -204,7 +214,7 @@ def get_timeline(id: UUID, caller: Caller, request: Request,
 
 
 def get_export(id: UUID, caller: Caller, request: Request,
-               from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+               from_: Annotated[BoundedTime | None, Query(alias="from")] = None,
                to: When = None) -> Response:
     """An audit export of the customer as a zip (events.jsonl, manifest.json)."""
     if caller.role not in EXPORT_ROLES:
@@ -213,9 +223,7 @@ def get_export(id: UUID, caller: Caller, request: Request,
         raise invalid("to", "must not be before from")
     svc = services(request)
     r = replayer(request)
-    if r.kind_of(id) != "customer":
-        raise Problem(404, f"no customer {id}", code="not-found")
-    require_current(request, caller, "customer", id)
+    require_existing(request, caller, r, "customer", id)
     files = export_customer(r, svc.audit_key, ExportRequest(id, from_, to, caller.id, caller.role))
     record_export(svc.commands, files.manifest, hashlib.sha256(files.manifest_bytes).hexdigest(),
                   caller, request.state.correlation_id)

@@ -29,14 +29,15 @@ from commands.application import WriteResult
 from projections.kafka import KafkaFeed
 from projections.analytics.store import AnalyticsProjection
 from projections.service import ReadSide
-from readapi.access import Reach, reach_of, reach_reads_database
+from readapi.access import Reach, reach_of, reach_reads_database, readable
 from readapi.auth import PERSONAL_DATA_ROLES, Authenticator, TokenIssuer, authenticate, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.encoding import MASK, jsonable
+from readapi.problems import Problem
 from replay.timeline import event_entry
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_ETAG = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
+_ETAG = re.compile(r'^"?(\d{1,18})"?$')
 __all__ = ["MASK", "Services", "build_router", "jsonable"]
 
 
@@ -135,6 +136,10 @@ async def call_info(
 ) -> CallInfo:
     expected = None
     if if_match is not None:
+        if if_match.strip().startswith("W/"):
+            # If-Match compares strongly (RFC 9110 13.1.1): a weak ETag never matches.
+            raise Problem(412, 'If-Match takes the record\'s strong ETag, e.g. "3", never a weak one (W/"3")',
+                          code="weak-etag", field="If-Match")
         m = _ETAG.match(if_match.strip())
         if not m:
             raise RequestValidationError(
@@ -285,6 +290,7 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
 
     def get_record(id: UUID, caller: Caller, request: Request) -> Any:
         read_after(request)  # checked, never waited for: the event store has every position
+        readable(caller, aggregate_type)  # before the load: a role that may not read the type learns nothing
         app = services(request).app
         aggregate = app.load(cls, id)
         reach_of(request, caller).require(app, aggregate)
@@ -310,6 +316,7 @@ def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Any:
         read_after(request)  # checked, never waited for: the event store has every position
+        readable(caller, aggregate_type)
         svc = services(request)
         aggregate = svc.app.load(cls, id)  # 404 for absent ids and other types
         reach_of(request, caller).require(svc.app, aggregate)

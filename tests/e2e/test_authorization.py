@@ -11,7 +11,9 @@ this file does not classify fails the test. Each cell has one expected outcome:
 * ``forbidden``: the role may not do this at all (403).
 
 Besides the status, no response outside the caller's reach may carry the name of a record
-outside it: lists are checked item by item, every other answer byte by byte.
+outside it: lists are checked item by item, every other answer byte by byte. And a hidden
+or forbidden record answers exactly as a record that does not exist: the same request with
+an unknown id in the path gets the same status, headers and body (but for the id itself).
 """
 
 from __future__ import annotations
@@ -425,7 +427,12 @@ def run_cell(w: World, cell: Cell, command: str | None) -> str | None:
             headers["If-Match"] = f'"{w.version(targeted, rec.ids[targeted])}"'
     elif targeted is None and cell.method == "GET":
         kwargs["params"] = {"min_position": w.position, "wait_ms": 10000}
+    headers["X-Correlation-ID"] = f"matrix-{uuid.uuid4().hex}"  # the same for a twin request
     r = w.http.request(cell.method, url, headers=headers, **kwargs)
+    if targeted is not None and rec is not None and cell.expect in ("hidden", "forbidden"):
+        differs = _differs_from_missing(w, cell, url, rec.ids[targeted], headers, kwargs, r)
+        if differs:
+            return differs
     if r.status_code < 300 and cell.method == "POST":
         w.position = max(w.position, r.json().get("position") or 0)
     status = r.status_code
@@ -449,6 +456,22 @@ def run_cell(w: World, cell: Cell, command: str | None) -> str | None:
     if status in OK or (status in (404, 422) and field_ is not None and field_ not in REFERENCES):
         return None
     return f"status {status}, expected it allowed: {r.text[:200]}"
+
+
+def _differs_from_missing(w: World, cell: Cell, url: str, record_id: str, headers: dict[str, str],
+                          kwargs: dict[str, Any], r: httpx.Response) -> str | None:
+    """How the answer about a record out of reach differs from the answer about none."""
+    missing = str(uuid.uuid4())
+    twin = w.http.request(cell.method, url.replace(record_id, missing), headers=headers, **kwargs)
+
+    def seen(response: httpx.Response, id_: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        head = sorted((k, v.replace(id_, "{id}")) for k, v in response.headers.items() if k != "date")
+        return response.status_code, head, response.content.replace(id_.encode(), b"{id}")
+
+    if seen(r, record_id) != seen(twin, missing):
+        return (f"answers unlike a missing record: {r.status_code} {r.text[:150]} | "
+                f"missing: {twin.status_code} {twin.text[:150]}")
+    return None
 
 
 def _leak(w: World, cell: Cell, r: httpx.Response) -> str | None:

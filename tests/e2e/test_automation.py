@@ -458,7 +458,7 @@ def test_a_timer_that_keeps_failing_is_given_up_and_recorded(world: World) -> No
                          "causation_id": "x", "correlation_id": "y"})))
     runner = w.system.automation()
     for _ in range(2):
-        with pytest.raises(Exception, match="no service_request"):
+        with pytest.raises(Exception, match="no service request"):
             runner.step()
     runner.step()
     with connect(w.database_url) as conn:

@@ -23,6 +23,9 @@ import jwt
 import pytest
 import uvicorn
 
+from crm.server import server_options
+from crm.settings import Settings
+
 from readapi.auth import JwtSettings, TokenIssuer
 from tests.conftest import JWT_SECRET, MASTER_KEY
 
@@ -108,7 +111,7 @@ def serving(app: Any) -> Iterator[str]:
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-        lifespan="off", ws="none",
+        lifespan="off", ws="none", **server_options(Settings()),  # as `crm serve` runs it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

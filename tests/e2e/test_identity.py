@@ -345,9 +345,11 @@ def test_a_valid_token_is_refreshed_with_a_new_id_and_a_fresh_expiry(client: Cli
     assert client.get(ME, headers={"Authorization": f"Bearer {body['access_token']}"},
                       fresh=False).json()["username"] == "fresh"
 
-    # The new token carries the user's current role: a role change shows on the next refresh.
+    # A role change ends the tokens issued before it: no refresh into the new role either;
+    # the user signs in again and gets it.
     assert client.write(f"{USERS}/{created['id']}/role", {"role": "manager"}, version=1).status_code == 200
-    again = _refresh(client, body["access_token"])
+    assert "sign in again" in assert_problem(_refresh(client, body["access_token"]), 401)["detail"]
+    again = client.login("fresh")
     assert again.status_code == 200, again.text
     assert json.loads(_b64(again.json()["access_token"].split(".")[1]))["role"] == "manager"
 

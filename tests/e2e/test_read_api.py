@@ -158,7 +158,7 @@ def test_customer_filters_and_search(live: Api) -> None:
     alan = rows["Alan Turing"]["created_at"]
     assert sorted(n({"created_from": alan})) == ["Acme Ltd", "Alan Turing"]
     assert sorted(n({"created_to": alan})) == ["Ada Lovelace", "Grace Hopper"]
-    assert len(n({"created_from": "2000-01-01", "created_to": "2999-01-01"})) == 4
+    assert len(n({"created_from": "2000-01-01", "created_to": "2199-12-31"})) == 4
     acme_active = rows["Acme Ltd"]["last_activity_at"]
     assert acme_active > rows["Acme Ltd"]["created_at"]  # the classification counts as activity
     assert n({"active_from": acme_active}) == ["Acme Ltd"]
