@@ -40,6 +40,7 @@ from events.base import all_event_types
 from events.codec import EventCodec, dump_fields
 from events.public import CONTENT_TYPE, EnvelopeWriter
 from projections.runner import RunnerStats, listen, wait_for_events
+from projections.store import lag_seconds
 
 log = structlog.get_logger("crm.kafka")
 
@@ -698,14 +699,8 @@ def feed_status(conn: psycopg.Connection[Any], name: str = "kafka",
         "SELECT position, updated_at, (SELECT count(*) FROM crm_kafka_parked p WHERE p.name = t.name)"
         " AS parked FROM crm_kafka_tracking t WHERE name = %s", (name,)).fetchone()
     position = int(row["position"]) if row else 0
-    lag_seconds = 0.0
-    if position < head:
-        waited = conn.execute(
-            f"SELECT extract(epoch FROM now() - (convert_from(state, 'UTF8')::jsonb ->> 'recorded_at')"
-            f'::timestamptz) AS s FROM "{events_table}" WHERE notification_id > %s'
-            " ORDER BY notification_id LIMIT 1", (position,)).fetchone()
-        lag_seconds = max(0.0, float((waited or {}).get("s") or 0.0))
-    return FeedStatus(name, position, head, head - position, lag_seconds,
+    waited = lag_seconds(conn, events_table, position) if position < head else 0.0
+    return FeedStatus(name, position, head, head - position, waited,
                       int(row["parked"]) if row else 0, row["updated_at"] if row else None)
 
 

@@ -1,0 +1,274 @@
+"""Every log follower tells a bad event from a bad moment, on a real PostgreSQL, DuckDB
+and Kafka-protocol broker.
+
+Events PostgreSQL cannot hold as they are (NUL, lone surrogates in texts) are written to
+the log here the way an installation may already hold them: encoded by the CRM's own
+codec (sealed personal fields and all), without the commands' validation, and inserted
+into the event store. The read models show their records (the unholdable characters
+replaced by U+FFFD); an event whose data no cleaning can make fit is parked alone, found
+by splitting its batch, and the rest of the batch applies; a lost database connection is
+retried with a growing, capped pause and parks nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+import projections
+from commands import customer as cc
+from commands import opportunity as co
+from commands import service_request as cs
+from commands.application import Principal, Request
+from projections.customers import CustomerList
+from projections.follow import EVENT, MOMENT, Backoff, apply_splitting, classify, clean
+from projections.runner import BatchRunner
+
+pytestmark = pytest.mark.postgres
+
+REP = Principal("rep-1", "sales_rep")
+AGENT = Principal("agent-7", "service_agent")
+NUL = "Poi\x00son"
+SURROGATE = "Half \ud800 pair"
+REPLACED = "\ufffd"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def run(system: Any, command: Any, who: Principal = REP, target: UUID | None = None) -> Any:
+    return system.commands.execute(command, Request(who, correlation_id="corr-followers", target=target))
+
+
+def store_copy(system: Any, database_url: str, source: UUID, **changes: Any) -> UUID:
+    """Store a copy of ``source``'s first event as a new aggregate's, with ``changes`` to
+    its fields, encoded by the codec without any validation; the new aggregate's id."""
+    event = next(iter(system.app.events.get(source)))
+    new_id = uuid4()
+    meta = dataclasses.replace(event.meta, event_id=uuid4(), command_id=uuid4())
+    copy = object.__new__(type(event))
+    object.__setattr__(copy, "__dict__", {**event.__dict__, "originator_id": new_id, "meta": meta,
+                                          **changes})
+    topic, state = system.app.codec.encode(copy)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO crm_events (originator_id, originator_version, topic, state)"
+                     " VALUES (%s, 1, %s, %s)", (new_id, topic, state))
+    return new_id
+
+
+def register(system: Any, name: str) -> UUID:
+    result = run(system, cc.RegisterCustomer.model_validate({"kind": "company", "name": name}))
+    return UUID(str(result.id))
+
+
+def unholdable_history(system: Any, database_url: str) -> dict[str, UUID]:
+    """Good records around customers, a deal and a request whose texts hold NUL and
+    lone surrogates, and a later good record."""
+    ids = {"before": register(system, "Before GmbH")}
+    ids["nul"] = store_copy(system, database_url, ids["before"], name=NUL, industry="chem\x00")
+    ids["surrogate"] = store_copy(system, database_url, ids["before"], name=SURROGATE,
+                                  tags=("a\ud83d", "b"))
+    deal = run(system, co.OpenOpportunity.model_validate(
+        {"customer_id": ids["before"], "title": "Deal", "amount": "100", "currency": "EUR"}))
+    ids["deal"] = store_copy(system, database_url, UUID(str(deal.id)), title="Deal \x00 two")
+    request = run(system, cs.OpenServiceRequest.model_validate(
+        {"customer_id": ids["before"], "channel": "email", "type": "incident", "priority": "normal",
+         "subject": "Cannot sign in"}), AGENT)
+    ids["request"] = store_copy(system, database_url, UUID(str(request.id)),
+                                subject="Sign\x00in", description="lone \udc00 low")
+    ids["after"] = register(system, "After AG")
+    return ids
+
+
+def one(database_url: str, sql: str, *params: Any) -> dict[str, Any]:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row
+
+
+def all_rows(database_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        return list(conn.execute(sql, params).fetchall())
+
+
+# -- the shared helper ---------------------------------------------------------------------------
+def test_classify_tells_the_event_from_the_moment() -> None:
+    import duckdb
+    from kafka import errors as kafka_errors
+
+    from events.codec import EventDecodeError
+
+    for error in (psycopg.errors.CharacterNotInRepertoire("0x00"), psycopg.errors.NumericValueOutOfRange(),
+                  psycopg.errors.StringDataRightTruncation(), psycopg.errors.UniqueViolation(),
+                  psycopg.errors.ProgramLimitExceeded("index row size"), psycopg.DataError("NUL"),
+                  duckdb.ConversionException("x"), duckdb.InvalidInputException("x"),
+                  duckdb.ConstraintException("x"), kafka_errors.MessageSizeTooLargeError("x"),
+                  UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+                  EventDecodeError("not JSON"), KeyError("field"), TypeError("orjson")):
+        assert classify(error) == EVENT, error
+    for error in (psycopg.OperationalError("gone"), psycopg.InterfaceError("closed"),
+                  psycopg.errors.AdminShutdown(), psycopg.errors.SerializationFailure(),
+                  psycopg.errors.DeadlockDetected(), psycopg.errors.LockNotAvailable(),
+                  psycopg.errors.QueryCanceled(), psycopg.errors.UndefinedTable(),
+                  psycopg.errors.InFailedSqlTransaction(), duckdb.IOException("disk"),
+                  duckdb.OutOfMemoryException("oom"), kafka_errors.NoBrokersAvailable(),
+                  kafka_errors.KafkaTimeoutError(), ConnectionResetError(), TimeoutError()):
+        assert classify(error) == MOMENT, error
+
+
+def test_apply_splitting_isolates_the_bad_items_and_applies_the_rest_in_order() -> None:
+    applied: list[list[int]] = []
+    parked: list[int] = []
+
+    def apply(part: Any) -> None:
+        if any(i in (7, 12) for i in part):
+            raise ValueError("bad item")
+        applied.append(list(part))
+
+    assert apply_splitting(list(range(20)), apply, lambda i, e: parked.append(i)) == 2
+    assert parked == [7, 12]
+    flat = [i for part in applied for i in part]
+    assert flat == [i for i in range(20) if i not in (7, 12)]  # each once, in order
+    assert len(applied) <= 2 * 2 * 5  # halving: a few calls per bad item, not one per item
+
+    # An error of the moment stops the splitting at once; what was applied stays applied.
+    calls: list[list[int]] = []
+
+    def flaky(part: Any) -> None:
+        calls.append(list(part))
+        if 3 in part:
+            raise psycopg.OperationalError("server closed the connection")
+
+    with pytest.raises(psycopg.OperationalError):
+        apply_splitting(list(range(8)), flaky, lambda i, e: parked.append(i))
+    assert calls == [list(range(8))] and parked == [7, 12]
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    backoff = Backoff(0.5, 8.0)
+    assert [backoff.next_delay() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.5
+
+
+def test_clean_replaces_what_postgresql_cannot_hold() -> None:
+    assert clean({"a\x00": ["x\ud800y", ("ok", 1)], "n": None}) == {
+        "a" + REPLACED: ["x" + REPLACED + "y", ("ok", 1)], "n": None}
+    text = "plain ünïcödé 😀"
+    assert clean(text) is text
+
+
+# -- the read models ---------------------------------------------------------------------------
+def test_read_models_show_records_with_nul_and_lone_surrogates_and_go_on(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    ids = unholdable_history(system, database_url)
+    # The status (lag, parked) reads the oldest unapplied event, which holds a NUL.
+    assert all(s.lag_events > 0 for s in system.read.status())
+    for p in projections.ALL:
+        assert system.read.runner(p).catch_up() == system.read.store.head()
+    assert [(s.name, s.parked, s.lag_events) for s in system.read.status()] == [
+        (p.name, 0, 0) for p in projections.ALL]
+    assert one(database_url, "SELECT name, industry FROM crm_read.customers WHERE id = %s", ids["nul"]) == {
+        "name": "Poi" + REPLACED + "son", "industry": "chem" + REPLACED}
+    assert one(database_url, "SELECT name, tags FROM crm_read.customers WHERE id = %s", ids["surrogate"]) == {
+        "name": "Half " + REPLACED + " pair", "tags": ["a" + REPLACED, "b"]}
+    assert one(database_url, "SELECT title FROM crm_read.opportunities WHERE id = %s", ids["deal"]) == {
+        "title": "Deal " + REPLACED + " two"}
+    assert one(database_url, "SELECT subject FROM crm_read.service_requests WHERE id = %s",
+               ids["request"]) == {"subject": "Sign" + REPLACED + "in"}
+    assert one(database_url, "SELECT name FROM crm_read.customers WHERE id = %s", ids["after"]) == {
+        "name": "After AG"}
+    # The activity feed has every event of the log.
+    assert one(database_url, "SELECT count(*) AS n FROM crm_read.activities")["n"] == system.read.store.head()
+
+
+def test_a_value_no_cleaning_fits_is_parked_alone_and_the_rest_of_the_batch_applies(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    before = [register(system, f"Before {i}") for i in range(5)]
+    # A name far larger than a btree index entry may be: no row can hold it.
+    huge = base64.b64encode(os.urandom(9000)).decode()
+    bad = store_copy(system, database_url, before[0], name=huge)
+    after = [register(system, f"After {i}") for i in range(5)]
+    bad_position = one(database_url, "SELECT notification_id AS p FROM crm_events WHERE originator_id = %s",
+                       bad)["p"]
+    runner = system.read.runner(CustomerList)
+    results: list[Any] = []
+    head = system.read.store.head()
+    assert runner.catch_up(on_batch=results.append) == head
+    batch = [r for r in results if r.events]
+    assert [(r.events, r.applied, [p.position for p in r.parked]) for r in batch] == [
+        (head, head - 1, [bad_position])]
+    listed = {r["id"] for r in all_rows(database_url, "SELECT id FROM crm_read.customers")}
+    assert listed == set(before) | set(after)
+    parked = all_rows(database_url, "SELECT projection, position, event_type, aggregate_id, error"
+                                    " FROM crm_parked_events")
+    assert [(p["projection"], p["position"], p["event_type"], p["aggregate_id"]) for p in parked] == [
+        ("customers", bad_position, "CustomerRegistered", str(bad))]
+    assert parked[0]["error"].startswith("ProgramLimitExceeded: index row")
+    status = {s.name: s for s in system.read.status()}
+    assert (status["customers"].parked, status["customers"].position) == (1, head)
+    # The other read models hold the record (their tables have no such index).
+    for p in projections.ALL:
+        if p is not CustomerList:
+            system.read.runner(p).catch_up()
+    assert one(database_url, "SELECT count(*) AS n FROM crm_read.activities WHERE customer_id = %s",
+               bad)["n"] == 1
+
+
+def test_a_lost_connection_is_retried_with_backoff_and_parks_nothing(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    for i in range(3):
+        register(system, f"Customer {i}")
+    store = system.read.store
+    schema = store.active_schema(CustomerList)
+    runner = BatchRunner(CustomerList, schema, store.conninfo, system.app.codec,
+                         poll_seconds=0.05, retry_max_seconds=0.4)
+    delays: list[float] = []
+    original = runner.backoff.next_delay
+
+    def recording() -> float:
+        delay = original()
+        delays.append(delay)
+        return delay
+
+    runner.backoff.next_delay = recording  # type: ignore[method-assign]
+    # Every connection the runner opens is terminated by the server while it applies a
+    # batch (its advisory lock taken, the tracking row locked) -- six times.
+    kills = {"left": 6}
+    original_apply = runner._apply
+
+    def dying_apply(conn: Any, batch: Any, result: Any) -> Any:
+        if kills["left"] > 0:
+            kills["left"] -= 1
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return original_apply(conn, batch, result)
+
+    runner._apply = dying_apply  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while store.position(schema) < store.head() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert store.position(schema) == store.head()
+    assert kills["left"] == 0
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]  # doubling, capped
+    assert all_rows(database_url, "SELECT * FROM crm_parked_events") == []
+    assert len(all_rows(database_url, "SELECT id FROM crm_read.customers")) == 3
