@@ -159,6 +159,8 @@ class RunnerStats:
     last_batch_seconds: float = 0.0
     position: int = 0
     is_leader: bool = False
+    #: attempts that failed on the connection or the server (tried again, nothing parked)
+    retries: int = 0
 
 
 class BatchRunner:
@@ -650,6 +652,7 @@ class BatchRunner:
                     wait_for_events(listener, stop, self.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the runner must not die
                     delay = self.backoff.next_delay()
+                    self.stats.retries += 1
                     log.exception("projection runner failed; retrying",
                                   projection=self.projection.name, schema=self.schema,
                                   error=clean_text(str(e)), retry_in_seconds=delay)

@@ -270,5 +270,94 @@ def test_a_lost_connection_is_retried_with_backoff_and_parks_nothing(
     assert store.position(schema) == store.head()
     assert kills["left"] == 0
     assert delays == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]  # doubling, capped
+    assert runner.stats.retries == 6 and runner.stats.parked == 0
     assert all_rows(database_url, "SELECT * FROM crm_parked_events") == []
     assert len(all_rows(database_url, "SELECT id FROM crm_read.customers")) == 3
+
+
+def store_document_copy(database_url: str, source: UUID, **changes: Any) -> tuple[UUID, int]:
+    """Store ``source``'s first stored document again as a new aggregate's, with
+    ``changes`` to its top-level keys (as a faulty importer might have written it);
+    the new aggregate's id and its position."""
+    import json
+
+    row = one(database_url, "SELECT topic, state FROM crm_events WHERE originator_id = %s"
+                            " AND originator_version = 1", source)
+    doc = {**json.loads(bytes(row["state"])), "event_id": str(uuid4()), **changes}
+    new_id = uuid4()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        position = conn.execute(
+            "INSERT INTO crm_events (originator_id, originator_version, topic, state)"
+            " VALUES (%s, 1, %s, %s) RETURNING notification_id",
+            (new_id, row["topic"], json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()),
+        ).fetchone()
+    assert position is not None
+    return new_id, int(position[0])
+
+
+def duck(system: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    con = system.analytics.cursor()
+    try:
+        return list(con.execute(sql, list(params)).fetchall())
+    finally:
+        con.close()
+
+
+# -- DuckDB ----------------------------------------------------------------------------------------
+def test_analytics_takes_unholdable_texts_and_parks_alone_an_event_it_cannot_convert(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    ids = unholdable_history(system, database_url)
+    bad, bad_position = store_document_copy(database_url, ids["before"],
+                                            occurred_at="2026-13-45T99:00:00+00:00")
+    later = register(system, "Later Ltd")
+    head = system.read.store.head()
+    assert system.analytics.catch_up() == head
+    facts = {r[0] for r in duck(system, "SELECT aggregate_id FROM fact_events")}
+    assert duck(system, "SELECT count(*) FROM fact_events") == [(head - 1,)]
+    assert bad not in facts
+    assert {ids["nul"], ids["surrogate"], ids["deal"], ids["request"], ids["after"], later} <= facts
+    assert duck(system, "SELECT payload->>'industry', payload->'tags' FROM fact_events"
+                        " WHERE aggregate_id = ?", ids["nul"])[0][0] == "chem\x00"
+    assert duck(system, "SELECT payload->'tags' FROM fact_events WHERE aggregate_id = ?",
+                ids["surrogate"]) == [('["a' + REPLACED + '","b"]',)]
+    parked = duck(system, "SELECT position, topic, error FROM analytics_parked")
+    assert [(p[0], p[1]) for p in parked] == [(bad_position, "CustomerRegistered")]
+    assert parked[0][2].startswith("ConversionException")
+    assert system.analytics.stats.parked == 1
+    # The keyed tables hold the later customers (derived past the parked event).
+    assert duck(system, "SELECT count(*) FROM fact_events WHERE event_type = 'CustomerRegistered'"
+                        " AND aggregate_id = ?", later) == [(1,)]
+
+
+def test_analytics_retries_a_lost_connection_and_parks_nothing(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    for i in range(3):
+        register(system, f"Customer {i}")
+    analytics = system.analytics
+    analytics.config.poll_seconds = 0.05
+    analytics.config.retry_max_seconds = 0.2
+    assert analytics.catch_up() == system.read.store.head()
+    for i in range(3):
+        register(system, f"Later {i}")
+    # The server ends the projection's connections (as a restart or failover would).
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        for conn in (analytics._pg, analytics._lock_conn):
+            assert conn is not None
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+    stop = threading.Event()
+    thread = threading.Thread(target=analytics.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while analytics.stats.position < system.read.store.head() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert analytics.stats.position == system.read.store.head()
+    assert analytics.stats.parked == 0 and analytics.stats.retries >= 1
+    analytics.open()
+    assert duck(system, "SELECT count(*) FROM analytics_parked") == [(0,)]
+    assert duck(system, "SELECT count(*) FROM fact_events") == [(system.read.store.head(),)]
