@@ -59,7 +59,9 @@ _DUCKDB_EVENT = frozenset({"ConversionException", "InvalidInputException", "Cons
 #: network's: retried)
 _KAFKA_EVENT = frozenset({"MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError",
                           "CorruptRecordError", "CorruptRecordException", "InvalidTopicError"})
-_DRIVERS = ("psycopg", "duckdb", "_duckdb", "eventsourcing")
+_DRIVERS = ("psycopg", "duckdb", "_duckdb")
+_EVENTSOURCING_STORE = frozenset({"PersistenceError", "ConnectionPoolClosedError",
+                                  "ConnectionNotFromPoolError"})
 
 
 class Moment(RuntimeError):
@@ -71,7 +73,11 @@ def classify(error: BaseException) -> Kind:
     the connection, the server, the broker (``"moment"``)."""
     if isinstance(error, Moment | OSError | MemoryError | TimeoutError):
         return MOMENT
-    for cls in type(error).__mro__:
+    mro = type(error).__mro__
+    if any(c.__module__.startswith("eventsourcing") and c.__name__ in _EVENTSOURCING_STORE for c in mro):
+        # the event store's: a conflicting append, a closed pool, the database gone
+        return EVENT if any(c.__name__ == "DataError" for c in mro) else MOMENT
+    for cls in mro:
         module = cls.__module__.split(".", 1)[0]
         name = cls.__name__
         if module == "kafka":

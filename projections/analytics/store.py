@@ -335,10 +335,11 @@ class AnalyticsProjection:
                         continue
                     if listener is None or listener.closed:
                         listener = listen(self.config.conninfo, self.config.events_table)
-                    if self.run_batch() >= self.config.batch_size:
+                    applied = self.run_batch()
+                    backoff.reset()
+                    if applied >= self.config.batch_size:
                         self.catch_up(stop=stop)  # a backlog: the catch-up path is faster
                         continue
-                    backoff.reset()
                     wait_for_events(listener, stop, self.config.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the projection must not die
                     delay = backoff.next_delay()

@@ -361,3 +361,98 @@ def test_analytics_retries_a_lost_connection_and_parks_nothing(
     analytics.open()
     assert duck(system, "SELECT count(*) FROM analytics_parked") == [(0,)]
     assert duck(system, "SELECT count(*) FROM fact_events") == [(system.read.store.head(),)]
+
+
+# -- Kafka -------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("no_kafka_tracking")
+def test_kafka_publishes_unholdable_texts_and_parks_alone_a_record_the_producer_refuses(
+        broker: Any, make_system: Callable[..., Any], database_url: str) -> None:
+    import json
+
+    from projections.kafka import FeedConfig, KafkaPublisher
+    from tests.kafka_broker import read_all
+
+    system = make_system()
+    ids = unholdable_history(system, database_url)
+    # A record larger than the producer may send, in the middle of the log.
+    big = store_copy(system, database_url, ids["before"], industry="x" * 200_000)
+    later = register(system, "Later Ltd")
+    head = system.read.store.head()
+    big_position = one(database_url, "SELECT notification_id AS p FROM crm_events WHERE originator_id = %s",
+                       big)["p"]
+    config = FeedConfig(broker.address, producer_options={"max_request_size": 100_000})
+    publisher = KafkaPublisher(database_url, system.app.codec, config)
+    try:
+        assert publisher.catch_up() == head
+        assert publisher.stats.parked == 1
+    finally:
+        publisher.close()
+    parked = all_rows(database_url, "SELECT position, topic, aggregate_id, error FROM crm_kafka_parked")
+    assert [(p["position"], p["topic"], p["aggregate_id"]) for p in parked] == [
+        (big_position, "CustomerRegistered", str(big))]
+    assert parked[0]["error"].startswith("MessageSizeTooLargeError")
+    records = read_all(broker.address, ["crm.customer.v1", "crm.opportunity.v1", "crm.service_request.v1"])
+    by_subject = {r.envelope["subject"]: r.envelope for r in records}
+    assert sorted(r.envelope["logposition"] for r in records) == [
+        p for p in range(1, head + 1) if p != big_position]
+    assert by_subject[str(ids["nul"])]["data"]["industry"] == "chem\x00"  # JSON carries NUL
+    assert by_subject[str(ids["surrogate"])]["data"]["tags"] == ["a" + REPLACED, "b"]
+    assert str(later) in by_subject and str(ids["after"]) in by_subject
+    json.dumps(by_subject[str(ids["surrogate"])])  # valid, UTF-8 encodable
+
+
+# -- the automation ----------------------------------------------------------------------------------
+def test_automation_passes_unholdable_texts_and_parks_alone_an_event_it_cannot_store(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    ids = unholdable_history(system, database_url)
+    bad = store_copy(system, database_url, ids["before"], owner_id="rep\x00-1")
+    later = register(system, "Later Ltd")
+    bad_position = one(database_url, "SELECT notification_id AS p FROM crm_events WHERE originator_id = %s",
+                       bad)["p"]
+    runner = system.automation()
+    head = one(database_url, "SELECT max(notification_id) AS m FROM crm_events")["m"]
+    runner.step()  # (its commands append events after ``head``: the SLA of the requests)
+    assert one(database_url, "SELECT position FROM crm_automation_tracking")["position"] >= head
+    parked = all_rows(database_url, "SELECT position, event_type, error FROM crm_automation_parked")
+    assert [(p["position"], p["event_type"]) for p in parked] == [(bad_position, "CustomerRegistered")]
+    assert parked[0]["error"].startswith("DataError")
+    customers = {r["customer_id"] for r in all_rows(database_url,
+                                                      "SELECT customer_id FROM crm_automation_customers")}
+    assert customers == {ids["before"], ids["nul"], ids["surrogate"], ids["after"], later}
+    assert runner.parked == 1 and runner.retries == 0
+
+
+def test_automation_retries_a_lost_connection_and_parks_nothing(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    system = make_system()
+    runner = system.automation()
+    runner.poll_seconds = 0.05
+    runner.backoff = Backoff(0.05, 0.2)
+    kills = {"left": 4}
+    original = runner._customer
+
+    def dying(conn: Any, event: Any) -> None:
+        if kills["left"] > 0:
+            kills["left"] -= 1
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        original(conn, event)
+
+    runner._customer = dying  # type: ignore[method-assign]
+    for i in range(3):
+        register(system, f"Customer {i}")
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(all_rows(
+                database_url, "SELECT customer_id FROM crm_automation_customers")) < 3:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert kills["left"] == 0 and runner.retries == 4
+    assert len(all_rows(database_url, "SELECT customer_id FROM crm_automation_customers")) == 3
+    assert all_rows(database_url, "SELECT * FROM crm_automation_parked") == []
