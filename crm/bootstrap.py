@@ -217,7 +217,8 @@ class System:
     def http_app(self) -> FastAPI:
         app = create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
                                   audit_key=self.audit_key, analytics=self.analytics,
-                                  survey_key=survey_key(self.settings), erasure=_LazyEraser(self)),
+                                  survey_key=survey_key(self.settings), erasure=_LazyEraser(self),
+                                  automation=self.settings.automation_enabled),
                          authenticator=authenticator(self.settings, self.app, self.tokens),
                          max_body_bytes=self.settings.max_body_bytes)
         mount_web_ui(app, web_dir(self.settings))

@@ -456,3 +456,43 @@ def test_automation_retries_a_lost_connection_and_parks_nothing(
     assert kills["left"] == 0 and runner.retries == 4
     assert len(all_rows(database_url, "SELECT customer_id FROM crm_automation_customers")) == 3
     assert all_rows(database_url, "SELECT * FROM crm_automation_parked") == []
+
+
+# -- where parking shows -------------------------------------------------------------------------------
+def test_ready_and_metrics_show_every_follower_past_the_unholdable_events(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    from tests.asgi_client import Client
+
+    system = make_system()
+    unholdable_history(system, database_url)
+    client = Client(system.http_app())
+    # Behind (within the bounds), with events PostgreSQL's jsonb refuses first in line.
+    before = client.get("/ready")
+    assert before.status_code == 200, before.text
+    assert before.json()["automation"]["lag_events"] > 0
+    assert all(p["lag_events"] > 0 for p in before.json()["projections"])
+    for p in projections.ALL:
+        system.read.runner(p).catch_up()
+    system.automation().step()
+    for p in projections.ALL:  # the automation's own commands (SLAs) came after
+        system.read.runner(p).catch_up()
+    system.automation().step()
+    ready = client.get("/ready")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["automation"] == {"position": system.read.store.head(), "lag_events": 0,
+                                          "lag_seconds": 0.0, "parked": 0}
+    assert all(p["parked"] == 0 and p["lag_events"] == 0 for p in ready.json()["projections"])
+
+    # An event the automation cannot store: parked, shown in /ready and /metrics.
+    bad = store_copy(system, database_url, register(system, "Owner Ltd"), owner_id="rep\x00-2")
+    for p in projections.ALL:
+        system.read.runner(p).catch_up()
+    system.automation().step()
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json()["reasons"] == ["automation: 1 parked event(s)"]
+    body = client.get("/metrics").text
+    assert "crm_automation_parked_events 1" in body
+    assert f"crm_automation_position {system.read.store.head()}" in body
+    assert 'crm_projection_retries_total{projection="customers"} 0' in body
+    assert one(database_url, "SELECT count(*) AS n FROM crm_read.customers WHERE id = %s", bad)["n"] == 1
