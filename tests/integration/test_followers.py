@@ -423,6 +423,27 @@ def test_automation_passes_unholdable_texts_and_parks_alone_an_event_it_cannot_s
     assert runner.parked == 1 and runner.retries == 0
 
 
+def test_projections_status_shows_the_automation_and_exits_1_while_it_has_parked_events(
+        make_system: Callable[..., Any], database_url: str, tmp_path: Any) -> None:
+    import subprocess
+
+    from tests.integration.test_projection_ops import ROOT, crm_command, crm_env
+
+    system = make_system()
+    store_copy(system, database_url, register(system, "Owner Ltd"), owner_id="rep\x00-3")
+    system.automation().step()
+    for p in projections.ALL:
+        system.read.runner(p).catch_up()
+    status = subprocess.run(crm_command("projections", "status"), env=crm_env(database_url, tmp_path / "data"),
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert "Automation" in status.stdout
+    head = system.read.store.head()
+    automation = status.stdout[status.stdout.index("Automation"):]
+    assert [c.strip() for c in automation.splitlines()[-2].strip("│").split("│")] == [
+        str(head), str(head), "0", "0.0", "1"]
+
+
 def test_automation_retries_a_lost_connection_and_parks_nothing(
         make_system: Callable[..., Any], database_url: str) -> None:
     system = make_system()
