@@ -517,3 +517,41 @@ def test_ready_and_metrics_show_every_follower_past_the_unholdable_events(
     assert f"crm_automation_position {system.read.store.head()}" in body
     assert 'crm_projection_retries_total{projection="customers"} 0' in body
     assert one(database_url, "SELECT count(*) AS n FROM crm_read.customers WHERE id = %s", bad)["n"] == 1
+
+
+@pytest.mark.usefixtures("no_kafka_tracking")
+def test_kafka_retries_a_lost_database_connection_and_parks_nothing(
+        broker: Any, make_system: Callable[..., Any], database_url: str) -> None:
+    from projections.kafka import FeedConfig, KafkaPublisher
+    from tests.kafka_broker import read_all
+
+    system = make_system()
+    for i in range(3):
+        register(system, f"Customer {i}")
+    publisher = KafkaPublisher(database_url, system.app.codec, FeedConfig(broker.address),
+                               poll_seconds=0.05, retry_max_seconds=0.2)
+    try:
+        assert publisher.catch_up() == 3
+        for i in range(3):
+            register(system, f"Later {i}")
+        # The server ends the publisher's connection (its leadership lock goes with it).
+        assert publisher._conn is not None
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (publisher._conn.info.backend_pid,))
+        stop = threading.Event()
+        thread = threading.Thread(target=publisher.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while publisher.stats.position < 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            thread.join(30)
+        assert publisher.stats.position == 6
+        assert publisher.stats.retries >= 1 and publisher.stats.parked == 0
+    finally:
+        publisher.close()
+    assert all_rows(database_url, "SELECT * FROM crm_kafka_parked") == []
+    records = read_all(broker.address, ["crm.customer.v1"])
+    assert {r.envelope["logposition"] for r in records} == set(range(1, 7))
