@@ -136,7 +136,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The pause before the next attempt (and count this failure)."""
-        delay = min(self.cap, self.first * (2 ** min(self.failures, 30)))
+        delay: float = min(self.cap, self.first * 2.0 ** min(self.failures, 30))
         self.failures += 1
         return delay
 

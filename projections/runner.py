@@ -676,5 +676,5 @@ def _clean_view(view: BatchView) -> None:
             row = rows[k]
             if row is not None:
                 rows[k] = clean(row)
-    for name, appended in view.appended.items():
+    for appended in view.appended.values():
         appended[:] = [clean(r) for r in appended]

@@ -287,4 +287,5 @@ def lag_seconds(conn: psycopg.Connection[Any], events_table: str, position: int)
     at = recorded_at(state)
     if at is None:
         return 0.0
-    return max(0.0, (now - at).total_seconds())
+    waited: float = (now - at).total_seconds()
+    return max(0.0, waited)
