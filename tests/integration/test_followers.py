@@ -172,8 +172,14 @@ def test_read_models_show_records_with_nul_and_lone_surrogates_and_go_on(
         make_system: Callable[..., Any], database_url: str) -> None:
     system = make_system()
     ids = unholdable_history(system, database_url)
-    # The status (lag, parked) reads the oldest unapplied event, which holds a NUL.
-    assert all(s.lag_events > 0 for s in system.read.status())
+    # The status (lag, parked) reads the oldest unapplied event: here one with a NUL in
+    # a text in clear (its industry), which PostgreSQL's jsonb refuses.
+    nul_position = one(database_url, "SELECT notification_id AS p FROM crm_events WHERE originator_id = %s",
+                       ids["nul"])["p"]
+    assert system.read.runner(CustomerList).catch_up(stop_at=nul_position - 1) == nul_position - 1
+    customers = {s.name: s for s in system.read.status()}["customers"]
+    assert customers.lag_events == system.read.store.head() - nul_position + 1
+    assert 0 <= customers.lag_seconds < 60
     for p in projections.ALL:
         assert system.read.runner(p).catch_up() == system.read.store.head()
     assert [(s.name, s.parked, s.lag_events) for s in system.read.status()] == [
