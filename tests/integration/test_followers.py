@@ -281,7 +281,8 @@ def test_a_lost_connection_is_retried_with_backoff_and_parks_nothing(
     assert len(all_rows(database_url, "SELECT id FROM crm_read.customers")) == 3
 
 
-def store_document_copy(database_url: str, source: UUID, **changes: Any) -> tuple[UUID, int]:
+def store_document_copy(database_url: str, source: UUID, drop: tuple[str, ...] = (),
+                        **changes: Any) -> tuple[UUID, int]:
     """Store ``source``'s first stored document again as a new aggregate's, with
     ``changes`` to its top-level keys (as a faulty importer might have written it);
     the new aggregate's id and its position."""
@@ -290,6 +291,8 @@ def store_document_copy(database_url: str, source: UUID, **changes: Any) -> tupl
     row = one(database_url, "SELECT topic, state FROM crm_events WHERE originator_id = %s"
                             " AND originator_version = 1", source)
     doc = {**json.loads(bytes(row["state"])), "event_id": str(uuid4()), **changes}
+    for key in drop:
+        del doc[key]
     new_id = uuid4()
     with psycopg.connect(database_url, autocommit=True) as conn:
         position = conn.execute(
@@ -561,3 +564,25 @@ def test_kafka_retries_a_lost_database_connection_and_parks_nothing(
     assert all_rows(database_url, "SELECT * FROM crm_kafka_parked") == []
     records = read_all(broker.address, ["crm.customer.v1"])
     assert {r.envelope["logposition"] for r in records} == set(range(1, 7))
+
+
+@pytest.mark.usefixtures("no_kafka_tracking")
+def test_kafka_envelopes_of_a_batch_are_split_down_to_the_event_at_fault(
+        make_system: Callable[..., Any], database_url: str) -> None:
+    """A lone surrogate in the batch sends it through Python; there, a document without
+    its data fails: the batch is split, that event parked, every other one built."""
+    from projections.kafka import Envelopes, FeedConfig
+
+    system = make_system()
+    ids = unholdable_history(system, database_url)
+    bad, bad_position = store_document_copy(database_url, ids["before"], drop=("data",))
+    later = register(system, "Later Ltd")
+    envelopes = Envelopes(FeedConfig("unused:9092"), system.app.codec)
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        count, last, messages, failed = envelopes.read(conn, 0, 1000)
+    head = system.read.store.head()
+    assert (count, last) == (head, head)
+    assert [m.position for m in messages] == [p for p in range(1, head + 1) if p != bad_position]
+    assert [(int(r["notification_id"]), error.split(":")[0]) for r, error in failed] == [
+        (bad_position, "KeyError")]
+    assert str(later).encode() in {m.key for m in messages}
