@@ -209,7 +209,7 @@ class BatchRunner:
             t.name: {} for t in projection.tables if not t.append_only}
         #: the schema's erasure count when the cache was last trusted
         self._erasures: int | None = None
-        #: while a failed batch is applied again: clean what is written and looked up
+        #: while a failed batch is applied again: clean the rows it writes
         self._cleaning = False
 
     @property
@@ -410,10 +410,12 @@ class BatchRunner:
             apply_splitting(events, lambda part: commit(list(part), []), park)
         if state["at"] < batch.last:  # no handled event (only undecodable ones)
             sub = _Decoded(state["at"], 0, batch.last, [], decode_parked)
+            sub_result = BatchResult()
             with conn.transaction():
-                self._apply(conn, sub, result)
+                self._apply(conn, sub, sub_result)
                 conn.execute("UPDATE crm_projection_tracking SET position = %s, updated_at = now()"
                              " WHERE schema_name = %s", (batch.last, self.schema), prepare=True)
+            result.parked.extend(sub_result.parked)
         result.parked.sort(key=lambda p: p.position)
         result.position = batch.last
         return result
@@ -502,8 +504,6 @@ class BatchRunner:
         return out
 
     def _select(self, conn: psycopg.Connection[Any], table: Table, keys: list[Any]) -> list[Row]:
-        if self._cleaning:
-            keys = clean(keys)
         rows = conn.execute(
             f'SELECT * FROM "{self.schema}"."{table.name}" WHERE "{table.key}" = ANY(%s)',
             (keys,),
