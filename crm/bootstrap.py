@@ -220,7 +220,8 @@ class System:
     def http_app(self) -> FastAPI:
         app = create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
                                   audit_key=self.audit_key, analytics=self.analytics,
-                                  survey_key=survey_key(self.settings), erasure=_LazyEraser(self)),
+                                  survey_key=survey_key(self.settings), erasure=_LazyEraser(self),
+                                  automation=self.settings.automation_enabled),
                          authenticator=authenticator(self.settings, self.app, self.tokens),
                          max_body_bytes=self.settings.max_body_bytes,
                          max_header_bytes=self.settings.max_header_bytes)

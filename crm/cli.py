@@ -352,17 +352,22 @@ def projections_run(
 
 @projections_app.command("status")
 def projections_status() -> None:
-    """Each read model's generation, position, lag and parked events (exit 1 if any parked)."""
+    """Each read model's generation, position, lag and parked events, the Kafka publisher's
+    and the automation's (exit 1 if any is parked)."""
     from rich.console import Console
     from rich.table import Table
 
     import projections
+
+    from projections.automation.runner import automation_status
 
     system = _system()
     try:
         assert system.read is not None
         rows = system.read.store.status(list(projections.ALL))
         kafka = system.kafka.status() if system.kafka is not None else None
+        with system.read.pool.connection() as conn:
+            automation = automation_status(conn)
     finally:
         system.close()
     table = Table(title="Read models")
@@ -376,7 +381,14 @@ def projections_status() -> None:
     Console(width=160).print(table)
     if kafka is not None:
         _print_kafka_status(kafka)
-    if any(s.parked for s in rows) or (kafka is not None and kafka.parked):
+    auto = Table(title="Automation")
+    for column in ("position", "head", "lag events", "lag seconds", "parked"):
+        auto.add_column(column, justify="right")
+    auto.add_row(str(automation.position), str(automation.head), str(automation.lag_events),
+                 f"{automation.lag_seconds:.1f}", str(automation.parked),
+                 style="red" if automation.parked else None)
+    Console(width=160).print(auto)
+    if any(s.parked for s in rows) or (kafka is not None and kafka.parked) or automation.parked:
         raise typer.Exit(1)
 
 

@@ -14,6 +14,13 @@ A crash or a broker failure before a position is recorded sends those events aga
 delivery is at-least-once, and consumers dedupe by the envelope's ``id`` (the event
 id), see ``projections.kafka_consumer``.
 
+An event that cannot be published is parked (``crm_kafka_parked``) and the feed goes
+on: one that cannot be decoded or turned into its envelope (a batch whose envelopes fail
+is split in halves down to the event at fault), or whose record the producer or the broker
+refuses (too large). A text holding a lone surrogate, which UTF-8 cannot encode, is sent
+with U+FFFD in its place. A broker or database that fails parks nothing: the batch is sent
+again after a pause that doubles up to ``retry_max_seconds``.
+
 Leadership: the publisher holds a session advisory lock; a second publisher waits and
 takes over when the first one's connection dies, so two never publish at once.
 ``republish`` sends a range of the log again without touching the tracked position.
@@ -39,7 +46,9 @@ from psycopg.rows import dict_row
 from events.base import all_event_types
 from events.codec import EventCodec, dump_fields
 from events.public import CONTENT_TYPE, EnvelopeWriter
+from projections.follow import EVENT, MOMENT, Backoff, Moment, apply_splitting, classify, clean, clean_text
 from projections.runner import RunnerStats, listen, wait_for_events
+from projections.store import lag_seconds
 
 log = structlog.get_logger("crm.kafka")
 
@@ -142,9 +151,11 @@ class _Pending:
     events: int
     futures: list[Any]
     failed: list[tuple[dict[str, Any], str]]
+    #: the message of each future
+    messages: list[Message] = field(default_factory=list)
 
 
-class PublishFailed(RuntimeError):
+class PublishFailed(Moment):
     """The broker did not acknowledge every record of a batch."""
 
 
@@ -161,6 +172,13 @@ class Message:
     topic: str
     key: bytes
     value: bytes
+    #: the event's type (for parking a record the broker refuses)
+    event_type: str = ""
+
+    def row(self) -> dict[str, Any]:
+        """The stored event's columns that parking records."""
+        return {"notification_id": self.position, "topic": self.event_type or self.topic,
+                "originator_id": self.key.decode()}
 
 
 #: (events read, last position read, messages, rows not publishable)
@@ -198,7 +216,30 @@ class Envelopes:
     def messages(self, rows: list[dict[str, Any]],
                  topics: frozenset[str] | None = None) -> tuple[list[Message], list[tuple[dict[str, Any], str]]]:
         """The messages of ``rows`` (only to ``topics`` if given) and the rows that
-        could not be published, with the reason."""
+        could not be published, with the reason. Rows whose envelopes fail are split in
+        halves down to the row at fault."""
+        try:
+            return self._messages(rows, topics)
+        except Exception as e:
+            if classify(e) == MOMENT:
+                raise
+            first = e
+        out: list[Message] = []
+        failed: list[tuple[dict[str, Any], str]] = []
+
+        def apply(part: Any) -> None:
+            built, unpublishable = self._messages(list(part), topics)
+            out.extend(built)
+            failed.extend(unpublishable)
+
+        def park(row: dict[str, Any], error: BaseException) -> None:
+            failed.append((row, f"{type(error).__name__}: {error}"))
+
+        apply_splitting(rows, apply, park, failed=first)
+        return out, failed
+
+    def _messages(self, rows: list[dict[str, Any]],
+                  topics: frozenset[str] | None) -> tuple[list[Message], list[tuple[dict[str, Any], str]]]:
         out: list[Message] = []
         failed: list[tuple[dict[str, Any], str]] = []
         slow: list[tuple[int, dict[str, Any], dict[str, Any], str]] = []
@@ -247,7 +288,11 @@ class Envelopes:
         position = int(row["notification_id"])
         envelope = self.writer.envelope(position, aggregate_id, int(row["originator_version"]),
                                         doc, data, personal=personal, erased=erased)
-        return Message(position, topic, aggregate_id.encode(), self._dumps(envelope).encode())
+        try:
+            value = self._dumps(envelope).encode()
+        except UnicodeEncodeError:  # a lone surrogate in a text: U+FFFD in its place
+            value = self._dumps(clean(envelope)).encode()
+        return Message(position, topic, aggregate_id.encode(), value, row["topic"])
 
 
     # -- envelopes built by PostgreSQL ---------------------------------------------------
@@ -301,7 +346,8 @@ class Envelopes:
             if row["envelope"] is not None:
                 if topics is None or row["kafka_topic"] in topics:
                     out.append(Message(int(row["notification_id"]), row["kafka_topic"],
-                                       str(row["originator_id"]).encode(), row["envelope"].encode()))
+                                       str(row["originator_id"]).encode(), row["envelope"].encode(),
+                                       row["topic"]))
             else:
                 slow_at.append(len(out))
                 slow.append(row)
@@ -402,7 +448,8 @@ class KafkaPublisher:
     def __init__(self, conninfo: str, codec: EventCodec, config: FeedConfig, *,
                  name: str = "kafka", batch_size: int = 5000, poll_seconds: float = 1.0,
                  events_table: str = "crm_events", max_pending: int = 3,
-                 producer_factory: Callable[[FeedConfig], Any] = new_producer):
+                 producer_factory: Callable[[FeedConfig], Any] = new_producer,
+                 retry_max_seconds: float = 30.0):
         self.conninfo = conninfo
         self.config = config
         self.name = name
@@ -423,6 +470,8 @@ class KafkaPublisher:
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: psycopg.Connection[dict[str, Any]] | None = None
         self.flush_timeout = 150.0  # longer than the producer's delivery timeout
+        #: pauses after a failure of the broker or the database: poll_seconds, doubling
+        self.backoff = Backoff(poll_seconds, retry_max_seconds)
 
     # -- connection, leadership, producer -------------------------------------------
     def connect(self) -> psycopg.Connection[dict[str, Any]]:
@@ -500,13 +549,20 @@ class KafkaPublisher:
         if count == self.batch_size:
             self._read_ahead(last)  # catching up: the next batch is read while this one is sent
         if count:
-            try:
-                futures = [self.producer().send(m.topic, value=m.value, key=m.key, headers=_HEADERS)
-                           for m in messages]
-            except Exception as e:
-                self._abandon()
-                raise PublishFailed(f"send failed: {type(e).__name__}: {e}") from e
-            self._pending.append(_Pending(last, count, futures, failed))
+            producer = self.producer()
+            futures: list[Any] = []
+            sent: list[Message] = []
+            for m in messages:
+                try:
+                    futures.append(producer.send(m.topic, value=m.value, key=m.key, headers=_HEADERS))
+                    sent.append(m)
+                except Exception as e:
+                    if classify(e) == EVENT:  # this record is refused (too large...)
+                        failed.append((m.row(), f"{type(e).__name__}: {e}"))
+                        continue
+                    self._abandon()
+                    raise PublishFailed(f"send failed: {type(e).__name__}: {e}") from e
+            self._pending.append(_Pending(last, count, futures, failed, sent))
             self._sent_to = last
         if count < self.batch_size:
             self._settle(conn, everything=True)  # at the end of the log: record it all
@@ -565,12 +621,18 @@ class KafkaPublisher:
                         f.get(timeout=self.flush_timeout)
                     except Exception:  # noqa: BLE001 -- checked below
                         pass
-            bad = [f for f in batch.futures if not f.is_done or f.failed()]
-            if bad:
-                first = bad[0].exception if bad[0].is_done else "not acknowledged in time"
+            bad = [i for i, f in enumerate(batch.futures) if not f.is_done or f.failed()]
+            refused = [i for i in bad if batch.futures[i].is_done and i < len(batch.messages)
+                       and classify(batch.futures[i].exception) == EVENT]
+            if len(refused) < len(bad):
+                first = batch.futures[bad[0]]
+                reason = first.exception if first.is_done else "not acknowledged in time"
                 self._abandon()
                 raise PublishFailed(f"{len(bad)} of {len(batch.futures)} records not "
-                                    f"acknowledged: {first}")
+                                    f"acknowledged: {reason}")
+            for i in refused:  # the broker (or the producer) refused these records: parked
+                error = batch.futures[i].exception
+                batch.failed.append((batch.messages[i].row(), f"{type(error).__name__}: {error}"))
             done.append(self._pending.popleft())
         if not done:
             return
@@ -592,13 +654,13 @@ class KafkaPublisher:
             cur.executemany(
                 "INSERT INTO crm_kafka_parked (name, position, topic, aggregate_id, error)"
                 " VALUES (%s, %s, %s, %s, %s)",
-                [(self.name, int(r["notification_id"]), r["topic"], str(r["originator_id"]),
-                  error[:2000]) for r, error in failed],
+                [(self.name, int(r["notification_id"]), clean_text(str(r["topic"])),
+                  clean_text(str(r["originator_id"])), clean_text(error[:2000])) for r, error in failed],
             )
         self.stats.parked += len(failed)
         for r, error in failed:
             log.error("event not publishable; parked", position=int(r["notification_id"]),
-                      topic=r["topic"], error=error)
+                      topic=clean_text(str(r["topic"])), error=clean_text(error))
 
     def catch_up(self) -> int:
         """Publish until the log's head; the position reached (recorded)."""
@@ -618,18 +680,22 @@ class KafkaPublisher:
                         continue
                     if listener is None or listener.closed:
                         listener = listen(self.conninfo, self.events_table)
-                    if self.run_batch() >= self.batch_size:
+                    sent = self.run_batch()
+                    self.backoff.reset()
+                    if sent >= self.batch_size:
                         continue
                     wait_for_events(listener, stop, self.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the publisher must not die
+                    delay = self.backoff.next_delay()
+                    self.stats.retries += 1
                     log.error("kafka publisher failed; retrying", name=self.name,
-                              error=f"{type(e).__name__}: {e}")
+                              error=clean_text(f"{type(e).__name__}: {e}"), retry_in_seconds=delay)
                     if self._conn is not None and self._conn.closed:
                         self.stats.is_leader = False
                     if listener is not None:
                         listener.close()
                         listener = None
-                    stop.wait(self.poll_seconds)
+                    stop.wait(delay)
         finally:
             if listener is not None:
                 listener.close()
@@ -698,14 +764,8 @@ def feed_status(conn: psycopg.Connection[Any], name: str = "kafka",
         "SELECT position, updated_at, (SELECT count(*) FROM crm_kafka_parked p WHERE p.name = t.name)"
         " AS parked FROM crm_kafka_tracking t WHERE name = %s", (name,)).fetchone()
     position = int(row["position"]) if row else 0
-    lag_seconds = 0.0
-    if position < head:
-        waited = conn.execute(
-            f"SELECT extract(epoch FROM now() - (convert_from(state, 'UTF8')::jsonb ->> 'recorded_at')"
-            f'::timestamptz) AS s FROM "{events_table}" WHERE notification_id > %s'
-            " ORDER BY notification_id LIMIT 1", (position,)).fetchone()
-        lag_seconds = max(0.0, float((waited or {}).get("s") or 0.0))
-    return FeedStatus(name, position, head, head - position, lag_seconds,
+    waited = lag_seconds(conn, events_table, position) if position < head else 0.0
+    return FeedStatus(name, position, head, head - position, waited,
                       int(row["parked"]) if row else 0, row["updated_at"] if row else None)
 
 

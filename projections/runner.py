@@ -15,6 +15,13 @@ connection while the runner applies and writes the current one (the stored event
 after the tracked position never change, so reading them ahead is safe; a batch read
 ahead is used only if it starts exactly at the position the transaction locks).
 
+A batch that fails with an error of its data (``projections.follow.classify``) is
+applied again with its values cleaned (NUL and lone surrogates, which PostgreSQL cannot
+hold, replaced by U+FFFD), and, if it still fails, split in halves until the event at
+fault is isolated and parked; every other event of it is applied. An error of the
+connection or the server is raised (nothing parked): ``run`` tries again after a pause
+that doubles up to ``retry_max_seconds``. Nothing of this runs while batches succeed.
+
 Leadership: a runner holds a session advisory lock on its generation's schema; a second
 runner for the same schema waits, and takes over when the first one's connection dies.
 """
@@ -37,6 +44,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from events.codec import EventCodec
+from projections.follow import MOMENT, Backoff, Moment, apply_splitting, classify, clean, clean_text
 from projections.memory import relaxed_gc
 from projections.base import BatchResult, BatchView, ParkedEvent, Projection, Row, Table
 
@@ -77,7 +85,7 @@ class _Decoded:
     parked: list[ParkedEvent] = field(default_factory=list)
 
 
-class _StaleReadAhead(Exception):
+class _StaleReadAhead(Moment):
     """The batch read ahead does not start at the tracked position."""
 
 
@@ -151,6 +159,8 @@ class RunnerStats:
     last_batch_seconds: float = 0.0
     position: int = 0
     is_leader: bool = False
+    #: attempts that failed on the connection or the server (tried again, nothing parked)
+    retries: int = 0
 
 
 class BatchRunner:
@@ -169,6 +179,7 @@ class BatchRunner:
         poll_seconds: float = 1.0,
         catchup_batch_size: int | None = None,
         cache_rows: int = 200_000,
+        retry_max_seconds: float = 30.0,
     ):
         self.projection = projection
         self._schema = schema
@@ -181,6 +192,8 @@ class BatchRunner:
         self.catchup_batch_size = catchup_batch_size or 5 * batch_size
         self.max_batch_seconds = max_batch_seconds
         self.poll_seconds = poll_seconds
+        #: pauses after an error of the connection or the server: poll_seconds, doubling
+        self.backoff = Backoff(poll_seconds, retry_max_seconds)
         self.stats = RunnerStats()
         self._limit = batch_size  # shrinks when a batch takes longer than max_batch_seconds
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
@@ -196,6 +209,8 @@ class BatchRunner:
             t.name: {} for t in projection.tables if not t.append_only}
         #: the schema's erasure count when the cache was last trusted
         self._erasures: int | None = None
+        #: while a failed batch is applied again: clean the rows it writes
+        self._cleaning = False
 
     @property
     def schema(self) -> str:
@@ -264,10 +279,11 @@ class BatchRunner:
         """Apply the next batch (if any); returns what it did. ``ahead``: the batch,
         already read and decoded (it must start at the tracked position)."""
         if not self.try_lead():
-            raise RuntimeError(f"another runner leads {self.schema}")
+            raise Moment(f"another runner leads {self.schema}")
         conn = self.connect()
         started = time.perf_counter()
         result = BatchResult()
+        batch: _Decoded | None = None
         try:
             with conn.transaction():
                 row = conn.execute(
@@ -277,7 +293,7 @@ class BatchRunner:
                     prepare=True,
                 ).fetchone()
                 if row is None:
-                    raise RuntimeError(f"no tracking row for {self.schema}")
+                    raise Moment(f"no tracking row for {self.schema}")
                 position = int(row["position"])
                 if row["erasures"] != self._erasures:
                     # An erasure changed rows behind this runner's back: what it holds in
@@ -308,13 +324,15 @@ class BatchRunner:
                 )
                 result.position = batch.last
             self._remember(view)
-        except BaseException:
-            self._stages.clear()  # temporary tables made in the rolled-back transaction are gone
-            self._forget()
-            # A lost connection also loses leadership; the next batch re-checks.
-            if conn.closed:
-                self.stats.is_leader = False
-            raise
+        except BaseException as e:
+            self._failed(conn)
+            if batch is None or conn.closed or not isinstance(e, Exception) or classify(e) == MOMENT:
+                raise
+            # The batch's data: applied again, cleaned, and split down to the event at fault.
+            log.warning("batch failed on its data; splitting it", projection=self.projection.name,
+                        schema=self.schema, start=batch.start, last=batch.last,
+                        error=clean_text(f"{type(e).__name__}: {e}"))
+            result = self._split(conn, batch)
         elapsed = time.perf_counter() - started
         if ahead is None:
             if elapsed > self.max_batch_seconds and self._limit > 50:
@@ -331,6 +349,75 @@ class BatchRunner:
             for p in result.parked:
                 log.error("event parked", projection=self.projection.name, schema=self.schema,
                           position=p.position, event_type=p.event_type, error=p.error)
+        return result
+
+    def _failed(self, conn: psycopg.Connection[Any]) -> None:
+        self._stages.clear()  # temporary tables made in the rolled-back transaction are gone
+        self._forget()
+        # A lost connection also loses leadership; the next batch re-checks.
+        if conn.closed:
+            self.stats.is_leader = False
+
+    def _split(self, conn: psycopg.Connection[Any], batch: _Decoded) -> BatchResult:
+        """Apply ``batch`` (which failed on its data) again with its values cleaned, in
+        as few transactions as it allows: a part that still fails is halved, an event
+        that fails alone is parked. Each part commits with its own position."""
+        result = BatchResult(events=batch.count)
+        events = batch.events
+        index = {position: i for i, (position, _) in enumerate(events)}
+        decode_parked = batch.parked
+        state = {"at": batch.start}
+
+        def last_of(i: int) -> int:
+            # up to (not including) the next handled event: the positions in between are
+            # events this projection does not handle or could not decode
+            return int(events[i + 1][0]) - 1 if i + 1 < len(events) else batch.last
+
+        def commit(part: list[tuple[int, Any]], parked: list[ParkedEvent]) -> None:
+            start = state["at"]
+            last = last_of(index[part[-1][0]])
+            sub = _Decoded(start, 0, last, [] if parked else part,
+                           [p for p in decode_parked if start < p.position <= last] + parked)
+            sub_result = BatchResult()
+            self._cleaning = True
+            try:
+                with conn.transaction():
+                    row = conn.execute(
+                        "SELECT position FROM crm_projection_tracking WHERE schema_name = %s FOR UPDATE",
+                        (self.schema,), prepare=True).fetchone()
+                    if row is None or int(row["position"]) != start:
+                        raise Moment(f"{self.schema} moved while a batch was split")
+                    view = self._apply(conn, sub, sub_result)
+                    conn.execute(
+                        "UPDATE crm_projection_tracking SET position = %s, updated_at = now()"
+                        " WHERE schema_name = %s", (last, self.schema), prepare=True)
+                self._remember(view)
+            except BaseException:
+                self._failed(conn)
+                raise
+            finally:
+                self._cleaning = False
+            state["at"] = last
+            result.applied += sub_result.applied
+            result.parked.extend(sub_result.parked)
+
+        def park(item: tuple[int, Any], error: BaseException) -> None:
+            position, event = item
+            commit([item], [ParkedEvent(position, str(event.meta.event_id), event.type_name,
+                                        str(event.originator_id), f"{type(error).__name__}: {error}")])
+
+        if events:
+            apply_splitting(events, lambda part: commit(list(part), []), park)
+        if state["at"] < batch.last:  # no handled event (only undecodable ones)
+            sub = _Decoded(state["at"], 0, batch.last, [], decode_parked)
+            sub_result = BatchResult()
+            with conn.transaction():
+                self._apply(conn, sub, sub_result)
+                conn.execute("UPDATE crm_projection_tracking SET position = %s, updated_at = now()"
+                             " WHERE schema_name = %s", (batch.last, self.schema), prepare=True)
+            result.parked.extend(sub_result.parked)
+        result.parked.sort(key=lambda p: p.position)
+        result.position = batch.last
         return result
 
     def decode(self, stored: list[tuple[Any, ...]], *, start: int) -> _Decoded:
@@ -373,10 +460,14 @@ class BatchRunner:
                 for on in self.projection.handlers_for(event.type_name):
                     on.handler(view, event)
                 result.applied += 1
+            except psycopg.Error:
+                raise  # the transaction is lost: the batch is split (its data) or retried
             except Exception as e:  # noqa: BLE001 -- parked, logged and surfaced
                 view.rollback_event()
                 result.parked.append(ParkedEvent(position, str(event.meta.event_id), event.type_name,
                                                  str(event.originator_id), f"{type(e).__name__}: {e}"))
+        if self._cleaning:
+            _clean_view(view)
         self._flush(conn, view)
         if result.parked:
             result.parked.sort(key=lambda p: p.position)
@@ -384,8 +475,9 @@ class BatchRunner:
                 cur.executemany(
                     "INSERT INTO crm_parked_events (schema_name, projection, position, event_id,"
                     " event_type, aggregate_id, error) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [(self.schema, self.projection.name, p.position, p.event_id, p.event_type,
-                      p.aggregate_id, p.error[:2000]) for p in result.parked],
+                    [(self.schema, self.projection.name, p.position, clean_text(p.event_id),
+                      clean_text(p.event_type), clean_text(p.aggregate_id), clean_text(p.error[:2000]))
+                     for p in result.parked],
                 )
         return view
 
@@ -553,19 +645,36 @@ class BatchRunner:
                     if listener is None or listener.closed:
                         listener = listen(self.conninfo, self.events_table)
                     result = self.run_batch()
+                    self.backoff.reset()
                     if result.events >= self._limit:
                         self.catch_up(stop=stop)  # a long way behind: read ahead
                         continue
                     wait_for_events(listener, stop, self.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the runner must not die
+                    delay = self.backoff.next_delay()
+                    self.stats.retries += 1
                     log.exception("projection runner failed; retrying",
-                                  projection=self.projection.name, schema=self.schema, error=str(e))
+                                  projection=self.projection.name, schema=self.schema,
+                                  error=clean_text(str(e)), retry_in_seconds=delay)
                     self.close()
                     if listener is not None:
                         listener.close()
                         listener = None
-                    stop.wait(self.poll_seconds)
+                    stop.wait(delay)
         finally:
             if listener is not None:
                 listener.close()
             self.close()
+
+
+def _clean_view(view: BatchView) -> None:
+    """Replace what PostgreSQL cannot hold (``projections.follow.clean``) in every row the
+    batch writes, in place, so that the rows kept in memory are the rows stored."""
+    for name, keys in view.dirty.items():
+        rows = view.rows[name]
+        for k in keys:
+            row = rows[k]
+            if row is not None:
+                rows[k] = clean(row)
+    for appended in view.appended.values():
+        appended[:] = [clean(r) for r in appended]

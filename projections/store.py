@@ -20,6 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from projections.base import Projection
+from projections.follow import recorded_at
 
 READ_SCHEMA = "crm_read"
 _SAFE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
@@ -260,15 +261,7 @@ class ProjectionStore:
 
     def _lag_seconds(self, conn: psycopg.Connection[Any], position: int) -> float:
         """How long the oldest unapplied event has been waiting (by its recording time)."""
-        row = conn.execute(
-            f'SELECT convert_from(state, \'UTF8\')::jsonb ->> \'recorded_at\' AS t FROM "{self.events_table}"'
-            " WHERE notification_id > %s ORDER BY notification_id LIMIT 1",
-            (position,),
-        ).fetchone()
-        if row is None or row["t"] is None:
-            return 0.0
-        waited = conn.execute("SELECT extract(epoch FROM now() - %s::timestamptz) AS s", (row["t"],)).fetchone()
-        return max(0.0, float((waited or {}).get("s") or 0.0))
+        return lag_seconds(conn, self.events_table, position)
 
     def parked(self, schema: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.connect() as conn:
@@ -277,3 +270,22 @@ class ProjectionStore:
                 " FROM crm_parked_events WHERE schema_name = %s ORDER BY position LIMIT %s",
                 (schema, limit),
             ).fetchall())
+
+
+def lag_seconds(conn: psycopg.Connection[Any], events_table: str, position: int) -> float:
+    """How long the first event after ``position`` has waited since it was recorded (0
+    if there is none). Its document is read here, not by PostgreSQL, whose jsonb refuses
+    some documents the log may hold (a NUL or a lone surrogate escaped in a text)."""
+    row = conn.execute(
+        f'SELECT state, now() AS now FROM "{events_table}"'
+        " WHERE notification_id > %s ORDER BY notification_id LIMIT 1",
+        (position,),
+    ).fetchone()
+    if row is None:
+        return 0.0
+    state, now = (row["state"], row["now"]) if isinstance(row, dict) else row
+    at = recorded_at(state)
+    if at is None:
+        return 0.0
+    waited: float = (now - at).total_seconds()
+    return max(0.0, waited)

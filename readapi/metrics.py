@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from projections.automation.runner import automation_status
 from readapi.encoding import JSONResponse
 from readapi.problems import problem
 
@@ -168,6 +169,7 @@ def _projection_metrics(read: Any) -> list[str]:
             ("batches_total", st.batches if st else 0),
             ("parked_events", s.parked),
             ("leader", st.is_leader if st else False),
+            ("retries_total", st.retries if st else 0),
         ]
     described = {
         "position": ("gauge", "Event-log position the read model's active generation has applied."),
@@ -179,6 +181,8 @@ def _projection_metrics(read: Any) -> list[str]:
         "batches_total": ("counter", "Batches this process's runner has committed."),
         "parked_events": ("gauge", "Events parked (not applicable) in the active generation."),
         "leader": ("gauge", "1 when this process's runner leads the projection's active generation."),
+        "retries_total": ("counter", "Batches this process's runner tried again after a failure of the"
+                                     " database (nothing parked)."),
     }
     lines: list[str] = []
     for metric, (kind, help_text) in described.items():
@@ -209,6 +213,28 @@ def _kafka_metrics(kafka: Any) -> list[str]:
     for metric, kind, help_text, value in values:
         name = f"crm_kafka_publisher_{metric}"
         lines += family(name, kind, help_text, [sample(name, value, publisher=s.name)])
+    return lines
+
+
+def _automation(svc: Any) -> Any:
+    """The automation's status (None when this process does not watch it)."""
+    if not getattr(svc, "automation", False) or svc.read is None:
+        return None
+    with svc.read.pool.connection() as conn:
+        return automation_status(conn)
+
+
+def _automation_metrics(s: Any) -> list[str]:
+    values: list[tuple[str, str, float | int]] = [
+        ("position", "Event-log position the automation has handled.", s.position),
+        ("lag_events", "Events in the log the automation has not handled yet.", s.lag_events),
+        ("lag_seconds", "How long the oldest unhandled event has waited, in seconds.", s.lag_seconds),
+        ("parked_events", "Events the automation parked (its rules failed on their data).", s.parked),
+    ]
+    lines: list[str] = []
+    for metric, help_text, value in values:
+        name = f"crm_automation_{metric}"
+        lines += family(name, "gauge", help_text, [sample(name, value)])
     return lines
 
 
@@ -247,10 +273,27 @@ def build_ops_router(metrics: HttpMetrics) -> APIRouter:
                     reasons.append(f"{s.name}: {s.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
                 if s.parked:
                     reasons.append(f"{s.name}: {s.parked} parked event(s)")
+        extra: dict[str, Any] = {}
+        if position is not None:
+            try:
+                a = _automation(svc)
+            except Exception as e:  # noqa: BLE001
+                reasons.append(f"automation status unavailable: {type(e).__name__}: {e}")
+                a = None
+            if a is not None:
+                extra["automation"] = {"position": a.position, "lag_events": a.lag_events,
+                                       "lag_seconds": round(a.lag_seconds, 3), "parked": a.parked}
+                if a.lag_events > MAX_LAG_EVENTS:
+                    reasons.append(f"automation: {a.lag_events} events behind (at most {MAX_LAG_EVENTS})")
+                if a.lag_seconds > MAX_LAG_SECONDS:
+                    reasons.append(f"automation: {a.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
+                if a.parked:
+                    reasons.append(f"automation: {a.parked} parked event(s)")
         if reasons:
             return problem(503, "Not ready", "; ".join(reasons), code="not-ready", reasons=reasons,
-                           event_log_position=position, projections=projections)
-        return JSONResponse({"status": "ready", "event_log_position": position, "projections": projections})
+                           event_log_position=position, projections=projections, **extra)
+        return JSONResponse({"status": "ready", "event_log_position": position, "projections": projections,
+                             **extra})
 
     @r.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse)
     def metrics_endpoint(request: Request) -> PlainTextResponse:
@@ -270,6 +313,13 @@ def build_ops_router(metrics: HttpMetrics) -> APIRouter:
             except Exception as e:  # noqa: BLE001
                 up = False
                 log.warning("metrics: read-model status unavailable", error=str(e))
+        if up:
+            try:
+                a = _automation(svc)
+                if a is not None:
+                    lines += _automation_metrics(a)
+            except Exception as e:  # noqa: BLE001
+                log.warning("metrics: automation status unavailable", error=str(e))
         kafka = getattr(svc, "kafka", None)
         if kafka is not None and up:
             try:

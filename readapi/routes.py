@@ -55,6 +55,8 @@ class Services:
     analytics: AnalyticsProjection | None = None
     survey_key: bytes | None = None  # signs satisfaction survey links
     erasure: Any = None  # runs erasures (readapi.erasure_routes.Erasures)
+    #: the automation follows the log (its position, lag and parked events in /ready, /metrics)
+    automation: bool = False
 
 
 class WriteResponse(BaseModel):

@@ -13,6 +13,13 @@ change here. Customers appear as ``customer_key``, an HMAC of their id under a k
 the deployment; the pairs (key, id) go to the PostgreSQL table ``crm_analytics_customers``
 so that the HTTP API can show a role that may see personal data who a key is.
 
+A batch that fails on its data (``projections.follow.classify``) is split in halves until
+the event at fault is isolated; it is parked in ``analytics_parked`` and every other event
+of the batch is applied. A document DuckDB cannot parse because it escapes a lone
+surrogate is written again with U+FFFD in its place; one that is not JSON at all is
+parked. An error of the file or the connection (I/O, out of memory) parks nothing:
+``run`` tries again after a pause that doubles up to ``retry_max_seconds``.
+
 Leadership: the process holding the PostgreSQL advisory lock ``crm_analytics`` is the
 only one that writes; it keeps the DuckDB file open for as long as it leads, and so is
 also the process that answers analysts' SQL (``projections.analytics.sandbox``).
@@ -34,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import psycopg
 import pyarrow as pa
 import structlog
 
 from events.base import all_event_types
 from projections.analytics import schema
+from projections.follow import MOMENT, Backoff, apply_splitting, classify, clean_json, clean_text
 from projections.runner import RunnerStats, listen, wait_for_events
 
 log = structlog.get_logger("crm.analytics")
@@ -116,6 +125,8 @@ class AnalyticsConfig:
     events_table: str = "crm_events"
     #: where each Parquet export is recorded (one JSON line each), so an erasure finds them
     exports_ledger: Path | None = None
+    #: the longest pause between attempts after an error of the file or the connection
+    retry_max_seconds: float = 30.0
 
 
 def customer_key(pseudonym_key: bytes, customer_id: str) -> str:
@@ -221,14 +232,43 @@ class AnalyticsProjection:
             return 0
         started = time.perf_counter()
         last = int(batch.column("position")[-1].as_py())
-        parked = apply_batch(db, batch, self.config.pseudonym_key, last,
-                             on_new_customers=self._record_customers, derive=derive)
+        try:
+            parked = apply_batch(db, batch, self.config.pseudonym_key, last,
+                                 on_new_customers=self._record_customers, derive=derive)
+        except Exception as e:
+            if classify(e) == MOMENT:
+                raise
+            log.warning("analytics batch failed on its data; splitting it",
+                        first=int(batch.column("position")[0].as_py()), last=last,
+                        error=clean_text(f"{type(e).__name__}: {e}"))
+            parked = self._split(db, batch, derive=derive)
         self.stats.batches += 1
         self.stats.events += batch.num_rows
         self.stats.parked += parked
         self.stats.position = last
         self.stats.last_batch_seconds = time.perf_counter() - started
         return int(batch.num_rows)
+
+    def _split(self, db: duckdb.DuckDBPyConnection, batch: pa.Table, *, derive: bool) -> int:
+        """Apply ``batch`` (which failed on its data) in as few parts as it allows: a
+        part that fails is halved, an event that fails alone is parked. Each part
+        commits with its own position. How many events were parked."""
+        positions = batch.column("position").to_pylist()
+        topics = batch.column("topic").to_pylist()
+        parked = 0
+
+        def apply(part: Any) -> None:
+            nonlocal parked
+            sub = batch.slice(part[0], len(part))
+            parked += apply_batch(db, sub, self.config.pseudonym_key, int(positions[part[-1]]),
+                                  on_new_customers=self._record_customers, derive=derive)
+
+        def park(i: int, error: BaseException) -> None:
+            park_event(db, int(positions[i]), str(topics[i]), f"{type(error).__name__}: {error}")
+            log.error("analytics parked an event", position=int(positions[i]), topic=topics[i],
+                      error=clean_text(f"{type(error).__name__}: {error}"))
+
+        return parked + apply_splitting(range(batch.num_rows), apply, park)
 
     def _record_customers(self, pairs: pa.Table) -> None:
         keys = pairs.column("customer_key").to_pylist()
@@ -282,8 +322,11 @@ class AnalyticsProjection:
 
     # -- following the log ---------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Lead (or wait to lead), then follow the log until ``stop`` is set."""
+        """Lead (or wait to lead), then follow the log until ``stop`` is set. After an
+        error (of the file or the connection: the data's are parked) it tries again after
+        a pause of ``poll_seconds``, doubling up to ``retry_max_seconds``."""
         listener: psycopg.Connection[Any] | None = None
+        backoff = Backoff(self.config.poll_seconds, self.config.retry_max_seconds)
         try:
             while not stop.is_set():
                 try:
@@ -292,17 +335,22 @@ class AnalyticsProjection:
                         continue
                     if listener is None or listener.closed:
                         listener = listen(self.config.conninfo, self.config.events_table)
-                    if self.run_batch() >= self.config.batch_size:
+                    applied = self.run_batch()
+                    backoff.reset()
+                    if applied >= self.config.batch_size:
                         self.catch_up(stop=stop)  # a backlog: the catch-up path is faster
                         continue
                     wait_for_events(listener, stop, self.config.poll_seconds)
                 except Exception as e:  # noqa: BLE001 -- logged; the projection must not die
-                    log.exception("analytics projection failed; retrying", error=str(e))
+                    delay = backoff.next_delay()
+                    self.stats.retries += 1
+                    log.exception("analytics projection failed; retrying", error=clean_text(str(e)),
+                                  retry_in_seconds=delay)
                     self.close()
                     if listener is not None:
                         listener.close()
                         listener = None
-                    stop.wait(self.config.poll_seconds)
+                    stop.wait(delay)
         finally:
             if listener is not None:
                 listener.close()
@@ -450,6 +498,42 @@ def fetch_batch(conn: psycopg.Connection[Any], events_table: str, after: int, li
     })
 
 
+def _repaired(batch: pa.Table) -> pa.Table | None:
+    """``batch`` with each document DuckDB cannot parse but Python can (a lone surrogate
+    escaped in a text) written again with U+FFFD in its place; None if there is none."""
+    states = batch.column("state").to_pylist()
+    changed = False
+    for i, text in enumerate(states):
+        try:
+            orjson.loads(text)
+        except orjson.JSONDecodeError:
+            cleaned = clean_json(text)
+            if cleaned is not None:
+                states[i] = cleaned
+                changed = True
+    if not changed:
+        return None
+    return batch.set_column(batch.schema.get_field_index("state"), "state", pa.array(states, pa.string()))
+
+
+def park_event(db: duckdb.DuckDBPyConnection, position: int, topic: str, error: str) -> None:
+    """Record an event the projection cannot apply and move past it, in one transaction
+    (the keyed tables stay current: a parked event adds no facts)."""
+    db.execute("BEGIN")
+    try:
+        current = tracked_position(db, DERIVED_NAME) >= tracked_position(db)
+        db.execute("INSERT INTO analytics_parked VALUES (?, ?, ?)",
+                   [position, clean_text(topic), clean_text(error[:2000])])
+        names = [TRACKING_NAME, DERIVED_NAME] if current else [TRACKING_NAME]
+        for name in names:
+            db.execute("UPDATE analytics_tracking SET position = ?, updated_at = ? WHERE name = ?",
+                       [position, _utcnow(), name])
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def tracked_position(db: duckdb.DuckDBPyConnection, name: str = TRACKING_NAME) -> int:
     """The log position the database reflects (``derived``: its keyed tables)."""
     rows = db.execute("SELECT position FROM analytics_tracking WHERE name = ?",
@@ -490,9 +574,17 @@ def apply_batch(db: duckdb.DuckDBPyConnection, batch: pa.Table,
         try:
             db.execute(stage.replace("WHERE_CLAUSE", ""))
         except (duckdb.InvalidInputException, duckdb.ConversionException):
-            # Some stored state is not a JSON document: park those, apply the rest.
-            bad = True
-            db.execute(stage.replace("WHERE_CLAUSE", "WHERE json_valid(b.state)"))
+            repaired = _repaired(batch)
+            if repaired is not None:
+                # A lone surrogate escaped in a text: the documents written again.
+                batch = repaired
+                db.register("batch", batch)
+            try:
+                db.execute(stage.replace("WHERE_CLAUSE", ""))
+            except (duckdb.InvalidInputException, duckdb.ConversionException):
+                # Some stored state is not a JSON document: park those, apply the rest.
+                bad = True
+                db.execute(stage.replace("WHERE_CLAUSE", "WHERE json_valid(b.state)"))
         db.execute("BEGIN")
         parked = 0
         if bad:

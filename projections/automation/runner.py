@@ -11,12 +11,18 @@ Exactly once, across replays, restarts and crashes:
 - a timer is marked fired (and its notifications written) in one transaction after its
   commands: a crash in between fires it again, to the same effect.
 
+An event whose rules fail on its data (``projections.follow.classify``) is parked
+(``crm_automation_parked``) and passed at once; a failure of the database, the event
+store or a concurrent change parks nothing: the step is tried again after a pause that
+doubles up to ``retry_max_seconds``.
+
 Leadership: one runner at a time holds a session advisory lock; another waits.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -40,6 +46,7 @@ from events import service_request as se
 from events import task as te
 from events.base import CrmEvent
 from projections.automation import survey
+from projections.follow import MOMENT, Backoff, classify, clean_text
 from projections.automation.mail import Mailer
 from projections.automation.config import AutomationConfig, Team, add_working_days, raised
 
@@ -107,7 +114,8 @@ class AutomationRunner:
     def __init__(self, conninfo: str, app: CrmApplication, commands: CommandService,
                  config: AutomationConfig, clock: Clock, *, batch_size: int = 500,
                  poll_seconds: float = 1.0, survey_key: bytes | None = None,
-                 survey_ttl: timedelta = timedelta(days=14), mailer: Mailer | None = None):
+                 survey_ttl: timedelta = timedelta(days=14), mailer: Mailer | None = None,
+                 retry_max_seconds: float = 30.0):
         self.conninfo = conninfo
         self.app = app
         self.commands = commands
@@ -121,6 +129,10 @@ class AutomationRunner:
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._failures: dict[int | str, int] = {}
         self.issued = 0  # commands issued by this runner (not skipped as already issued)
+        #: pauses after a failure of the moment: poll_seconds, doubling up to retry_max_seconds
+        self.backoff = Backoff(poll_seconds, retry_max_seconds)
+        self.retries = 0  # steps that failed on the database or a concurrent change
+        self.parked = 0  # events this runner parked
 
     # -- leadership ------------------------------------------------------------
     def try_lead(self) -> bool:
@@ -162,10 +174,15 @@ class AutomationRunner:
             while not stop.is_set():
                 try:
                     self.step()
+                    self.backoff.reset()
+                    delay = self.poll_seconds
                 except Exception as e:  # noqa: BLE001 -- logged; the runner must not die
-                    log.exception("automation step failed; retrying", error=str(e))
+                    delay = self.backoff.next_delay()
+                    self.retries += 1
+                    log.exception("automation step failed; retrying", error=clean_text(str(e)),
+                                  retry_in_seconds=delay)
                     self.close()
-                stop.wait(self.poll_seconds)
+                stop.wait(delay)
         finally:
             self.close()
 
@@ -184,28 +201,25 @@ class AutomationRunner:
                         with conn.transaction():
                             self._handle(conn, event)
                             self._track(conn, n.id)
-                    except (ConcurrencyConflict, psycopg.OperationalError):
-                        raise  # passing: the next step tries again
-                    except Exception as e:  # noqa: BLE001 -- retried, then parked
-                        self._park_or_raise(conn, n.id, n.topic, e)
-                    self._failures.pop(n.id, None)
+                    except Exception as e:
+                        if _of_the_moment(e):
+                            raise  # passing: the next step tries again
+                        self._park(conn, n.id, n.topic, e)
             if notes:
                 with conn.transaction():
                     self._track(conn, notes[-1].id)
             return len(notes)
 
-    def _park_or_raise(self, conn: psycopg.Connection[Any], position: int, topic: str, error: Exception) -> None:
-        """An event whose rules fail ``PARK_AFTER`` times in a row is parked (recorded,
-        logged and passed) so one bad event does not stop the automation."""
-        failures = self._failures[position] = self._failures.get(position, 0) + 1
-        if failures < PARK_AFTER:
-            raise error
-        log.error("automation parked an event", position=position, event_type=topic, error=str(error))
+    def _park(self, conn: psycopg.Connection[Any], position: int, topic: str, error: Exception) -> None:
+        """An event whose rules fail on its data is parked (recorded, logged and passed)
+        so one bad event does not stop the automation."""
+        text = clean_text(f"{type(error).__name__}: {error}"[:2000])
+        log.error("automation parked an event", position=position, event_type=topic, error=text)
         with conn.transaction():
             conn.execute("INSERT INTO crm_automation_parked (position, event_type, error) VALUES (%s, %s, %s)"
-                         " ON CONFLICT (position) DO NOTHING",
-                         (position, topic, f"{type(error).__name__}: {error}"[:2000]))
+                         " ON CONFLICT (position) DO NOTHING", (position, clean_text(topic), text))
             self._track(conn, position)
+        self.parked += 1
 
     @staticmethod
     def _track(conn: psycopg.Connection[Any], position: int) -> None:
@@ -455,14 +469,14 @@ class AutomationRunner:
                 notes: list[tuple[str, str, str, str, str, UUID]] = []
                 try:
                     outcome = self._fire(timer_id, kind, payload, notes)
-                except (ConcurrencyConflict, psycopg.OperationalError):
-                    raise  # passing: the next step tries again
                 except Exception as e:  # noqa: BLE001 -- retried, then given up (recorded)
+                    if _of_the_moment(e):
+                        raise  # passing: the next step tries again
                     failures = self._failures[timer_id] = self._failures.get(timer_id, 0) + 1
                     if failures < PARK_AFTER:
                         raise
                     log.error("automation gave up a timer", timer=timer_id, error=str(e))
-                    outcome = f"failed: {type(e).__name__}: {e}"[:2000]
+                    outcome = clean_text(f"failed: {type(e).__name__}: {e}"[:2000])
                 self._failures.pop(timer_id, None)
                 with conn.transaction():
                     conn.cursor().executemany(
@@ -545,3 +559,38 @@ class AutomationRunner:
                           f"Service request {request_id}: {what} SLA breached",
                           "service_request", request_id))
         return "escalated"
+
+
+def _of_the_moment(error: Exception) -> bool:
+    """A failure to try again later (the database, the event store, a concurrent
+    change), not one of the event's data."""
+    return isinstance(error, ConcurrencyConflict) or classify(error) == MOMENT
+
+
+@dataclass(frozen=True)
+class AutomationStatus:
+    """The automation's position, lag and parked events (for /ready and /metrics)."""
+
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float
+    parked: int
+
+
+def automation_status(conn: psycopg.Connection[Any], events_table: str = "crm_events") -> AutomationStatus:
+    """Read on ``conn`` (any row factory); zeros before the automation's tables exist."""
+    from projections.store import lag_seconds
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        head_row = cur.execute(f'SELECT coalesce(max(notification_id), 0) AS m FROM "{events_table}"').fetchone()
+        head = int((head_row or {}).get("m") or 0)
+        exists = cur.execute("SELECT to_regclass('crm_automation_tracking') IS NOT NULL"
+                             " AND to_regclass('crm_automation_parked') IS NOT NULL AS ok").fetchone()
+        if not (exists and exists["ok"]):
+            return AutomationStatus(0, head, head, 0.0, 0)
+        row = cur.execute("SELECT (SELECT position FROM crm_automation_tracking WHERE name = %s) AS position,"
+                          " (SELECT count(*) FROM crm_automation_parked) AS parked", (NAME,)).fetchone()
+    position = int((row or {}).get("position") or 0)
+    waited = lag_seconds(conn, events_table, position) if position < head else 0.0
+    return AutomationStatus(position, head, head - position, waited, int((row or {}).get("parked") or 0))

@@ -1,0 +1,205 @@
+"""What every log follower shares: telling a bad event from a bad moment.
+
+A follower (a read model's runner, the DuckDB projection, the Kafka publisher, the
+automation) applies the log in batches. When a batch fails, the error says whose fault
+it is (``classify``):
+
+- **the event's** (``"event"``): its data cannot be applied -- a handler raised, a value
+  does not fit a column (PostgreSQL ``DataError``: NUL in text, a number out of range, a
+  value too long; ``IntegrityError``: a constraint), DuckDB could not convert or accept
+  it, the broker refused the record (too large). Trying again gives the same error, so
+  the batch is split (``apply_splitting``): halves are tried until the one bad event is
+  isolated; it is parked (recorded with its error) and every other event is applied;
+- **the moment's** (``"moment"``): the connection or the server failed (PostgreSQL
+  ``OperationalError``/``InterfaceError``: a lost connection, a shutdown, a
+  serialization failure or deadlock, a lock or statement timeout; DuckDB I/O or out of
+  memory; the Kafka broker unreachable). Nothing is parked: the follower tries the
+  batch again after a pause that doubles up to a cap (``Backoff``).
+
+Errors of the code or the schema (PostgreSQL ``ProgrammingError`` such as a dropped
+table, ``InternalError``) are the moment's too: splitting cannot help and parking would
+lose events.
+
+``clean`` is the rule for values a store cannot hold: PostgreSQL text cannot hold NUL
+(U+0000) and UTF-8 cannot encode a lone surrogate (U+D800..U+DFFF, which JSON escapes
+such as ``\\ud800`` can produce); both are replaced by U+FFFD. Followers apply it only to
+a batch that failed (never on the happy path), so a clean value is written as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+Kind = Literal["event", "moment"]
+EVENT: Kind = "event"
+MOMENT: Kind = "moment"
+
+T = TypeVar("T")
+
+#: DB-API classes (psycopg, DuckDB, eventsourcing's persistence errors all follow the
+#: DB-API hierarchy): the first of these names found in an error's class hierarchy decides.
+_DB_EVENT = frozenset({"DataError", "IntegrityError",
+                       # PostgreSQL's program limits (class 54), reached by one event's
+                       # values: an index entry too large, too many elements
+                       "ProgramLimitExceeded", "StatementTooComplex", "TooManyColumns",
+                       "TooManyArguments"})
+_DB_MOMENT = frozenset({"OperationalError", "InterfaceError", "InternalError", "ProgrammingError",
+                        "NotSupportedError", "DatabaseError"})
+#: DuckDB errors that come from the data although DuckDB files some under ProgrammingError
+_DUCKDB_EVENT = frozenset({"ConversionException", "InvalidInputException", "ConstraintException",
+                           "OutOfRangeException", "TypeMismatchException"})
+#: Kafka errors about one record (everything else from kafka-python is the broker's or the
+#: network's: retried)
+_KAFKA_EVENT = frozenset({"MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidRecordError",
+                          "CorruptRecordError", "CorruptRecordException", "InvalidTopicError"})
+_DRIVERS = ("psycopg", "duckdb", "_duckdb")
+_EVENTSOURCING_STORE = frozenset({"PersistenceError", "ConnectionPoolClosedError",
+                                  "ConnectionNotFromPoolError"})
+
+
+class Moment(RuntimeError):
+    """An error that is nobody's event: the follower tries again later."""
+
+
+def classify(error: BaseException) -> Kind:
+    """Whose fault ``error`` is: one event's data (``"event"``), or the moment's --
+    the connection, the server, the broker (``"moment"``)."""
+    if isinstance(error, Moment | OSError | MemoryError | TimeoutError):
+        return MOMENT
+    mro = type(error).__mro__
+    if any(c.__module__.startswith("eventsourcing") and c.__name__ in _EVENTSOURCING_STORE for c in mro):
+        # the event store's: a conflicting append, a closed pool, the database gone
+        return EVENT if any(c.__name__ == "DataError" for c in mro) else MOMENT
+    for cls in mro:
+        module = cls.__module__.split(".", 1)[0]
+        name = cls.__name__
+        if module == "kafka":
+            return EVENT if name in _KAFKA_EVENT else MOMENT
+        if module in _DRIVERS:
+            if name in _DUCKDB_EVENT or name in _DB_EVENT:
+                return EVENT
+            if name in _DB_MOMENT or name == "Error":
+                return MOMENT
+    # Anything else was raised by code on the event's data (a handler, a decoder, an
+    # encoder): the same event fails the same way again.
+    return EVENT
+
+
+def apply_splitting(items: Sequence[T], apply: Callable[[Sequence[T]], Any],
+                    park: Callable[[T, BaseException], Any], *,
+                    failed: BaseException | None = None) -> int:
+    """Apply ``items`` in order, as few calls of ``apply`` (each all or nothing) as the
+    data allows: a part that fails with an event's error is split in halves, and a single
+    item that fails is handed to ``park`` with its error. An error of the moment is
+    raised at once (what was applied before it stays applied). ``failed``: the error
+    ``items`` already failed with as a whole (they are split at once). How many items
+    were parked."""
+    parked = 0
+    todo: list[tuple[int, int, BaseException | None]] = [(0, len(items), failed)]
+    while todo:
+        lo, hi, error = todo.pop()
+        if hi <= lo:
+            continue
+        if error is None:
+            try:
+                apply(items[lo:hi])
+                continue
+            except Exception as e:
+                if classify(e) == MOMENT:
+                    raise
+                error = e
+        if hi - lo == 1:
+            park(items[lo], error)
+            parked += 1
+            continue
+        mid = (lo + hi) // 2
+        todo.append((mid, hi, None))  # popped last: the halves go in log order
+        todo.append((lo, mid, None))
+    return parked
+
+
+class Backoff:
+    """Pauses after errors of the moment: ``first`` seconds, doubling to at most
+    ``cap``; back to ``first`` after a success."""
+
+    def __init__(self, first: float = 1.0, cap: float = 30.0):
+        self.first = first
+        self.cap = max(cap, first)
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """The pause before the next attempt (and count this failure)."""
+        delay: float = min(self.cap, self.first * 2.0 ** min(self.failures, 30))
+        self.failures += 1
+        return delay
+
+    def wait(self, stop: threading.Event) -> float:
+        delay = self.next_delay()
+        stop.wait(delay)
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+# -- values a store cannot hold --------------------------------------------------------------
+_UNHOLDABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def clean_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD (the same object when
+    there is none)."""
+    if _UNHOLDABLE.search(text) is None:
+        return text
+    return _UNHOLDABLE.sub(REPLACEMENT, text)
+
+
+def clean(value: Any) -> Any:
+    """``value`` with every text in it cleaned (lists, tuples and dicts, keys too)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(clean(v) for v in value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    return value
+
+
+def clean_json(text: str) -> str | None:
+    """A JSON document that escapes NUL or lone surrogates (which PostgreSQL's jsonb and
+    DuckDB refuse) written again with them replaced; None if ``text`` is not JSON."""
+    try:
+        doc = json.loads(text)  # the standard library accepts lone surrogates
+    except ValueError:
+        return None
+    return json.dumps(clean(doc), sort_keys=True, separators=(",", ":"))
+
+
+def recorded_at(state: bytes | memoryview | None) -> datetime | None:
+    """The recording time in a stored event's document (None if it has none or is not
+    JSON): read in Python, as PostgreSQL refuses some documents the log may hold."""
+    if state is None:
+        return None
+    data = bytes(state)
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return None
+    value = doc.get("recorded_at") if isinstance(doc, dict) else None
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
