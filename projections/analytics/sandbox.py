@@ -117,8 +117,9 @@ class EncodedResult:
     position: int
 
 
-#: Rows per Arrow batch read from DuckDB: small, so one batch of wide rows stays small.
-BATCH_ROWS = 256
+#: Rows per Arrow batch read from DuckDB: few, so a batch of wide rows stays small (DuckDB
+#: itself holds one vector, 2,048 rows, of the result at a time).
+BATCH_ROWS = 64
 #: The encoded body is kept in pieces of about this size (no copy of the whole body).
 PIECE_BYTES = 1 << 20
 
@@ -395,17 +396,29 @@ class _CsvEncoder(_Encoder):
 
 
 class _ArrowEncoder(_Encoder):
-    """An Arrow IPC stream (media type application/vnd.apache.arrow.stream), a record
-    batch per batch read."""
+    """An Arrow IPC stream (media type application/vnd.apache.arrow.stream); the small
+    batches read are written as record batches of up to about ``PIECE_BYTES``."""
 
     def __init__(self, out: _Body, schema: pa.Schema):
         super().__init__(out, schema)
         self.writer = ipc.new_stream(pa.PythonFile(out, mode="w"), schema)
+        self.pending: list[pa.Table] = []
+        self.pending_bytes = 0
 
     def write(self, table: pa.Table) -> None:
-        self.writer.write_table(table)
+        self.pending.append(table)
+        self.pending_bytes += table.nbytes
+        if self.pending_bytes >= PIECE_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.concat_tables(self.pending).combine_chunks())
+            self.pending.clear()
+            self.pending_bytes = 0
 
     def finish(self, *, rows: int, truncated: bool, position: int, seconds: float) -> None:
+        self._flush()
         self.writer.close()
 
 

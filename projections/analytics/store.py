@@ -20,6 +20,8 @@ also the process that answers analysts' SQL (``projections.analytics.sandbox``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import hmac
 import os
@@ -129,6 +131,29 @@ class AnalyticsConfig:
     exports_dir: Path | None = None
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def give_back_memory() -> None:
+    """Hand the memory freed in the process's malloc arenas back to the system (glibc).
+
+    A query over wide rows allocates and frees a lot in the thread that ran it; glibc
+    keeps such memory in that thread's arena for the next allocation there, and each
+    request thread has its own, so without this a process that answered large queries
+    on many threads keeps their peaks added up."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def customer_key(pseudonym_key: bytes, customer_id: str) -> str:
     """The pseudonymous key analysts see for a customer (128 bits of an HMAC-SHA256)."""
     return hmac.new(pseudonym_key, customer_id.encode(), hashlib.sha256).hexdigest()[:32]
@@ -209,6 +234,7 @@ class AnalyticsProjection:
             yield
         finally:
             self._query_slots.release()
+            give_back_memory()
 
     def _pg_conn(self) -> psycopg.Connection[Any]:
         if self._pg is None or self._pg.closed:
