@@ -120,6 +120,9 @@ class EncodedResult:
 #: Rows per Arrow batch read from DuckDB: few, so a batch of wide rows stays small (DuckDB
 #: itself holds one vector, 2,048 rows, of the result at a time).
 BATCH_ROWS = 64
+#: Batches are encoded (and, asked for, customers revealed) in groups of up to this many
+#: rows or ``PIECE_BYTES`` of Arrow data, whichever comes first.
+GROUP_ROWS = 2048
 #: The encoded body is kept in pieces of about this size (no copy of the whole body).
 PIECE_BYTES = 1 << 20
 
@@ -239,6 +242,20 @@ def run_encoded(con: duckdb.DuckDBPyConnection, sql: str, *, format: str, timeou
     def consume(reader: pa.RecordBatchReader, position: int) -> None:
         nonlocal rows, truncated
         encoder: _Encoder | None = None
+        group: list[pa.RecordBatch] = []
+        group_rows = group_bytes = 0
+
+        def encode() -> None:
+            nonlocal encoder, group_rows, group_bytes
+            table = pa.Table.from_batches(group).combine_chunks()
+            group.clear()
+            group_rows = group_bytes = 0
+            if transform is not None:
+                table = transform(table)
+            if encoder is None:
+                encoder = _ENCODERS[format](out, table.schema)
+            encoder.write(table)
+
         for batch in reader:
             if batch.num_rows == 0:
                 continue
@@ -248,15 +265,17 @@ def run_encoded(con: duckdb.DuckDBPyConnection, sql: str, *, format: str, timeou
             if batch.num_rows > max_rows - rows:
                 batch = batch.slice(0, max_rows - rows)
                 truncated = True
-            table = pa.Table.from_batches([batch])
-            if transform is not None:
-                table = transform(table)
-            if encoder is None:
-                encoder = _ENCODERS[format](out, table.schema)
-            encoder.write(table)
-            rows += table.num_rows
+            group.append(batch)
+            rows += batch.num_rows
+            group_rows += batch.num_rows
+            group_bytes += batch.nbytes
+            # Narrow rows are encoded some thousands at a time, wide ones batch by batch.
+            if group_rows >= GROUP_ROWS or group_bytes >= PIECE_BYTES:
+                encode()
             if truncated:
                 break
+        if group:
+            encode()
         if encoder is None:  # no rows: the columns still
             empty = reader.schema.empty_table()
             encoder = _ENCODERS[format](out, (transform(empty) if transform else empty).schema)
@@ -291,6 +310,25 @@ def _json_value(v: Any) -> Any:
 def rows_of(table: pa.Table) -> list[dict[str, Any]]:
     """The rows as JSON-ready dicts (decimals and ids as text, times as ISO 8601)."""
     return [{k: _json_value(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, UUID | Decimal):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, tuple):  # an interval (months, days, nanoseconds)
+        return list(v)
+    raise TypeError(type(v).__name__)
+
+
+def _rows_json(table: pa.Table) -> bytes:
+    """The rows as a JSON array, as ``rows_of`` makes them, written by orjson."""
+    try:
+        return orjson.dumps(table.to_pylist(), default=_json_default,
+                            option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # e.g. a HUGEINT past 64 bits: the slower way
+        return orjson.dumps(rows_of(table), default=str)
 
 
 def to_json(result: QueryResult) -> dict[str, Any]:
@@ -368,7 +406,7 @@ class _JsonEncoder(_Encoder):
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        rows = orjson.dumps(rows_of(table), default=str)[1:-1]
+        rows = _rows_json(table)[1:-1]
         self.out.write(rows if self.first else b"," + rows)
         self.first = False
 
@@ -396,29 +434,17 @@ class _CsvEncoder(_Encoder):
 
 
 class _ArrowEncoder(_Encoder):
-    """An Arrow IPC stream (media type application/vnd.apache.arrow.stream); the small
-    batches read are written as record batches of up to about ``PIECE_BYTES``."""
+    """An Arrow IPC stream (media type application/vnd.apache.arrow.stream), a record
+    batch per group of rows encoded."""
 
     def __init__(self, out: _Body, schema: pa.Schema):
         super().__init__(out, schema)
         self.writer = ipc.new_stream(pa.PythonFile(out, mode="w"), schema)
-        self.pending: list[pa.Table] = []
-        self.pending_bytes = 0
 
     def write(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.pending_bytes += table.nbytes
-        if self.pending_bytes >= PIECE_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending:
-            self.writer.write_table(pa.concat_tables(self.pending).combine_chunks())
-            self.pending.clear()
-            self.pending_bytes = 0
+        self.writer.write_table(table)
 
     def finish(self, *, rows: int, truncated: bool, position: int, seconds: float) -> None:
-        self._flush()
         self.writer.close()
 
 
