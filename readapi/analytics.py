@@ -50,7 +50,9 @@ class ExportRequest(BaseModel):
 
     name: str = Field(min_length=1, max_length=sandbox.EXPORT_NAME_MAX,
                       description="The export's name: a directory of that name is written in "
-                                  "the server's exports directory (a name, not a path).")
+                                  "the server's exports directory (a name, not a path: "
+                                  "letters, digits, '.', '_', '-', no '..').",
+                      json_schema_extra={"pattern": sandbox.EXPORT_NAME_PATTERN})
 
     @field_validator("name")
     @classmethod

@@ -454,7 +454,8 @@ _ENCODERS: dict[str, type[_Encoder]] = {
 
 # -- Parquet export ------------------------------------------------------------------------
 EXPORT_NAME_MAX = 100
-_EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+EXPORT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_EXPORT_NAME = re.compile(EXPORT_NAME_PATTERN)
 
 
 def check_export_name(name: str) -> str:

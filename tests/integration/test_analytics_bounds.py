@@ -115,6 +115,36 @@ def test_the_size_limit_counts_the_encoded_body(analytics: Any) -> None:
         assert r.json()["row_count"] == 512 and r.json()["truncated"] is False
 
 
+def test_customers_are_revealed_in_every_group_of_a_long_result(analytics: Any) -> None:
+    system = analytics()
+    ids = {str(i) for i in system.ids.values()}
+    # 3 customers x 1,500 rows: encoded (and looked up) in several groups of rows
+    sql = ("SELECT k.customer_key, r.range AS n FROM (SELECT DISTINCT customer_key FROM"
+           " purchases) k, range(1500) r ORDER BY n, k.customer_key")
+    with client_of(system, "admin") as client:
+        r = client.post(SQL, json={"sql": sql, "reveal_customers": True})
+        assert r.status_code == 200, r.text
+        rows = r.json()["rows"]
+        assert len(rows) == 4500 and r.json()["truncated"] is False
+        assert {row["customer_id"] for row in rows} == ids
+        assert all(row["customer_name"] is None or isinstance(row["customer_name"], str)
+                   for row in rows)
+        r = client.post(SQL, json={"sql": sql, "reveal_customers": True, "max_rows": 3000,
+                                   "format": "csv"})
+        lines = r.text.splitlines()
+        assert lines[0] == "customer_key,n,customer_id,customer_name" and len(lines) == 3001
+        assert {line.split(",")[2] for line in lines[1:]} == ids
+        assert r.headers["x-truncated"] == "true"
+        # no rows: the columns still, revealed ones too
+        r = client.post(SQL, json={"sql": sql.replace("ORDER BY", "WHERE false ORDER BY"),
+                                   "reveal_customers": True})
+        assert [c["name"] for c in r.json()["columns"]] == [
+            "customer_key", "n", "customer_id", "customer_name"]
+        assert r.json()["rows"] == []
+        r = client.post(SQL, json={"sql": "SELECT 1 AS n", "reveal_customers": True})
+        assert r.status_code == 400 and r.json()["field"] == "reveal_customers"
+
+
 def test_several_large_queries_at_once_keep_the_process_memory_bounded(
         make_system: Callable[..., Any]) -> None:
     # Waiting for a slot may take as long as the query time limit: long enough here that
