@@ -13,8 +13,8 @@ READ ONLY transaction that is rolled back afterwards. What keeps it harmless:
   function fails rather than fetching it);
 * a time limit: the connection is interrupted when it runs out;
 * a row limit and a size limit on the result: it is read from DuckDB in small Arrow
-  batches and encoded batch by batch, so a wide result is refused once its encoding
-  passes the size limit, without ever being held whole.
+  batches and encoded a few of them at a time, so a wide result is refused once its
+  encoding passes the size limit, without ever being held whole.
 """
 
 from __future__ import annotations
