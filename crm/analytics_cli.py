@@ -51,6 +51,8 @@ def _open_local(settings: Any) -> Any:
     """The analytics file opened read-only and locked down, if no process owns it."""
     import duckdb
 
+    from projections.analytics.store import connect, lock_down
+
     config = _config(settings)
     path = Path(config.path)
     if not path.exists():
@@ -58,14 +60,12 @@ def _open_local(settings: Any) -> Any:
                    "`crm analytics run` or `crm serve`", err=True)
         raise typer.Exit(2)
     try:
-        db = duckdb.connect(str(path), read_only=True, config={
-            "memory_limit": config.memory_limit, "threads": config.threads})
+        db = connect(path, config, read_only=True)
     except duckdb.IOException as e:
         if "lock" in str(e).lower():
             raise OwnedElsewhere(str(e)) from None
         raise
-    db.execute("SET enable_external_access = false")
-    db.execute("SET lock_configuration = true")
+    lock_down(db)
     return db, config
 
 
@@ -128,37 +128,47 @@ def sql(
         _write(output, data)
         return
     try:
-        result = sandbox.run_query(db, query, timeout=config.query_timeout_seconds,
-                                   max_rows=min(max_rows or config.max_rows, config.max_rows))
+        result = sandbox.run_encoded(db, query, format=format, timeout=config.query_timeout_seconds,
+                                     max_rows=min(max_rows or config.max_rows, config.max_rows),
+                                     max_bytes=config.max_result_bytes)
     except sandbox.QueryRefused as e:
         typer.echo(f"error: {e.detail}", err=True)
         raise typer.Exit(1) from None
     finally:
         db.close()
-    if format == "csv":
-        _write(output, sandbox.to_csv(result.table))
-    elif format == "arrow":
-        _write(output, sandbox.to_arrow(result.table))
-    else:
-        _write(output, json.dumps(sandbox.to_json(result), indent=1).encode())
+    data = b"".join(result.pieces)
+    if format == "json":  # indented, as the server's answer is not
+        data = json.dumps(json.loads(data), indent=1).encode()
+    _write(output, data)
 
 
 @analytics_app.command("export")
-def export(directory: Annotated[Path, typer.Argument(help="Where to write the Parquet files.")]) -> None:
+def export(name: Annotated[str, typer.Argument(
+        help="The export's name: written to a directory of that name in the exports "
+             "directory (CRM_ANALYTICS_EXPORTS_DIR).")]) -> None:
     """Write every table of the star as Parquet from one snapshot, with manifest.json giving
-    the log position it reflects."""
+    the log position it reflects, into the exports directory under NAME."""
     from projections.analytics import sandbox
 
     settings = _settings()
-    directory = directory.resolve()
+    try:
+        sandbox.check_export_name(name)
+    except ValueError as e:
+        typer.echo(f"error: NAME: {e}", err=True)
+        raise typer.Exit(2) from None
     try:
         db, config = _open_local(settings)
     except OwnedElsewhere:
-        data, _ = _call(settings, "POST", "/api/v1/analytics/export", {"directory": str(directory)})
+        data, _ = _call(settings, "POST", "/api/v1/analytics/export", {"name": name})
         manifest = json.loads(data)
+        directory = Path(manifest["directory"])
     else:
         try:
+            directory = sandbox.export_directory(config.exports_dir, name)
             manifest = sandbox.export_parquet(db, directory, record_to=config.exports_ledger)
+        except ValueError as e:
+            typer.echo(f"error: NAME: {e}", err=True)
+            raise typer.Exit(2) from None
         finally:
             db.close()
     rows = sum(t["rows"] for t in manifest["tables"].values())

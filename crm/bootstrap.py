@@ -380,4 +380,7 @@ def analytics_config(settings: Settings, url: str) -> AnalyticsConfig:
         threads=settings.analytics_threads,
         query_timeout_seconds=settings.analytics_query_timeout_seconds,
         max_rows=settings.analytics_max_rows,
+        max_result_bytes=settings.analytics_max_result_bytes,
+        max_concurrent_queries=settings.analytics_max_concurrent_queries,
+        exports_dir=settings.analytics_exports_dir or settings.data_dir / "exports",
     )

@@ -131,10 +131,21 @@ class Settings(BaseSettings):
         default=None, description="64 hex digits: key of the customer keys' HMAC. Unset: "
         "derived from the master key.")
     analytics_batch_size: int = Field(default=100_000, ge=1)
-    analytics_memory_limit: str = "1GB"
+    analytics_memory_limit: str = Field(
+        default="1GB", description="DuckDB's memory limit for the analytics file (the "
+        "projection and analysts' queries together).")
     analytics_threads: int = Field(default=2, ge=1)
     analytics_query_timeout_seconds: float = Field(default=10.0, gt=0)
     analytics_max_rows: int = Field(default=100_000, ge=1)
+    analytics_max_result_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest encoded result (JSON, CSV or "
+        "Arrow) of an analyst's query; a larger one is refused (422, code result-too-large).")
+    analytics_max_concurrent_queries: int = Field(
+        default=2, ge=1, description="Analysts' queries and exports running at once in the "
+        "process that owns the analytics file; more wait up to the query time limit, then 503.")
+    analytics_exports_dir: Path | None = Field(
+        default=None, description="The directory Parquet exports are written into, one "
+        "directory per export name. Default: data_dir/exports")
     analytics_url: str | None = Field(
         default=None, description="Where `crm sql` and `crm analytics` reach the owning "
         "process when the file is in use. Default: http://CRM_HOST:CRM_PORT")

@@ -6,20 +6,20 @@ projection's leader): elsewhere these routes answer 503 naming the reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from commands.application import Principal
 from projections.analytics import report, sandbox
 from projections.analytics.clv import customer_lifetime_values, utc_text
 from projections.analytics.schema import AS_OF_KPIS, KPI_VIEWS, macro_call
-from projections.analytics.store import AnalyticsProjection, NotLeader
-from readapi.encoding import JSONResponse
+from projections.analytics.store import AnalyticsProjection, Busy, NotLeader
 from readapi.access import reach_of
 from readapi.auth import PERSONAL_DATA_ROLES
 from readapi.consistency import invalid
@@ -30,7 +30,8 @@ from readapi.routes import Caller, services
 ANALYTICS_ROLES = frozenset({"analyst", "manager", "admin"})
 #: Roles that may write a Parquet export (files on the owning process's machine).
 EXPORT_ROLES = frozenset({"analyst", "admin"})
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "arrow": "application/vnd.apache.arrow.stream"}
+MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8",
+               "arrow": "application/vnd.apache.arrow.stream"}
 
 
 class SqlQuery(BaseModel):
@@ -49,7 +50,16 @@ class SqlQuery(BaseModel):
 class ExportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    directory: str = Field(min_length=1, description="Absolute path on the server's machine.")
+    name: str = Field(min_length=1, max_length=sandbox.EXPORT_NAME_MAX,
+                      description="The export's name: a directory of that name is written in "
+                                  "the server's exports directory (a name, not a path: "
+                                  "letters, digits, '.', '_', '-', no '..').",
+                      json_schema_extra={"pattern": sandbox.EXPORT_NAME_PATTERN})
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return sandbox.check_export_name(value)
 
 
 def _owner(request: Request, caller: Principal, roles: frozenset[str] = ANALYTICS_ROLES
@@ -72,7 +82,22 @@ def _cursor(analytics: AnalyticsProjection) -> Any:
 
 
 def _refused(e: sandbox.QueryRefused) -> Problem:
+    if isinstance(e, sandbox.ResultTooLarge):
+        return Problem(422, e.detail, code=e.code, field="sql", title="Result too large",
+                       limit_bytes=e.limit)
     return Problem(400, e.detail, code=e.code, field="sql", title="Query refused")
+
+
+@contextmanager
+def _slot(analytics: AnalyticsProjection) -> Iterator[None]:
+    """One of the process's slots for analysts' queries, waiting up to the query time
+    limit for one; 503 if none frees up."""
+    try:
+        with analytics.query_slot(analytics.config.query_timeout_seconds):
+            yield
+    except Busy as e:
+        raise Problem(503, f"{e}: try again shortly", code="analytics-busy",
+                      headers={"Retry-After": "1"}) from None
 
 
 def kpi_names(request: Request, caller: Caller) -> Any:
@@ -175,30 +200,33 @@ def run_sql(body: SqlQuery, request: Request, caller: Caller) -> Any:
         raise Problem(403, f"the {caller.role} role may not see who a customer key is",
                       code="forbidden", field="reveal_customers")
     limit = min(body.max_rows or analytics.config.max_rows, analytics.config.max_rows)
-    con = _cursor(analytics)
-    try:
-        result = sandbox.run_query(con, body.sql, timeout=analytics.config.query_timeout_seconds,
-                                   max_rows=limit)
-    except sandbox.QueryRefused as e:
-        raise _refused(e) from None
-    finally:
-        con.close()
-    if body.reveal_customers:
-        result.table = _reveal(request, caller, result.table)
+
+    def reveal(table: Any) -> Any:
+        return _reveal(request, caller, table)
+
+    with _slot(analytics):
+        con = _cursor(analytics)
+        try:
+            result = sandbox.run_encoded(
+                con, body.sql, format=body.format, timeout=analytics.config.query_timeout_seconds,
+                max_rows=limit, max_bytes=analytics.config.max_result_bytes,
+                transform=reveal if body.reveal_customers else None)
+        except sandbox.QueryRefused as e:
+            raise _refused(e) from None
+        finally:
+            con.close()
     headers = {"X-Log-Position": str(result.position),
-               "X-Truncated": "true" if result.truncated else "false"}
-    if body.format == "csv":
-        return Response(sandbox.to_csv(result.table), media_type=MEDIA_TYPES["csv"],
-                        headers=headers)
-    if body.format == "arrow":
-        return Response(sandbox.to_arrow(result.table), media_type=MEDIA_TYPES["arrow"],
-                        headers=headers)
-    return JSONResponse(sandbox.to_json(result), headers=headers)
+               "X-Truncated": "true" if result.truncated else "false",
+               "Content-Length": str(result.size)}
+    # The body is already encoded (at most max_result_bytes), in pieces: sent as they are.
+    return StreamingResponse(iter(result.pieces), media_type=MEDIA_TYPES[body.format],
+                             headers=headers)
 
 
 def _reveal(request: Request, caller: Principal, table: Any) -> Any:
     """customer_id and customer_name beside customer_key, from the CRM's own tables; only
-    for customers within the caller's reach (others stay keys: null id and name)."""
+    for customers within the caller's reach (others stay keys: null id and name). Called
+    for each batch of the result."""
     import pyarrow as pa
 
     if "customer_key" not in table.column_names:
@@ -219,8 +247,10 @@ def _reveal(request: Request, caller: Principal, table: Any) -> Any:
                f" JOIN (SELECT id, name FROM crm_read.customers WHERE {reach[0]}) c ON c.id = a.customer_id"
                " WHERE a.customer_key = ANY(%s)")
         params = [*reach[1], keys]
-    with read.pool.connection() as conn:
-        rows = conn.execute(sql, params).fetchall()
+    rows: list[Any] = []
+    if keys:
+        with read.pool.connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
     found = {r["customer_key"]: r for r in rows}
     column = table.column("customer_key").to_pylist()
     table = table.append_column("customer_id", pa.array(
@@ -231,16 +261,25 @@ def _reveal(request: Request, caller: Principal, table: Any) -> Any:
 
 def export(body: ExportRequest, request: Request, caller: Caller) -> Any:
     analytics = _owner(request, caller, EXPORT_ROLES)
-    directory = Path(body.directory)
-    if not directory.is_absolute():
-        raise Problem(400, "give an absolute path", code="validation", field="directory")
-    con = _cursor(analytics)
+    root = analytics.config.exports_dir
+    if root is None:
+        raise Problem(503, "no exports directory is configured in this process",
+                      code="analytics-unavailable")
     try:
-        return sandbox.export_parquet(con, directory, record_to=analytics.config.exports_ledger)
-    except OSError as e:
-        raise Problem(400, f"cannot write there: {e}", code="validation", field="directory") from None
-    finally:
-        con.close()
+        directory = sandbox.export_directory(root, body.name)
+    except ValueError as e:
+        raise Problem(422, str(e), code="validation", field="name") from None
+    with _slot(analytics):
+        con = _cursor(analytics)
+        try:
+            manifest = sandbox.export_parquet(con, directory,
+                                              record_to=analytics.config.exports_ledger)
+        except OSError as e:
+            raise Problem(500, f"the export could not be written: {e.strerror or e}",
+                          code="export-failed") from None
+        finally:
+            con.close()
+    return {"name": body.name, "directory": str(directory), **manifest}
 
 
 def html_report(request: Request, caller: Caller, as_of: AsOf = None,
@@ -271,7 +310,8 @@ def build_analytics_router() -> APIRouter:
     r.add_api_route("/sql", run_sql, methods=["POST"],
                     summary="Run one read-only SQL query (JSON, CSV or Arrow)")
     r.add_api_route("/export", export, methods=["POST"],
-                    summary="Write a consistent Parquet snapshot to a directory of the server")
+                    summary="Write a consistent Parquet snapshot, by name, into the server's "
+                            "exports directory")
     r.add_api_route("/report", html_report, methods=["GET"], response_class=HTMLResponse,
                     summary="The analytics report (one HTML page)")
     return r

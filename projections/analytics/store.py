@@ -27,13 +27,16 @@ also the process that answers analysts' SQL (``projections.analytics.sandbox``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import hmac
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import UTC, datetime
@@ -101,6 +104,10 @@ class NotLeader(RuntimeError):
     """Another process owns the analytics database."""
 
 
+class Busy(RuntimeError):
+    """Every slot for analysts' queries stayed taken for as long as the caller would wait."""
+
+
 #: Counters for status and /metrics: those of the read models' runners.
 AnalyticsStats = RunnerStats
 
@@ -123,10 +130,39 @@ class AnalyticsConfig:
     max_rows: int = 100_000
     poll_seconds: float = 1.0
     events_table: str = "crm_events"
+    #: largest encoded result of an analyst's query (JSON, CSV or Arrow), in bytes
+    max_result_bytes: int = 16 * 1024 * 1024
+    #: analysts' queries (and exports) running at once in this process; more wait
+    max_concurrent_queries: int = 2
     #: where each Parquet export is recorded (one JSON line each), so an erasure finds them
     exports_ledger: Path | None = None
     #: the longest pause between attempts after an error of the file or the connection
     retry_max_seconds: float = 30.0
+    #: the directory Parquet exports are written into, one directory per export name
+    exports_dir: Path | None = None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def give_back_memory() -> None:
+    """Hand the memory freed in the process's malloc arenas back to the system (glibc).
+
+    A query over wide rows allocates and frees a lot in the thread that ran it; glibc
+    keeps such memory in that thread's arena for the next allocation there, and each
+    request thread has its own, so without this a process that answered large queries
+    on many threads keeps their peaks added up."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def customer_key(pseudonym_key: bytes, customer_id: str) -> str:
@@ -150,6 +186,7 @@ class AnalyticsProjection:
         self._db_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._query_slots = threading.BoundedSemaphore(config.max_concurrent_queries)
 
     # -- leadership and the file ---------------------------------------------------
     @property
@@ -196,6 +233,19 @@ class AnalyticsProjection:
             if self.db is None:
                 raise NotLeader("the analytics database is not open in this process")
             return self.db.cursor()
+
+    @contextmanager
+    def query_slot(self, wait: float) -> Iterator[None]:
+        """One of the ``max_concurrent_queries`` slots for an analyst's query, held for the
+        block; ``Busy`` if none frees up within ``wait`` seconds."""
+        if not self._query_slots.acquire(timeout=wait):
+            raise Busy(f"{self.config.max_concurrent_queries} analytics queries are running;"
+                       f" none finished within {wait:g} s")
+        try:
+            yield
+        finally:
+            self._query_slots.release()
+            give_back_memory()
 
     def _pg_conn(self) -> psycopg.Connection[Any]:
         if self._pg is None or self._pg.closed:
@@ -399,16 +449,38 @@ class AnalyticsProjection:
 
 
 # -- the database itself ---------------------------------------------------------------------
+#: Set on every DuckDB connection the CRM opens: no extension is installed or loaded
+#: behind a query's back (DuckDB would otherwise fetch one from the network, or load one
+#: from ~/.duckdb, when a query names a function of it); a query naming such a function
+#: fails instead.
+NO_EXTENSIONS: dict[str, Any] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+
+
+def connect(path: Path, config: AnalyticsConfig, *, read_only: bool = False
+            ) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to ``path`` with the configured memory limit and threads and
+    no automatic extensions (``lock_down`` it before analysts' SQL runs on it)."""
+    return duckdb.connect(str(path), read_only=read_only, config={
+        "memory_limit": config.memory_limit, "threads": config.threads, **NO_EXTENSIONS})
+
+
+def lock_down(db: duckdb.DuckDBPyConnection) -> None:
+    """From here on: no file or network access from SQL, no setting can change."""
+    db.execute("SET enable_external_access = false")
+    db.execute("SET lock_configuration = true")
+
+
 def open_database(path: Path, config: AnalyticsConfig) -> duckdb.DuckDBPyConnection:
     """Open (creating if new) the analytics file for writing, set up and locked down."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = duckdb.connect(str(path), config={"memory_limit": config.memory_limit,
-                                           "threads": config.threads})
+    db = connect(path, config)
     try:
         setup(db, config)
-        # From here on: no file or network access from SQL, no setting can change.
-        db.execute("SET enable_external_access = false")
-        db.execute("SET lock_configuration = true")
+        lock_down(db)
     except BaseException:
         db.close()
         raise
