@@ -6,7 +6,10 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +48,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("crm")
 
 
-def postgres_env(url: str, pool_size: int = 10) -> dict[str, str]:
-    """eventsourcing's PostgreSQL settings from a postgresql:// URL (TCP or socket)."""
+def postgres_env(url: str, pool_size: int = 10, timeout: int = 10) -> dict[str, str]:
+    """eventsourcing's PostgreSQL settings from a postgresql:// URL (TCP or socket);
+    ``timeout``: the longest wait for a pooled connection."""
     u = urlparse(url)
     if u.scheme not in ("postgresql", "postgres"):
         raise ValueError("the database URL must start with postgresql://")
@@ -61,9 +65,76 @@ def postgres_env(url: str, pool_size: int = 10) -> dict[str, str]:
         "POSTGRES_PASSWORD": unquote(u.password or ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(pool_size),
-        "POSTGRES_CONNECT_TIMEOUT": "10",
+        # eventsourcing's name for the pool's checkout timeout (how long a caller waits)
+        "POSTGRES_CONNECT_TIMEOUT": str(timeout),
         "CREATE_TABLE": "y",
     }
+
+
+def bounded_url(url: str, timeout: int) -> str:
+    """The URL with libpq's connect_timeout set (unless it names one): a server that does
+    not answer fails a new connection after ``timeout`` seconds instead of hanging."""
+    u = urlparse(url)
+    if "connect_timeout" in parse_qs(u.query):
+        return url
+    query = f"{u.query}&connect_timeout={timeout}" if u.query else f"connect_timeout={timeout}"
+    return u._replace(query=query).geturl()
+
+
+class DatabaseUnavailable(psycopg.OperationalError):
+    """The event store could not be reached within the bound (eventsourcing does not retry
+    this one; the HTTP layer answers 503 for it as for any OperationalError)."""
+
+
+class _OutageBound:
+    """eventsourcing retries a failed read or append ten times, each waiting up to the pool's
+    timeout: up to ~22 s for one request while the database is down. This cuts the retries
+    of one thread short once they have taken ``seconds`` (a lone failure, such as one cut
+    connection, is still retried at once)."""
+
+    #: failures further apart than this belong to different calls (retries wait 0.2 s)
+    SAME_CALL_SECONDS = 1.0
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._local = threading.local()
+
+    def failed(self, started: float) -> bool:
+        """Record a failure of a call started at ``started``; True when out of time."""
+        now = time.monotonic()
+        last = getattr(self._local, "last", None)
+        if last is None or started - last > self.SAME_CALL_SECONDS:
+            self._local.first = started
+        self._local.last = now
+        return bool(now - self._local.first >= self.seconds)
+
+    def succeeded(self) -> None:
+        self._local.last = None
+
+
+def bound_event_store_waits(app: CrmApplication, timeout: int) -> None:
+    """libpq's connect_timeout for the event store's pool (eventsourcing sets none), and
+    eventsourcing's retries bounded by the same time."""
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    datastore = app.factory.datastore  # type: ignore[attr-defined]
+    datastore.pool.kwargs["connect_timeout"] = timeout
+    original = datastore.get_connection
+    bound = _OutageBound(timeout)
+
+    @contextmanager
+    def get_connection() -> Iterator[Any]:
+        started = time.monotonic()
+        try:
+            with original() as conn:
+                yield conn
+        except (InterfaceError, OperationalError) as e:
+            if bound.failed(started):
+                raise DatabaseUnavailable(f"the event store did not answer within {timeout} s: {e}") from e
+            raise
+        bound.succeeded()
+
+    datastore.get_connection = get_connection
 
 
 def web_dir(settings: Settings) -> Path:
@@ -303,6 +374,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
     if url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
         url = embedded.start()
+    url = bounded_url(url, settings.db_timeout_seconds)
     kek = master_key(settings)
     try:
         # Processes starting together (API workers, projection workers, a restarted
@@ -310,11 +382,13 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         with psycopg.connect(url, autocommit=True) as lock:
             lock.execute("SELECT pg_advisory_lock(hashtext('crm_schema_setup'))")
             app = CrmApplication(
-                postgres_env(url, settings.db_pool_size),
+                postgres_env(url, settings.db_pool_size, settings.db_timeout_seconds),
                 kek=kek,
                 key_cache_seconds=settings.key_cache_seconds,
             )
-            read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size)
+            bound_event_store_waits(app, settings.db_timeout_seconds)
+            read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size,
+                                  timeout=settings.db_timeout_seconds)
             # The audit's tables; events stored before the chain existed get linked.
             audit.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
             replay_state.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]

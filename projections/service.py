@@ -42,12 +42,14 @@ class ReadSide:
 
     @classmethod
     def build(cls, conninfo: str, projections: tuple[type[Projection], ...], codec: EventCodec,
-              *, pool_size: int = 10, batch_size: int = 2000) -> ReadSide:
+              *, pool_size: int = 10, batch_size: int = 2000, timeout: float = 30.0) -> ReadSide:
         store = ProjectionStore(conninfo)
         store.setup()
         for p in projections:
             store.ensure_active(p)
+        # timeout: how long a read waits for a connection (then PoolTimeout)
         pool: ConnectionPool[Any] = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=True,
+                              timeout=timeout,
                               kwargs={"row_factory": dict_row, "autocommit": True},
                               configure=_read_connection)
         return cls(store, projections, codec, pool, batch_size)

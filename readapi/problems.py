@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import structlog
+from eventsourcing import persistence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from readapi.encoding import JSONResponse
@@ -52,6 +54,37 @@ def problem(
         body["field"] = field
     body.update({k: v for k, v in extra.items() if v is not None})
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+#: What a database that cannot be reached raises: psycopg's own errors (a refused or
+#: broken connection, PoolTimeout when no connection came within the pool's timeout) and
+#: eventsourcing's wrappers of them.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError, psycopg.InterfaceError,
+    persistence.OperationalError, persistence.InterfaceError,
+)
+#: Seconds a client is asked to wait before trying again when the database is unreachable.
+OUTAGE_RETRY_AFTER = 5
+
+
+def outage_of(exc: BaseException) -> Exception | None:
+    """The database-unreachable error behind ``exc`` (itself or a cause), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OUTAGE_ERRORS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def unavailable(exc: BaseException) -> JSONResponse:
+    """503 with Retry-After: the database did not answer (nothing was changed by halves:
+    a write either committed before or is not stored)."""
+    return problem(503, "Service unavailable",
+                   "the database is unreachable; try again shortly", code="database-unavailable",
+                   headers={"Retry-After": str(OUTAGE_RETRY_AFTER)})
 
 
 _TITLES = {
@@ -149,7 +182,17 @@ def install(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def database_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unreachable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        return unavailable(exc)
+
+    for error in OUTAGE_ERRORS:
+        app.add_exception_handler(error, database_unreachable)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        outage = outage_of(exc)
+        if outage is not None:  # wrapped on its way up (a runner, the group commit ...)
+            return await database_unreachable(request, outage)
         log.exception("unhandled error", path=request.url.path)
         return problem(500, "Internal server error", "an unexpected error occurred", code="internal")
