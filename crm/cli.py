@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +29,7 @@ def serve(
     """Run the CRM: the HTTP API (and the embedded PostgreSQL unless CRM_DATABASE_URL is set)."""
     import uvicorn
 
-    from crm import bootstrap
+    from crm import bootstrap, lifecycle
     from crm.logging import configure
     from crm.settings import Settings
 
@@ -40,9 +42,19 @@ def serve(
 
         settings = settings.model_copy(update={"automation_rules_file": write_demo_rules(settings.data_dir)})
     configure(settings.log_format, settings.log_level)
-    system = bootstrap.build(settings)
-    # uvicorn handles SIGINT/SIGTERM itself; make sure we stop the server we started.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        lock = lifecycle.DataDirLock(settings.data_dir).acquire()
+    except lifecycle.AlreadyRunning as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    watchdog = lifecycle.Watchdog(settings.shutdown_timeout_seconds)
+    lifecycle.interrupt_on_signals(watchdog)
+    try:
+        system = bootstrap.build(settings)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    if system.embedded is not None:
+        lifecycle.on_forced_exit(system.embedded.forget_handle)
     try:
         if demo:
             _load_demo(system)
@@ -63,20 +75,69 @@ def serve(
         )
         if system.embedded is not None:
             typer.echo(f"  Event store: embedded PostgreSQL in {system.embedded.pgdata}\n", err=True)
+        # Requests still running when a stop begins get half the bound, the rest is closing's.
+        graceful = max(1, int(settings.shutdown_timeout_seconds / 2))
         if settings.workers > 1:
             # Each worker process builds its own system against the same database.
             if system.embedded is not None:
                 os.environ["CRM_DATABASE_URL"] = system.embedded.url
             uvicorn.run("crm.asgi:create_app", factory=True, host=host, port=port,
-                        workers=settings.workers, log_config=None, access_log=False)
+                        workers=settings.workers, log_config=None, access_log=False,
+                        timeout_graceful_shutdown=graceful)
         else:
             from crm.asgi import settle_heap
 
             http_app = system.http_app()
             settle_heap()
-            uvicorn.run(http_app, host=host, port=port, log_config=None, access_log=False)
+            config = uvicorn.Config(http_app, host=host, port=port, log_config=None, access_log=False,
+                                    timeout_graceful_shutdown=graceful)
+            _server(config, watchdog).run()
+    except KeyboardInterrupt:
+        pass
     finally:
-        system.close()
+        watchdog.arm("closing")
+        # The threads get half the bound; the embedded server's stop follows.
+        try:
+            system.close(timeout=settings.shutdown_timeout_seconds / 2)
+        except KeyboardInterrupt:  # a second Ctrl-C while closing: the watchdog still bounds it
+            if system.embedded is not None:
+                system.embedded.stop()
+        lock.release()
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, arming the stop watchdog on the first SIGTERM or SIGINT."""
+
+        def __init__(self, config: Any, watchdog: Any):
+            super().__init__(config)
+            self.watchdog = watchdog
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.watchdog.arm(signal.Signals(sig).name)
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            # uvicorn raises the captured signal again when it has stopped, so that the
+            # default handler ends the process; here closing follows, so it is not raised.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def _server(config: Any, watchdog: Any) -> Any:
+    return _server_class()(config, watchdog)
 
 
 def _load_demo(system: object) -> None:

@@ -77,14 +77,20 @@ class ReadSide:
             self._threads.append(t)
         log.info("projection runners started", projections=[p.name for p in self.projections])
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """Ask every runner to stop (``stop`` waits for them)."""
         self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the runners, waiting ``timeout`` seconds for them in all, and close."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(10)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
         for runner in self.runners.values():
             runner.close()
-        self.pool.close()
+        self.pool.close(timeout=max(0.1, deadline - time.monotonic()))
 
     def stats(self) -> dict[str, RunnerStats]:
         return {name: r.stats for name, r in self.runners.items()}
