@@ -156,6 +156,37 @@ def _local_secret(data_dir: Path, name: str, nbytes: int) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+#: The files of the secrets kept in the data directory when settings name none.
+MASTER_KEY_FILE = "master.key"
+AUDIT_KEY_FILE = "audit-signing.key"
+JWT_SECRET_FILE = "jwt.secret"
+
+
+def existing_secret(settings: Settings, setting: str, file: str) -> bytes | None:
+    """A secret from its setting, else its file in the data directory; None when neither
+    exists (nothing is made)."""
+    value = getattr(settings, setting)
+    if value is not None:
+        secret = value.get_secret_value()
+        return secret.encode() if setting == "jwt_secret" else bytes.fromhex(secret)
+    path = settings.data_dir / file
+    if not path.exists():
+        return None
+    text = path.read_text().strip()
+    return bytes.fromhex(text).hex().encode() if setting == "jwt_secret" else bytes.fromhex(text)
+
+
+def install_secret(settings: Settings, file: str, text: str) -> Path:
+    """Write a secret into the data directory (0600), where it is read from when its
+    setting is unset. Never overwrites."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
 def master_key(settings: Settings) -> bytes:
     if settings.master_key is not None:
         key = bytes.fromhex(settings.master_key.get_secret_value())
