@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from readapi.encoding import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import DomainError
 
@@ -85,6 +86,37 @@ def unavailable(exc: BaseException) -> JSONResponse:
     return problem(503, "Service unavailable",
                    "the database is unreachable; try again shortly", code="database-unavailable",
                    headers={"Retry-After": str(OUTAGE_RETRY_AFTER)})
+
+
+class OutageMiddleware:
+    """Answers 503 for an outage error that reached no handler because something wrapped
+    it (a RuntimeError raised from an OperationalError): the handlers match by class only,
+    and the catch-all one leaves the error to be raised again and logged as a crash."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            outage = outage_of(exc)
+            if outage is None or started:
+                raise
+            log.warning("database unreachable", path=scope.get("path"),
+                        error=f"{type(outage).__name__}: {outage}")
+            await unavailable(outage)(scope, receive, send)
 
 
 _TITLES = {
@@ -188,6 +220,8 @@ def install(app: FastAPI) -> None:
 
     for error in OUTAGE_ERRORS:
         app.add_exception_handler(error, database_unreachable)
+
+    app.add_middleware(OutageMiddleware)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
