@@ -1096,6 +1096,10 @@ def restore_command(
     except BundleError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    if newest and bundle is None:
+        typer.echo(f"error: --newest: {archive} is a plain archive with no erasure ledger of its own; "
+                   "give the ledger with --ledger", err=True)
+        raise typer.Exit(2)
     current_known = bool(newer) or target.exists() or newest
     if not current_known and not without_ledger:
         taken = f" (taken {bundle.manifest['created_at']})" if bundle else ""
