@@ -508,6 +508,10 @@ class System:
             self.analytics.stop(left())
         if self.read is not None:
             self.read.stop(left())
+        late = sorted(t.name for t in threading.enumerate()
+                      if t.name.startswith(("projection-", "crm-automation", "analytics-projection")) and t.is_alive())
+        if late:
+            log.warning("threads still running at the stop's deadline", threads=late)
         self.app.close()
         if self.embedded is not None:
             self.embedded.stop()
