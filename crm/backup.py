@@ -10,7 +10,8 @@ rebuilt from the events.
 ``crm restore IN`` restores the archive into an empty database, destroys again the key
 of every customer in the erasure ledger (a file outside the database: a backup taken
 before an erasure still holds the key) and cleans their copies, then rebuilds every
-read model. Without the ledger it stops, unless told to restore without it.
+read model. Without a current ledger it stops, unless told to restore without it.
+``crm.bundle`` packs the archive with the ledger and the keys into one file.
 """
 
 from __future__ import annotations

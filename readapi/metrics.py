@@ -34,6 +34,8 @@ BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 #: runner shows as time, a burst as count).
 MAX_LAG_EVENTS = 1000
 MAX_LAG_SECONDS = 30.0
+#: /ready answers within this: a check still waiting on the database then means "not ready".
+READY_WITHIN_SECONDS = 1.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "<unmatched>"
 
@@ -238,10 +240,93 @@ def _automation_metrics(s: Any) -> list[str]:
     return lines
 
 
+Readiness = tuple[list[str], int | None, list[dict[str, Any]], dict[str, Any]]
+
+
+def _readiness(svc: Any) -> Readiness:
+    """Why the service is not ready (nothing: it is), the log's head, each read model,
+    and the automation's state when this process watches it."""
+    reasons: list[str] = []
+    position: int | None = None
+    try:
+        position = int(svc.app.recorder.max_notification_id() or 0)
+    except Exception as e:  # noqa: BLE001 -- a reason, not a crash
+        reasons.append(f"event store unreachable: {type(e).__name__}: {e}")
+    projections: list[dict[str, Any]] = []
+    if svc.read is not None and position is not None:
+        try:
+            statuses = svc.read.status()
+        except Exception as e:  # noqa: BLE001
+            reasons.append(f"read-model status unavailable: {type(e).__name__}: {e}")
+            statuses = []
+        for s in statuses:
+            projections.append({"name": s.name, "position": s.position, "lag_events": s.lag_events,
+                                "lag_seconds": round(s.lag_seconds, 3), "parked": s.parked})
+            if not s.schema:
+                reasons.append(f"{s.name}: not built")
+            if s.lag_events > MAX_LAG_EVENTS:
+                reasons.append(f"{s.name}: {s.lag_events} events behind (at most {MAX_LAG_EVENTS})")
+            if s.lag_seconds > MAX_LAG_SECONDS:
+                reasons.append(f"{s.name}: {s.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
+            if s.parked:
+                reasons.append(f"{s.name}: {s.parked} parked event(s)")
+    extra: dict[str, Any] = {}
+    if position is not None:
+        try:
+            a = _automation(svc)
+        except Exception as e:  # noqa: BLE001
+            reasons.append(f"automation status unavailable: {type(e).__name__}: {e}")
+            a = None
+        if a is not None:
+            extra["automation"] = {"position": a.position, "lag_events": a.lag_events,
+                                   "lag_seconds": round(a.lag_seconds, 3), "parked": a.parked}
+            if a.lag_events > MAX_LAG_EVENTS:
+                reasons.append(f"automation: {a.lag_events} events behind (at most {MAX_LAG_EVENTS})")
+            if a.lag_seconds > MAX_LAG_SECONDS:
+                reasons.append(f"automation: {a.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
+            if a.parked:
+                reasons.append(f"automation: {a.parked} parked event(s)")
+    return reasons, position, projections, extra
+
+
+class _Check:
+    """One readiness check, run in a thread of its own so /ready answers within its bound."""
+
+    def __init__(self, svc: Any):
+        self.done = threading.Event()
+        self.result: Readiness = ([], None, [], {})
+        threading.Thread(target=self._run, args=(svc,), name="crm-ready-check", daemon=True).start()
+
+    def _run(self, svc: Any) -> None:
+        try:
+            self.result = _readiness(svc)
+        except Exception as e:  # noqa: BLE001 -- a reason, not a crash
+            self.result = ([f"readiness check failed: {type(e).__name__}: {e}"], None, [], {})
+        finally:
+            self.done.set()
+
+
+class _Checks:
+    """At most one check runs at a time: callers while one hangs on the database share it
+    (and are answered "not ready" at the bound) instead of stacking threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: _Check | None = None
+
+    def current(self, svc: Any) -> _Check:
+        with self._lock:
+            if self._running is None or self._running.done.is_set():
+                self._running = _Check(svc)
+            return self._running
+
+
 def build_ops_router(metrics: HttpMetrics) -> APIRouter:
     r = APIRouter(tags=["ops"])
+    checks = _Checks()
 
-    @r.get("/health", summary="Liveness: the process answers (no database call)")
+    @r.get("/health", summary="Liveness only: the process answers (no database call; "
+           "whether the database answers is /ready's)")
     async def health() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -249,46 +334,12 @@ def build_ops_router(metrics: HttpMetrics) -> APIRouter:
            responses={503: {"description": "Not ready; `reasons` says why"}})
     def ready(request: Request) -> JSONResponse:
         svc = _services(request)
-        reasons: list[str] = []
-        position: int | None = None
-        try:
-            position = int(svc.app.recorder.max_notification_id() or 0)
-        except Exception as e:  # noqa: BLE001 -- a reason, not a crash
-            reasons.append(f"event store unreachable: {type(e).__name__}: {e}")
-        projections: list[dict[str, Any]] = []
-        if svc.read is not None and position is not None:
-            try:
-                statuses = svc.read.status()
-            except Exception as e:  # noqa: BLE001
-                reasons.append(f"read-model status unavailable: {type(e).__name__}: {e}")
-                statuses = []
-            for s in statuses:
-                projections.append({"name": s.name, "position": s.position, "lag_events": s.lag_events,
-                                    "lag_seconds": round(s.lag_seconds, 3), "parked": s.parked})
-                if not s.schema:
-                    reasons.append(f"{s.name}: not built")
-                if s.lag_events > MAX_LAG_EVENTS:
-                    reasons.append(f"{s.name}: {s.lag_events} events behind (at most {MAX_LAG_EVENTS})")
-                if s.lag_seconds > MAX_LAG_SECONDS:
-                    reasons.append(f"{s.name}: {s.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
-                if s.parked:
-                    reasons.append(f"{s.name}: {s.parked} parked event(s)")
-        extra: dict[str, Any] = {}
-        if position is not None:
-            try:
-                a = _automation(svc)
-            except Exception as e:  # noqa: BLE001
-                reasons.append(f"automation status unavailable: {type(e).__name__}: {e}")
-                a = None
-            if a is not None:
-                extra["automation"] = {"position": a.position, "lag_events": a.lag_events,
-                                       "lag_seconds": round(a.lag_seconds, 3), "parked": a.parked}
-                if a.lag_events > MAX_LAG_EVENTS:
-                    reasons.append(f"automation: {a.lag_events} events behind (at most {MAX_LAG_EVENTS})")
-                if a.lag_seconds > MAX_LAG_SECONDS:
-                    reasons.append(f"automation: {a.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
-                if a.parked:
-                    reasons.append(f"automation: {a.parked} parked event(s)")
+        check = checks.current(svc)
+        if not check.done.wait(READY_WITHIN_SECONDS):
+            reasons = [f"event store did not answer within {READY_WITHIN_SECONDS:g} s"]
+            return problem(503, "Not ready", reasons[0], code="not-ready", reasons=reasons,
+                           event_log_position=None, projections=[])
+        reasons, position, projections, extra = check.result
         if reasons:
             return problem(503, "Not ready", "; ".join(reasons), code="not-ready", reasons=reasons,
                            event_log_position=position, projections=projections, **extra)

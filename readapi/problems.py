@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import structlog
+from eventsourcing import persistence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from readapi.encoding import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commands import DomainError
 
@@ -52,6 +55,68 @@ def problem(
         body["field"] = field
     body.update({k: v for k, v in extra.items() if v is not None})
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+#: What a database that cannot be reached raises: psycopg's own errors (a refused or
+#: broken connection, PoolTimeout when no connection came within the pool's timeout) and
+#: eventsourcing's wrappers of them.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError, psycopg.InterfaceError,
+    persistence.OperationalError, persistence.InterfaceError,
+)
+#: Seconds a client is asked to wait before trying again when the database is unreachable.
+OUTAGE_RETRY_AFTER = 5
+
+
+def outage_of(exc: BaseException) -> Exception | None:
+    """The database-unreachable error behind ``exc`` (itself or a cause), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OUTAGE_ERRORS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def unavailable(exc: BaseException) -> JSONResponse:
+    """503 with Retry-After: the database did not answer (nothing was changed by halves:
+    a write either committed before or is not stored)."""
+    return problem(503, "Service unavailable",
+                   "the database is unreachable; try again shortly", code="database-unavailable",
+                   headers={"Retry-After": str(OUTAGE_RETRY_AFTER)})
+
+
+class OutageMiddleware:
+    """Answers 503 for an outage error that reached no handler because something wrapped
+    it (a RuntimeError raised from an OperationalError): the handlers match by class only,
+    and the catch-all one leaves the error to be raised again and logged as a crash."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            outage = outage_of(exc)
+            if outage is None or started:
+                raise
+            log.warning("database unreachable", path=scope.get("path"),
+                        error=f"{type(outage).__name__}: {outage}")
+            await unavailable(outage)(scope, receive, send)
 
 
 _TITLES = {
@@ -151,7 +216,19 @@ def install(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def database_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unreachable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+        return unavailable(exc)
+
+    for error in OUTAGE_ERRORS:
+        app.add_exception_handler(error, database_unreachable)
+
+    app.add_middleware(OutageMiddleware)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        outage = outage_of(exc)
+        if outage is not None:  # wrapped on its way up (a runner, the group commit ...)
+            return await database_unreachable(request, outage)
         log.exception("unhandled error", path=request.url.path)
         return problem(500, "Internal server error", "an unexpected error occurred", code="internal")

@@ -152,15 +152,18 @@ class AutomationRunner:
             self._lock_conn = None
 
     # -- loop --------------------------------------------------------------------
-    def step(self) -> int:
+    def step(self, stop: threading.Event | None = None) -> int:
         """Follow the log to its end, then fire the timers that are due; how many
-        events and timers were handled (0 when another runner leads)."""
+        events and timers were handled (0 when another runner leads). A stop asked for
+        ends a long catch-up between two batches (each is committed with its position)."""
         if not self.try_lead():
             return 0
         done = 0
         while True:
             n = self.process_events()
             done += n
+            if stop is not None and stop.is_set():
+                return done
             if n < self.batch_size:
                 break
         done += self.fire_due()
@@ -173,7 +176,7 @@ class AutomationRunner:
         try:
             while not stop.is_set():
                 try:
-                    self.step()
+                    self.step(stop)
                     self.backoff.reset()
                     delay = self.poll_seconds
                 except Exception as e:  # noqa: BLE001 -- logged; the runner must not die

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -82,8 +83,13 @@ def test_erase_backup_and_restore_from_the_command_line(
     assert done.exit_code == 2 and "erasure ledger" in done.output
     with psycopg.connect(restored_url, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('crm_events')").fetchone() == (None,)
-    # ... with it, the customer erased after the backup stays erased.
+    # ... with it (and the audit signing key, which this bundle does not hold, supplied by
+    # hand), the customer erased after the backup stays erased.
     target["CRM_ERASURE_LEDGER_PATH"] = str(tmp_path / "data" / "erasure-ledger.jsonl")
+    done = crm(["restore", str(archive)], target)
+    assert done.exit_code == 2 and "audit signing key" in done.output, done.output
+    (tmp_path / "restored").mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "data" / "audit-signing.key", tmp_path / "restored" / "audit-signing.key")
     done = crm(["restore", str(archive)], target)
     assert done.exit_code == 0, done.output
     assert "1 erased customers' keys destroyed again" in done.output
@@ -101,3 +107,89 @@ def test_erase_backup_and_restore_from_the_command_line(
     # A second restore into a database with events is refused.
     done = crm(["restore", str(archive)], target)
     assert done.exit_code == 1 and "already holds events" in done.output
+
+
+@pytest.fixture
+def second_url(database_url: str) -> Iterator[str]:
+    url = fresh_database(database_url, database_url.rsplit("/", 1)[1] + "_cli2")
+    yield url
+    drop_database(database_url, url)
+
+
+def test_a_bundle_restores_onto_a_new_machine_and_keeps_later_erasures(
+        pg_env: dict[str, str], database_url: str, restored_url: str, second_url: str,
+        tmp_path: Path) -> None:
+    """System A keeps its keys in its data directory (none in the environment): the
+    bundle must carry them, or the restore must name the one it lacks."""
+    from crm.settings import Settings
+
+    source = tmp_path / "a"
+    system = build(Settings(database_url=database_url, data_dir=source, db_pool_size=2))
+    try:
+        ids = [system.commands.execute(
+            cc.RegisterCustomer(kind="person", name=name,
+                                contacts=[cc.ContactIn(kind="email", value=f"{name.lower()}@bundle.test")]),
+            Request(Principal("rep-1", "sales_rep"), correlation_id=f"corr-{name}")).id
+            for name in ("Erasmus", "Keepsake")]
+    finally:
+        system.close()
+    env = {"CRM_DATABASE_URL": database_url, "CRM_DATA_DIR": str(source), "CRM_LOG_FORMAT": "json",
+           "CRM_KEY_CACHE_SECONDS": "0.2", "CRM_DB_POOL_SIZE": "2"}
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse battery staple\n")
+    first = tmp_path / "first.crm"
+    done = crm(["backup", str(first), "--include-keys", "--passphrase-file", str(passphrase)], env)
+    assert done.exit_code == 0 and "keys included" in done.output, done.output
+    done = crm(["customers", "erase", str(ids[0]), "--reason", "GDPR art. 17"], env)
+    assert done.exit_code == 0, done.output
+    second = tmp_path / "second.crm"
+    done = crm(["backup", str(second)], env)
+    assert done.exit_code == 0 and "keys NOT included" in done.output, done.output
+    assert "1 erased customers in the ledger" in done.output
+
+    new = {"CRM_DATABASE_URL": restored_url, "CRM_DATA_DIR": str(tmp_path / "b"), "CRM_LOG_FORMAT": "json",
+           "CRM_DB_POOL_SIZE": "2"}
+    # The newer bundle holds no keys: the restore names what it lacks, and changes nothing.
+    done = crm(["restore", str(second), "--newest"], new)
+    assert done.exit_code == 2, done.output
+    assert "missing the master key" in done.output and "audit signing key" in done.output, done.output
+    # The older one, with no ledger newer than itself: refused.
+    done = crm(["restore", str(first), "--passphrase-file", str(passphrase)], new)
+    assert done.exit_code == 2 and "no current erasure ledger" in done.output, done.output
+    # A wrong passphrase: refused.
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase at all\n")
+    done = crm(["restore", str(first), "--ledger", str(second), "--passphrase-file", str(wrong)], new)
+    assert done.exit_code == 2 and "passphrase does not open" in done.output, done.output
+    with psycopg.connect(restored_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('crm_events')").fetchone() == (None,)
+    assert not (tmp_path / "b" / "master.key").exists()
+
+    # The backup from before the erasure, with the newer bundle's ledger: one command.
+    done = crm(["restore", str(first), "--ledger", str(second), "--passphrase-file", str(passphrase)], new)
+    assert done.exit_code == 0, done.output
+    assert "1 erased customers' keys destroyed again" in done.output
+    assert (tmp_path / "b" / "master.key").read_text() == (source / "master.key").read_text()
+    assert done.output.count("installed ") == 3  # master key, audit signing key, JWT secret
+    restored = build(Settings(database_url=restored_url, data_dir=tmp_path / "b", db_pool_size=2))
+    try:
+        erased, kept = (restored.app.load(Customer, i) for i in ids)
+        assert (erased.name, erased.personal_data_erased) == (None, True)
+        assert kept.name == "Keepsake"  # readable: the master key came with the bundle
+    finally:
+        restored.close()
+    assert "GDPR" not in (tmp_path / "b" / "erasure-ledger.jsonl").read_text()
+    assert str(ids[0]) in (tmp_path / "b" / "erasure-ledger.jsonl").read_text()
+    done = crm(["audit", "verify"], new)
+    assert done.exit_code == 0 and "the chain is intact" in done.output, done.output
+
+    # The current ledger alone (the file of system A) does the same for a plain restore of
+    # the old bundle elsewhere; keys supplied by the environment must be the backup's.
+    other = {"CRM_DATABASE_URL": second_url, "CRM_DATA_DIR": str(tmp_path / "c"), "CRM_LOG_FORMAT": "json",
+             "CRM_DB_POOL_SIZE": "2", "CRM_MASTER_KEY": "ab" * 32,
+             "CRM_ERASURE_LEDGER_PATH": str(source / "erasure-ledger.jsonl")}
+    done = crm(["restore", str(first), "--passphrase-file", str(passphrase)], other)
+    assert done.exit_code == 2 and "master key here (CRM_MASTER_KEY" in done.output, done.output
+    other["CRM_MASTER_KEY"] = (source / "master.key").read_text().strip()
+    done = crm(["restore", str(first), "--passphrase-file", str(passphrase)], other)
+    assert done.exit_code == 0 and "1 erased customers' keys destroyed again" in done.output, done.output
