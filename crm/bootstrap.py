@@ -219,7 +219,11 @@ class System:
                                   audit_key=self.audit_key, analytics=self.analytics,
                                   survey_key=survey_key(self.settings), erasure=_LazyEraser(self)),
                          authenticator=authenticator(self.settings, self.app, self.tokens),
-                         max_body_bytes=self.settings.max_body_bytes)
+                         max_body_bytes=self.settings.max_body_bytes,
+                         metrics_token=(self.settings.metrics_token.get_secret_value()
+                                        if self.settings.metrics_token else None),
+                         session_cookie_secure=self.settings.session_cookie_secure,
+                         docs_dir=web_dir(self.settings) / "docs")
         mount_web_ui(app, web_dir(self.settings))
         return app
 

@@ -167,15 +167,23 @@ def refresh(caller: Caller, request: Request) -> Any:
     if scheme.lower() != "bearer" or not presented.strip() or presented.strip().startswith("crmk_"):
         raise _forbidden("only a signed-in user's token can be refreshed (not an API key)")
     claims = auth.tokens.claims(presented.strip())  # the caller was authenticated by it: valid
+    auth_time = int(claims.get("auth_time", claims.get("iat", 0)))
+    return renewed_token(request, caller.id, auth_time, datetime.now(UTC))
+
+
+def renewed_token(request: Request, user_id: str, auth_time: int, now: datetime) -> JSONResponse:
+    """A new token for a user who signed in at ``auth_time`` (their current role and team),
+    as POST /auth/refresh answers it (also for a browser's refresh cookie); refused (401)
+    for a deactivated user or a session older than the configured maximum, 403 for a
+    subject that is no user."""
+    auth = authenticator(request)
     try:
-        user = services(request).app.load(ci.User, UUID(caller.id))
+        user = services(request).app.load(ci.User, UUID(user_id))
     except (ValueError, ci.NotFound):  # a script's token (`crm token`), or a user who never was
         raise _forbidden("only a signed-in user's token can be refreshed") from None
     if not user.active:
         raise Problem(401, "the user is deactivated", code="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="crm"'})
-    now = datetime.now(UTC)
-    auth_time = int(claims.get("auth_time", claims.get("iat", 0)))
     if now.timestamp() - auth_time > auth.max_session.total_seconds():
         raise Problem(401, "the session is too old to refresh; sign in again", code="session-expired",
                       headers={"WWW-Authenticate": 'Bearer realm="crm"'})
