@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -75,9 +75,9 @@ def _clear_cookies(response: Response, request: Request) -> None:
 
 
 def _idle_end(auth: Authenticator, now: datetime) -> datetime:
-    """Until when a session may still be refreshed: its last access token's expiry (with
-    the tokens' leeway)."""
-    return now + auth.access_token_ttl + timedelta(seconds=auth.tokens.settings.leeway_seconds)
+    """Until when a session may still be refreshed: its last access token's expiry (the UI
+    refreshes before it; both times are the server's, so no leeway is needed)."""
+    return now + auth.access_token_ttl
 
 
 def _no_session(detail: str) -> Problem:
@@ -102,7 +102,7 @@ def _checked_session(request: Request, *, required: bool) -> WebSession | None:
     if not sent or not hmac.compare_digest(sent, cookie) or (
             stored is not None and not hmac.compare_digest(_hash(sent), stored.csrf_sha256)):
         raise Problem(403, f"send the {CSRF_HEADER} header with the value of the {CSRF_COOKIE} cookie",
-                      code="csrf", field=CSRF_HEADER.lower().replace("-", "_"))
+                      code="csrf", field=CSRF_HEADER)
     if stored is None:
         raise _no_session("unknown session: sign in")
     result: WebSession = stored
