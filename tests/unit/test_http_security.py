@@ -38,10 +38,10 @@ def _app(tmp_path: Path | None = None, **options: Any) -> tuple[Any, TokenIssuer
     return api, tokens
 
 
-def _send(api: Any, *requests: tuple[str, str, dict[str, Any]]) -> list[httpx.Response]:
+def _send(api: Any, *requests: tuple[str, str, dict[str, Any]], base: str = "http://crm") -> list[httpx.Response]:
     async def go() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://crm") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
             return [await client.request(m, p, **kw) for m, p, kw in requests]
 
     return asyncio.run(go())
@@ -135,3 +135,21 @@ def test_metrics_are_off_without_a_token() -> None:
                        ("GET", "/metrics", {"headers": {"Authorization": "Bearer anything"}}))
     for r in (none, some):
         assert r.status_code == 404 and "CRM_METRICS_TOKEN" in r.json()["detail"]
+
+
+def test_the_session_cookies_are_secure_over_https_or_when_set() -> None:
+    for base, forced, secure in (("https://crm", None, True), ("http://crm", None, False),
+                                 ("http://crm", True, True), ("https://crm", False, False)):
+        api, tokens = _app(session_cookie_secure=forced)
+        admin = {"Authorization": "Bearer " + tokens.issue("ops", "admin")}
+        created, signed_in = _send(
+            api, ("POST", "/api/v1/users", {"json": {"username": "ann", "password": "a long password",
+                                                     "role": "sales_rep"}, "headers": admin}),
+            ("POST", "/api/v1/auth/session", {"json": {"username": "ann", "password": "a long password"}}),
+            base=base)
+        assert created.status_code == 201 and signed_in.status_code == 200, signed_in.text
+        cookies = signed_in.headers.get_list("set-cookie")
+        assert {c.split("=")[0] for c in cookies} == {"crm_refresh", "crm_csrf"}
+        for cookie in cookies:
+            assert ("; secure" in cookie.lower()) is secure, (base, forced, cookie)
+            _secured(signed_in)
