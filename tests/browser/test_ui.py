@@ -45,10 +45,7 @@ def all_css(driver: Any, selector: str) -> list[WebElement]:
 def sign_in(page: Any, app: App, who: tuple[str, str], password: str = DEMO_PASSWORD) -> None:
     """Sign in as ``who`` through the sign-in screen and wait for the navigation."""
     username, _ = who
-    page.get(app.base_url + "/")
-    # The page first asks whether the browser's session cookie still signs it in.
-    wait(lambda: all_css(page, "[data-testid=who]") or all_css(page, "input[name=username]"),
-         what="the sign-in form or a signed-in page")
+    goto(page, app, "/")  # the page first asks whether the browser's session cookie signs it in
     if all_css(page, "[data-testid=who]"):  # someone else is signed in
         css(page, "[data-testid=sign-out]").click()
     box = wait(lambda: css(page, "input[name=username]"), what="the sign-in form")
@@ -59,7 +56,15 @@ def sign_in(page: Any, app: App, who: tuple[str, str], password: str = DEMO_PASS
 
 
 def goto(page: Any, app: App, path: str) -> None:
+    """Load ``path`` afresh and wait until the page knows whether its session cookie signs
+    it in (the sign-in form or the signed-in page)."""
     page.get(app.base_url + path)
+    _settled(page)
+
+
+def _settled(page: Any) -> None:
+    wait(lambda: all_css(page, "[data-testid=who]") or all_css(page, "input[name=username]"),
+         what="the sign-in form or a signed-in page")
 
 
 def a_customer_of(app: App, owner: str) -> dict[str, Any]:
@@ -426,6 +431,7 @@ def test_switch_language_to_chinese_and_back(page: Any, app: App) -> None:
     page.refresh()  # remembered
     wait(lambda: css(page, "h1").text == "客户", what="Chinese after a reload")
     # A customer's timeline names its events and fields in Chinese too.
+    wait(lambda: all_css(page, "[data-testid=customer-list] tbody tr a"), what="the list after the reload")
     css(page, "[data-testid=customer-list] tbody tr a").click()
     wait(lambda: all_css(page, "[data-testid=timeline] > li"), what="the timeline")
     label = css(page, "[data-testid=timeline] li .tl-type").text
