@@ -339,7 +339,8 @@ OTHER_ARGS: dict[tuple[str, str], Args] = {
     ("POST", f"{API}/analytics/sql"): _fixed(json={"sql": "SELECT 1"}),
     ("POST", f"{API}/analytics/export"): _fixed(json={"directory": "/nonexistent/matrix"}),
     ("POST", f"{API}/auth/token"): _fixed(json={"username": "nobody", "password": "not the password"}),
-    ("POST", f"{API}/auth/session"): _fixed(json={"username": "nobody", "password": "not the password"}),
+    # another name: sign-in attempts are limited per username (a burst of ten)
+    ("POST", f"{API}/auth/session"): _fixed(json={"username": "nobody-else", "password": "not the password"}),
     ("POST", f"{API}/users"): lambda w, role: {"json": {"username": f"new-{role}-{uuid.uuid4().hex[:6]}",
                                                         "password": PASSWORD, "role": "sales_rep"}},
     ("GET", f"{API}/users/{{id}}"): lambda w, role: {"path": {"id": w.users["mate"]["id"]}},
