@@ -99,7 +99,7 @@ def _checked_session(request: Request, *, required: bool) -> WebSession | None:
     sent = request.headers.get(CSRF_HEADER) or ""
     cookie = request.cookies.get(CSRF_COOKIE) or ""
     stored = services(request).app.recorder.web_session(_hash(secret))  # type: ignore[attr-defined]
-    if not sent or not hmac.compare_digest(sent, cookie) or (
+    if not sent or not hmac.compare_digest(sent.encode(), cookie.encode()) or (
             stored is not None and not hmac.compare_digest(_hash(sent), stored.csrf_sha256)):
         raise Problem(403, f"send the {CSRF_HEADER} header with the value of the {CSRF_COOKIE} cookie",
                       code="csrf", field=CSRF_HEADER)
@@ -130,7 +130,8 @@ def refresh_session(request: Request) -> Any:
     auth = _authenticator(request)
     auth.limits.check_caller(f"address:{client_address(request)}")
     session = _checked_session(request, required=True)
-    assert session is not None
+    if session is None:  # not so: a session is required
+        raise _no_session("no session cookie: sign in")
     now = datetime.now(UTC)
     if session.revoked_at is not None:
         raise _no_session("the session was signed out: sign in")

@@ -426,6 +426,8 @@ def test_a_browser_session_is_refreshed_by_its_cookie_and_signed_out(client: Cli
         # CSRF: the header is required, must match the cookie, and a foreign origin is refused.
         assert_problem(browser.post(SESSION_REFRESH), 403, "X-CSRF-Token")
         assert_problem(browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": csrf + "x"}), 403, "X-CSRF-Token")
+        assert_problem(browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": "été".encode()}),
+                       403, "X-CSRF-Token")
         assert_problem(browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": csrf,
                                                               "Origin": "https://evil.example"}), 403)
         # A forged pair (the header equal to a cookie of the attacker's choosing) is not this session's.
