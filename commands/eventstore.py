@@ -80,6 +80,20 @@ class ApiKeySecret:
 
 
 @dataclass(frozen=True)
+class WebSession:
+    """A browser's sign-in session: what its refresh cookie is checked against (the
+    secrets only as SHA-256; never in an event)."""
+
+    secret_sha256: bytes
+    csrf_sha256: bytes
+    user_id: UUID
+    auth_time: datetime
+    expires_at: datetime
+    valid_until: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Credential:
     """A user's password hash, whether they may sign in, and the generation of their
     tokens (raised by every change of role, team or password; a token of an earlier
@@ -204,6 +218,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         self.idempotency_table = SQL("{0}.{1}").format(schema, Identifier("crm_idempotency"))
         self.credentials_table = SQL("{0}.{1}").format(schema, Identifier("crm_credentials"))
         self.api_keys_table = SQL("{0}.{1}").format(schema, Identifier("crm_api_keys"))
+        self.web_sessions_table = SQL("{0}.{1}").format(schema, Identifier("crm_web_sessions"))
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} ("
@@ -228,6 +243,19 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 " last_used_at timestamptz,"
                 " created_at timestamptz NOT NULL DEFAULT now())"
             ).format(self.api_keys_table)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0} ("
+                " secret_sha256 bytea PRIMARY KEY,"
+                " csrf_sha256 bytea NOT NULL,"
+                " user_id uuid NOT NULL,"
+                " auth_time timestamptz NOT NULL,"
+                " expires_at timestamptz NOT NULL,"
+                " valid_until timestamptz NOT NULL,"
+                " revoked_at timestamptz,"
+                " created_at timestamptz NOT NULL DEFAULT now())"
+            ).format(self.web_sessions_table)
         )
         self.sql_create_statements.append(
             SQL(
@@ -648,6 +676,11 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                     self.credentials_table),
                 (user_id,),
             )
+            curs.execute(  # the web UI's sessions of the user end with their tokens
+                SQL("UPDATE {0} SET revoked_at = now() WHERE user_id = %s AND revoked_at IS NULL").format(
+                    self.web_sessions_table),
+                (user_id,),
+            )
         for key in extras.api_keys:
             curs.execute(
                 SQL("INSERT INTO {0} (key_id, secret_sha256, role, expires_at) VALUES (%s, %s, %s, %s)"
@@ -729,6 +762,47 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 (at, key_id, at),
             )
 
+    # -- browsers' sign-in sessions (the refresh cookie) ---------------------------------
+    def open_web_session(self, session: WebSession) -> None:
+        """Store a new session; sessions ended more than a day ago are deleted on the way."""
+        with self.datastore.get_connection() as conn:
+            conn.execute(
+                SQL("DELETE FROM {0} WHERE LEAST(expires_at, valid_until, COALESCE(revoked_at, 'infinity'))"
+                    " < now() - interval '1 day'").format(self.web_sessions_table))
+            conn.execute(
+                SQL("INSERT INTO {0} (secret_sha256, csrf_sha256, user_id, auth_time, expires_at, valid_until)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)").format(self.web_sessions_table),
+                (session.secret_sha256, session.csrf_sha256, session.user_id, session.auth_time,
+                 session.expires_at, session.valid_until),
+            )
+
+    def web_session(self, secret_sha256: bytes) -> WebSession | None:
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                SQL("SELECT secret_sha256, csrf_sha256, user_id, auth_time, expires_at, valid_until, revoked_at"
+                    " FROM {0} WHERE secret_sha256 = %s").format(self.web_sessions_table),
+                (secret_sha256,),
+            ).fetchone()
+        return _web_session(row) if row else None
+
+    def extend_web_session(self, secret_sha256: bytes, valid_until: datetime) -> bool:
+        """Move the session's idle end on (False: it was revoked meanwhile)."""
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                SQL("UPDATE {0} SET valid_until = GREATEST(valid_until, %s)"
+                    " WHERE secret_sha256 = %s AND revoked_at IS NULL RETURNING 1").format(self.web_sessions_table),
+                (valid_until, secret_sha256),
+            ).fetchone()
+        return row is not None
+
+    def revoke_web_session(self, secret_sha256: bytes, at: datetime) -> None:
+        with self.datastore.get_connection() as conn:
+            conn.execute(
+                SQL("UPDATE {0} SET revoked_at = %s WHERE secret_sha256 = %s AND revoked_at IS NULL").format(
+                    self.web_sessions_table),
+                (at, secret_sha256),
+            )
+
     def positions(self, originator_id: UUID) -> dict[int, int]:
         """Log position of each of an aggregate's events, by version."""
         with self.datastore.get_connection() as conn:
@@ -753,6 +827,11 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         return row["notification_id"] if row else None
 
 
+def _web_session(row: dict[str, Any]) -> WebSession:
+    return WebSession(bytes(row["secret_sha256"]), bytes(row["csrf_sha256"]), row["user_id"], row["auth_time"],
+                      row["expires_at"], row["valid_until"], row["revoked_at"])
+
+
 def _api_key(row: dict[str, Any]) -> ApiKeySecret:
     return ApiKeySecret(row["key_id"], bytes(row["secret_sha256"]), row["role"], row["expires_at"],
                         row["revoked_at"], row["last_used_at"])
@@ -767,6 +846,7 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._credentials: dict[UUID, Credential] = {}
         self._api_keys: dict[UUID, ApiKeySecret] = {}
+        self._web_sessions: dict[bytes, WebSession] = {}
 
     def _insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         extras: WriteExtras | None = kwargs.get("extras")
@@ -806,6 +886,10 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
         for user_id in extras.end_tokens:
             if (old := self._credentials.get(user_id)) is not None:
                 self._credentials[user_id] = replace(old, generation=old.generation + 1)
+            now = datetime.now(UTC)
+            for secret, session in list(self._web_sessions.items()):
+                if session.user_id == user_id and session.revoked_at is None:
+                    self._web_sessions[secret] = replace(session, revoked_at=now)
         for key in extras.api_keys:
             self._api_keys[key.key_id] = key
         for key_id in extras.revoked_api_keys:
@@ -835,6 +919,28 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
             k = self._api_keys.get(key_id)
             if k is not None and (k.last_used_at is None or k.last_used_at < at):
                 self._api_keys[key_id] = replace(k, last_used_at=at)
+
+    def open_web_session(self, session: WebSession) -> None:
+        with self._database_lock:
+            self._web_sessions[session.secret_sha256] = session
+
+    def web_session(self, secret_sha256: bytes) -> WebSession | None:
+        with self._database_lock:
+            return self._web_sessions.get(secret_sha256)
+
+    def extend_web_session(self, secret_sha256: bytes, valid_until: datetime) -> bool:
+        with self._database_lock:
+            s = self._web_sessions.get(secret_sha256)
+            if s is None or s.revoked_at is not None:
+                return False
+            self._web_sessions[secret_sha256] = replace(s, valid_until=max(s.valid_until, valid_until))
+            return True
+
+    def revoke_web_session(self, secret_sha256: bytes, at: datetime) -> None:
+        with self._database_lock:
+            s = self._web_sessions.get(secret_sha256)
+            if s is not None and s.revoked_at is None:
+                self._web_sessions[secret_sha256] = replace(s, revoked_at=at)
 
     def email_owner(self, email_hmac: bytes) -> UUID | None:
         with self._database_lock:

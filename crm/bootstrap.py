@@ -442,7 +442,11 @@ class System:
                                   automation=self.settings.automation_enabled),
                          authenticator=authenticator(self.settings, self.app, self.tokens),
                          max_body_bytes=self.settings.max_body_bytes,
-                         max_header_bytes=self.settings.max_header_bytes)
+                         max_header_bytes=self.settings.max_header_bytes,
+                         metrics_token=(self.settings.metrics_token.get_secret_value()
+                                        if self.settings.metrics_token else None),
+                         session_cookie_secure=self.settings.session_cookie_secure,
+                         docs_dir=web_dir(self.settings) / "docs")
         mount_web_ui(app, web_dir(self.settings))
         return app
 

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     session_max_hours: float = Field(
         default=12.0, gt=0, description="How long after signing in POST /api/v1/auth/refresh still hands "
         "out a new token; then the user signs in again.")
+    session_cookie_secure: bool | None = Field(
+        default=None, description="Mark the web UI's session cookies Secure: always (true), never "
+        "(false), or when the request came over HTTPS (unset).")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="The Bearer token GET /metrics asks for; unset: /metrics is off (404).")
     auth_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a process trusts a user's sign-in state (active or "
         "deactivated, and the generation of their tokens) before re-reading it: the longest a "

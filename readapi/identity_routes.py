@@ -168,27 +168,39 @@ def refresh(caller: Caller, request: Request) -> Any:
     if scheme.lower() != "bearer" or not presented.strip() or presented.strip().startswith("crmk_"):
         raise _forbidden("only a signed-in user's token can be refreshed (not an API key)")
     claims = auth.tokens.claims(presented.strip())  # the caller was authenticated by it: valid
+    auth_time = int(claims.get("auth_time", claims.get("iat", 0)))
+    return renewed_token(request, caller.id, auth_time, datetime.now(UTC),
+                         generation=int(claims.get("gen", 0)))
+
+
+def renewed_token(request: Request, user_id: str, auth_time: int, now: datetime, *,
+                  generation: int | None = None) -> JSONResponse:
+    """A new token for a user who signed in at ``auth_time`` (their current role and team),
+    as POST /auth/refresh answers it (also for a browser's refresh cookie); refused (401)
+    for a deactivated user, a token of an earlier ``generation`` (issued before a change
+    of the user's role, team or password) or a session older than the configured maximum,
+    403 for a subject that is no user. A browser's session has no generation: such a
+    change revokes it where the change is stored."""
+    auth = authenticator(request)
     try:
         # the generation before the events: a change in between ends the new token too
-        generation = auth.generation(UUID(caller.id))
-        user = services(request).app.load(ci.User, UUID(caller.id))
+        current_generation = auth.generation(UUID(user_id))
+        user = services(request).app.load(ci.User, UUID(user_id))
     except (ValueError, ci.NotFound):  # a script's token (`crm token`), or a user who never was
         raise _forbidden("only a signed-in user's token can be refreshed") from None
     if not user.active:
         raise Problem(401, "the user is deactivated", code="unauthorized",
                       headers={"WWW-Authenticate": 'Bearer realm="crm"'})
-    if claims.get("gen", 0) != generation:  # read now, not as remembered by this process
+    if generation is not None and generation != current_generation:  # read now, not as remembered
         raise Problem(401, "the token was issued before the user's role, team or password changed; "
                       "sign in again", code="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="crm"'})
-    now = datetime.now(UTC)
-    auth_time = int(claims.get("auth_time", claims.get("iat", 0)))
     if now.timestamp() - auth_time > auth.max_session.total_seconds():
         raise Problem(401, "the session is too old to refresh; sign in again", code="session-expired",
                       headers={"WWW-Authenticate": 'Bearer realm="crm"'})
     team = str(user.team_id) if user.team_id else None
     ttl = auth.access_token_ttl
     token = auth.tokens.issue(str(user.id), user.role, ttl=ttl, team_id=team, now=now, auth_time=auth_time,
-                              generation=generation)
+                              generation=current_generation)
     view = _user_view(user)
     return JSONResponse({
         "access_token": token, "token_type": "bearer", "expires_in": int(ttl.total_seconds()),

@@ -1,6 +1,9 @@
 """Operations endpoints: ``/health`` (liveness), ``/ready`` (readiness), ``/metrics``
 (Prometheus text exposition format 0.0.4, written by hand).
 
+``/metrics`` answers only a scraper that sends ``Authorization: Bearer <CRM_METRICS_TOKEN>``
+(401 otherwise); with no token configured it is off (404).
+
 HTTP metrics are collected by ``MetricsMiddleware``, labelled with the matched route's
 path *template* (``/api/v1/customers/{id}``), never the raw path, so ids do not make new
 series; requests that match no route are counted under ``route="<unmatched>"``.
@@ -8,6 +11,7 @@ series; requests that match no route are counted under ``route="<unmatched>"``.
 
 from __future__ import annotations
 
+import hmac
 import math
 import threading
 import time
@@ -22,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from projections.automation.runner import automation_status
 from readapi.encoding import JSONResponse
-from readapi.problems import problem
+from readapi.problems import Problem, problem
 
 log = structlog.get_logger("crm.http")
 
@@ -321,7 +325,19 @@ class _Checks:
             return self._running
 
 
-def build_ops_router(metrics: HttpMetrics) -> APIRouter:
+
+
+def _check_metrics_token(request: Request, token: str | None) -> None:
+    """404 when /metrics is off (no token configured), 401 without the token."""
+    if not token:
+        raise Problem(404, "metrics are off: set CRM_METRICS_TOKEN to scrape them", code="not-found")
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Problem(401, "send the metrics token as Authorization: Bearer <token>", code="unauthorized",
+                      headers={"WWW-Authenticate": 'Bearer realm="crm-metrics"'})
+
+
+def build_ops_router(metrics: HttpMetrics, metrics_token: str | None = None) -> APIRouter:
     r = APIRouter(tags=["ops"])
     checks = _Checks()
 
@@ -346,8 +362,12 @@ def build_ops_router(metrics: HttpMetrics) -> APIRouter:
         return JSONResponse({"status": "ready", "event_log_position": position, "projections": projections,
                              **extra})
 
-    @r.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=PlainTextResponse)
+    @r.get("/metrics", summary="Prometheus metrics (text exposition format; Bearer CRM_METRICS_TOKEN)",
+           response_class=PlainTextResponse,
+           responses={401: {"description": "No or wrong metrics token"},
+                      404: {"description": "Metrics are off (no CRM_METRICS_TOKEN)"}})
     def metrics_endpoint(request: Request) -> PlainTextResponse:
+        _check_metrics_token(request, metrics_token)
         svc = _services(request)
         lines: list[str] = []
         up = True

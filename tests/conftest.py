@@ -27,7 +27,7 @@ import pytest
 
 LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 CRM_TABLES = ("crm_events", "crm_email_reservations", "crm_idempotency", "crm_subject_keys",
-              "crm_credentials", "crm_api_keys",  # identity: password and key hashes
+              "crm_credentials", "crm_api_keys", "crm_web_sessions",  # identity: password, key and session hashes
               "crm_analytics_customers",
               "crm_event_chain", "crm_chain_checkpoints", "crm_snapshots",  # audit and replay
               "crm_automation_tracking", "crm_automation_timers", "crm_automation_notifications",
@@ -36,6 +36,9 @@ CRM_TABLES = ("crm_events", "crm_email_reservations", "crm_idempotency", "crm_su
 #: 64 hex digits: the key-encryption key of every system the tests build.
 MASTER_KEY = "5e" * 32
 JWT_SECRET = "test-jwt-secret-" + "x" * 32
+#: The Bearer token of /metrics in every system the tests build.
+METRICS_TOKEN = "test-metrics-token-" + "m" * 24
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def _local_server_answers() -> bool:
@@ -151,6 +154,7 @@ def settings_for(database_url: str, data_dir: Path, **overrides: Any) -> Any:
         "database_url": database_url,
         "master_key": MASTER_KEY,
         "jwt_secret": JWT_SECRET,
+        "metrics_token": METRICS_TOKEN,
         "data_dir": data_dir,
         "db_pool_size": 4,
     }

@@ -27,6 +27,12 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WEB_DIST = Path(__file__).resolve().parents[2] / "web" / "dist"
 DESKTOP = (1366, 800)
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`);
+});
+"""
 PHONE = (390, 844)
 
 
@@ -37,6 +43,7 @@ class App:
     base_url: str
     client: httpx.Client
     system: Any
+    http: Any  # the served FastAPI app
     tokens: dict[str, str] = field(default_factory=dict)
 
     def token(self, username: str) -> str:
@@ -75,8 +82,9 @@ def app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         assert system.read is not None
         head = system.app.recorder.max_notification_id() or 0
         assert system.read.wait_for(head, 60), "the read models did not catch up with the demo data"
-        with serving(system.http_app()) as base_url, httpx.Client(base_url=base_url, timeout=15) as client:
-            yield App(base_url, client, system)
+        http = system.http_app()
+        with serving(http) as base_url, httpx.Client(base_url=base_url, timeout=15) as client:
+            yield App(base_url, client, system, http)
     finally:
         system.close()
         truncate_crm_tables(database_url)
@@ -99,6 +107,9 @@ def browser() -> Iterator[Any]:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
+    # Every page records the Content-Security-Policy violations it meets (a script given
+    # by the driver itself, which the policy does not govern).
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": CSP_WATCH})
     try:
         yield driver
     finally:
@@ -112,11 +123,14 @@ def page(app: App, browser: Any) -> Iterator[Any]:
     browser.set_window_size(*DESKTOP)
     browser.get(app.base_url + "/")
     browser.execute_script("localStorage.clear(); sessionStorage.clear();")
+    browser.execute_cdp_cmd("Network.clearBrowserCookies", {})  # the session's too, whatever their path
     browser.get(app.base_url + "/")
     yield browser
-    # Script errors fail the test; answers such as the expected 409 are the network's.
+    # Script errors and Content-Security-Policy violations fail the test; answers such as
+    # the expected 409 are the network's.
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"]
     assert not errors, json.dumps(errors, indent=1)
+    assert not browser.execute_script("return window.__cspViolations"), "Content-Security-Policy violations"
 
 
 def phone(driver: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -45,7 +45,7 @@ def all_css(driver: Any, selector: str) -> list[WebElement]:
 def sign_in(page: Any, app: App, who: tuple[str, str], password: str = DEMO_PASSWORD) -> None:
     """Sign in as ``who`` through the sign-in screen and wait for the navigation."""
     username, _ = who
-    page.get(app.base_url + "/")
+    goto(page, app, "/")  # the page first asks whether the browser's session cookie signs it in
     if all_css(page, "[data-testid=who]"):  # someone else is signed in
         css(page, "[data-testid=sign-out]").click()
     box = wait(lambda: css(page, "input[name=username]"), what="the sign-in form")
@@ -56,7 +56,15 @@ def sign_in(page: Any, app: App, who: tuple[str, str], password: str = DEMO_PASS
 
 
 def goto(page: Any, app: App, path: str) -> None:
+    """Load ``path`` afresh and wait until the page knows whether its session cookie signs
+    it in (the sign-in form or the signed-in page)."""
     page.get(app.base_url + path)
+    _settled(page)
+
+
+def _settled(page: Any) -> None:
+    wait(lambda: all_css(page, "[data-testid=who]") or all_css(page, "input[name=username]"),
+         what="the sign-in form or a signed-in page")
 
 
 def a_customer_of(app: App, owner: str) -> dict[str, Any]:
@@ -227,29 +235,111 @@ def test_the_queue_shows_the_sla_time_left_set_by_the_automation(page: Any, app:
     assert "First response due" in times and "Resolution due" in times
 
 
-def test_a_working_session_is_refreshed_and_an_ended_one_goes_to_sign_in(page: Any, app: App) -> None:
+def _refreshes(page: Any) -> int:
+    """How many times this page asked for a new token through the session cookie."""
+    return int(page.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter((e) => e.name.endsWith('/api/v1/auth/session/refresh')).length"))
+
+
+def _cookies(page: Any, app: App) -> dict[str, dict[str, Any]]:
+    """The browser's cookies for the session's path (the driver's own list shows only those
+    of the current page's path)."""
+    found = page.execute_cdp_cmd("Network.getCookies", {"urls": [app.base_url + "/api/v1/auth/session"]})
+    return {c["name"]: c for c in found["cookies"]}
+
+
+def _stored(page: Any) -> dict[str, str]:
+    """Everything the page keeps in localStorage and sessionStorage."""
+    return dict(page.execute_script(
+        "const out = {};"
+        "for (const [name, store] of [['local', localStorage], ['session', sessionStorage]])"
+        "  for (let i = 0; i < store.length; i++) out[name + ':' + store.key(i)] = store.getItem(store.key(i));"
+        "return out;"))
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_a_reload_keeps_the_user_signed_in_with_no_token_in_storage(page: Any, app: App, size: str) -> None:
+    if size == "phone":
+        phone(page)
     sign_in(page, app, REP)
-    first = page.execute_script("return JSON.parse(localStorage.getItem('crm.session'))")
-    # Pretend the token runs out in four seconds; the page (loaded now: activity) refreshes it first.
-    page.execute_script(
-        "const s = JSON.parse(localStorage.getItem('crm.session'));"
-        "s.expires_at = Date.now() + 4000; localStorage.setItem('crm.session', JSON.stringify(s));")
-    goto(page, app, "/tasks")
-    renewed = wait(lambda: (s := page.execute_script("return JSON.parse(localStorage.getItem('crm.session'))"))
-                   and s["token"] != first["token"] and s, 15, "the refreshed token")
-    now_ms = page.execute_script("return Date.now()")
-    assert renewed["expires_at"] - now_ms > 10 * 60 * 1000  # a fresh 15 minutes
-    assert renewed["user"]["username"] == "rep"
-    r = app.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {renewed['token']}"})
-    assert r.status_code == 200 and r.json()["username"] == "rep"
-    assert all_css(page, "[data-testid=who]"), "still signed in"
-    # A token the API refuses (here: tampered): the next request goes to the sign-in with a message.
-    page.execute_script(
-        "const s = JSON.parse(localStorage.getItem('crm.session'));"
-        "s.token = s.token.slice(0, -4) + 'AAAA'; localStorage.setItem('crm.session', JSON.stringify(s));")
-    goto(page, app, "/customers")
+    cookies = _cookies(page, app)
+    refresh, csrf = cookies["crm_refresh"], cookies["crm_csrf"]
+    assert refresh["httpOnly"] and refresh["sameSite"] == "Strict" and refresh["path"] == "/api/v1/auth/session"
+    assert not csrf["httpOnly"] and csrf["sameSite"] == "Strict" and csrf["path"] == "/"
+    # No token in storage: neither the access token (a JWT: "eyJ...") nor the session's secrets.
+    for stored in (_stored(page), ):
+        assert not [k for k, v in stored.items() if "eyJ" in v or refresh["value"] in v or csrf["value"] in v], stored
+    assert "crm_refresh" not in page.execute_script("return document.cookie")  # no script reads it
+
+    page.refresh()
+    wait(lambda: (css(page, "[data-testid=who]").get_attribute("title") or "").startswith("rep "),
+         what="still signed in after the reload")
+    assert _refreshes(page) == 1
+    goto(page, app, "/customers")  # another page of the app, loaded afresh: still signed in
+    wait(lambda: all_css(page, "[data-testid=customer-list] tbody tr"), what="the customers")
+    assert not [k for k, v in _stored(page).items() if "eyJ" in v], _stored(page)
+
+    css(page, "[data-testid=sign-out]").click()
     wait(lambda: css(page, "input[name=username]"), what="the sign-in form")
-    assert "Your session has ended; please sign in again." in css(page, "main.signin").text
+    assert not _cookies(page, app), "the session's cookies are cleared"
+    page.refresh()
+    wait(lambda: css(page, "input[name=username]"), what="the sign-in form after the reload")
+    assert not all_css(page, "[data-testid=who]")
+    # The signed-out session's cookie is revoked on the server, not only cleared in the browser.
+    r = app.client.post("/api/v1/auth/session/refresh", headers={
+        "X-CSRF-Token": csrf["value"], "Cookie": f"crm_refresh={refresh['value']}; crm_csrf={csrf['value']}"})
+    assert r.status_code == 401 and r.json()["type"].endswith("/session-ended"), r.text
+    if size == "phone":
+        width = page.execute_script("return document.documentElement.scrollWidth")
+        assert width <= PHONE[0], f"the page is {width}px wide on a {PHONE[0]}px screen"
+
+
+def test_a_working_session_is_refreshed_and_an_idle_one_goes_to_sign_in(page: Any, app: App) -> None:
+    authenticator = app.http.state.authenticator
+    lifetime = authenticator.access_token_ttl
+    authenticator.access_token_ttl = timedelta(seconds=12)  # tokens of this test live 12 s
+    try:
+        sign_in(page, app, REP)
+        goto(page, app, "/tasks")  # loading a page is activity: the session is refreshed in time
+        wait(lambda: all_css(page, "[data-testid=who]"), what="signed in")
+        assert _refreshes(page) == 1  # the start-up refresh through the cookie
+        wait(lambda: _refreshes(page) >= 2, 15, "the refresh before the token's end")
+        assert all_css(page, "[data-testid=who]"), "still signed in"
+        # No activity since: the session ends when the refreshed token does, with a message.
+        wait(lambda: css(page, "input[name=username]"), 20, "the sign-in form")
+        assert "Your session has ended; please sign in again." in css(page, "main.signin").text
+        # ... and on the server too: a reload finds the cookie no longer refreshes.
+        page.refresh()
+        wait(lambda: css(page, "input[name=username]"), what="the sign-in form after the reload")
+        assert not all_css(page, "[data-testid=who]")
+    finally:
+        authenticator.access_token_ttl = lifetime
+
+
+def test_the_pages_hold_under_the_content_security_policy(page: Any, app: App) -> None:
+    for path in ("/", "/customers", "/docs", "/redoc", "/api/v1/customers", "/health", "/assets/nothing.js"):
+        r = app.client.get(path)
+        policy = r.headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy, path
+        assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+        assert r.headers["referrer-policy"] == "no-referrer"
+    sign_in(page, app, MANAGER)
+    for path in ("/dashboard", "/pipeline", "/service"):
+        goto(page, app, path)
+        wait(lambda: all_css(page, "[data-testid=who]"), what=f"{path} signed in")
+        assert not page.execute_script("return window.__cspViolations"), path
+    # The API docs run under the policy too, every file from this server.
+    page.get(app.base_url + "/docs")  # not a page of the app: no session to wait for
+    wait(lambda: "CRM core API" in css(page, ".swagger-ui .info .title").text, 20, "Swagger UI")
+    wait(lambda: all_css(page, ".swagger-ui .opblock"), what="the operations")
+    assert not page.execute_script("return window.__cspViolations")
+    page.get(app.base_url + "/redoc")
+    wait(lambda: "CRM core API" in css(page, "h1").text, 20, "ReDoc")
+    assert not page.execute_script("return window.__cspViolations")
+    hosts = page.execute_script("return performance.getEntriesByType('resource').map((e) => new URL(e.name).host)")
+    assert set(hosts) <= {app.base_url.split("//")[1]}, hosts
 
 
 def test_the_timeline_shows_older_events_page_by_page(page: Any, app: App) -> None:
@@ -341,6 +431,7 @@ def test_switch_language_to_chinese_and_back(page: Any, app: App) -> None:
     page.refresh()  # remembered
     wait(lambda: css(page, "h1").text == "客户", what="Chinese after a reload")
     # A customer's timeline names its events and fields in Chinese too.
+    wait(lambda: all_css(page, "[data-testid=customer-list] tbody tr a"), what="the list after the reload")
     css(page, "[data-testid=customer-list] tbody tr a").click()
     wait(lambda: all_css(page, "[data-testid=timeline] > li"), what="the timeline")
     label = css(page, "[data-testid=timeline] li .tl-type").text

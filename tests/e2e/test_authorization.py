@@ -299,6 +299,9 @@ ADMIN_ONLY_WRITE = _only({"admin"}, {200, 201, 409})
 OTHER_ROUTES.update({
     # people and systems: not records of a customer; admins manage, managers read their team
     ("POST", f"{API}/auth/token"): _everyone(401),  # wrong password, whoever sends it
+    ("POST", f"{API}/auth/session"): _everyone(401),  # the web UI's sign-in: the same
+    ("POST", f"{API}/auth/session/refresh"): _everyone(401),  # no session cookie, whatever the token
+    ("DELETE", f"{API}/auth/session"): _everyone(204),  # no session cookie: nothing to end
     ("GET", f"{API}/auth/me"): _everyone(200),
     ("POST", f"{API}/auth/refresh"): _everyone(200),
     ("GET", f"{API}/people"): _everyone(200),  # names and roles of colleagues, for every caller  # every role's user may renew their own token
@@ -338,6 +341,8 @@ OTHER_ARGS: dict[tuple[str, str], Args] = {
     ("POST", f"{API}/analytics/sql"): _fixed(json={"sql": "SELECT 1"}),
     ("POST", f"{API}/analytics/export"): _fixed(json={"name": "matrix"}),
     ("POST", f"{API}/auth/token"): _fixed(json={"username": "nobody", "password": "not the password"}),
+    # another name: sign-in attempts are limited per username (a burst of ten)
+    ("POST", f"{API}/auth/session"): _fixed(json={"username": "nobody-else", "password": "not the password"}),
     ("POST", f"{API}/users"): lambda w, role: {"json": {"username": f"new-{role}-{uuid.uuid4().hex[:6]}",
                                                         "password": PASSWORD, "role": "sales_rep"}},
     ("GET", f"{API}/users/{{id}}"): lambda w, role: {"path": {"id": w.users["mate"]["id"]}},

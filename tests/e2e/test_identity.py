@@ -387,6 +387,126 @@ def test_refresh_refuses_expired_tampered_and_deactivated_users_tokens(client: C
     assert "deactivated" in assert_problem(_refresh(client, token), 401)["detail"]
 
 
+# -- the web UI's session: the refresh cookie ---------------------------------------------
+SESSION = "/api/v1/auth/session"
+SESSION_REFRESH = "/api/v1/auth/session/refresh"
+
+
+def _set_cookies(r: httpx.Response) -> dict[str, str]:
+    """Each Set-Cookie of the answer by cookie name, as sent."""
+    return {line.split("=", 1)[0]: line for line in r.headers.get_list("set-cookie")}
+
+
+def _browser_sign_in(client: Client, http: httpx.Client, username: str) -> tuple[httpx.Response, str]:
+    r = http.post(SESSION, json={"username": username, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return r, http.cookies["crm_csrf"]
+
+
+def test_a_browser_session_is_refreshed_by_its_cookie_and_signed_out(client: Client, db: Any) -> None:
+    import hashlib
+
+    client.create_user("webby", display_name="Web User")
+    with httpx.Client(base_url=str(client.http.base_url), timeout=20) as browser:
+        r, csrf = _browser_sign_in(client, browser, "webby")
+        assert r.headers["cache-control"] == "no-store"
+        body = r.json()
+        assert body["user"]["username"] == "webby" and body["expires_in"] == 15 * 60
+        cookies = _set_cookies(r)
+        refresh = cookies["crm_refresh"].lower()
+        assert "httponly" in refresh and "samesite=strict" in refresh and "path=/api/v1/auth/session" in refresh
+        assert "secure" not in refresh  # plain HTTP here (Secure over HTTPS)
+        max_age = int(refresh.split("max-age=")[1].split(";")[0])
+        assert 12 * 3600 - 10 <= max_age <= 12 * 3600  # the session's maximum: 12 hours after signing in
+        assert "httponly" not in cookies["crm_csrf"].lower() and "path=/;" in cookies["crm_csrf"].lower()
+        secret = browser.cookies["crm_refresh"]
+        # Stored only as hashes.
+        stored = db.execute("SELECT secret_sha256, csrf_sha256 FROM crm_web_sessions").fetchall()
+        assert [(bytes(a), bytes(b)) for a, b in stored] == [
+            (hashlib.sha256(secret.encode()).digest(), hashlib.sha256(csrf.encode()).digest())]
+
+        # CSRF: the header is required, must match the cookie, and a foreign origin is refused.
+        assert_problem(browser.post(SESSION_REFRESH), 403, "X-CSRF-Token")
+        assert_problem(browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": csrf + "x"}), 403, "X-CSRF-Token")
+        assert_problem(browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": "été".encode()}),
+                       403, "X-CSRF-Token")
+        assert_problem(browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": csrf,
+                                                              "Origin": "https://evil.example"}), 403)
+        # A forged pair (the header equal to a cookie of the attacker's choosing) is not this session's.
+        r = httpx.post(f"{client.http.base_url}{SESSION_REFRESH}", headers={
+            "X-CSRF-Token": "forged", "Cookie": f"crm_refresh={secret}; crm_csrf=forged"})
+        assert_problem(r, 403, "X-CSRF-Token")
+
+        own = f"{client.http.base_url.scheme}://{client.http.base_url.netloc.decode()}"
+        renewed = browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": csrf, "Origin": own})
+        assert renewed.status_code == 200, renewed.text
+        token = renewed.json()["access_token"]
+        assert token != body["access_token"] and renewed.json()["user"]["username"] == "webby"
+        assert client.get(ME, headers={"Authorization": f"Bearer {token}"}, fresh=False).json()["username"] == "webby"
+        # The JSON refresh of API clients works as before, beside the cookie.
+        assert _refresh(client, token).status_code == 200
+
+        # Sign out: CSRF header required; then the session is revoked and the cookies cleared.
+        assert_problem(browser.delete(SESSION), 403, "X-CSRF-Token")
+        assert browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": csrf}).status_code == 200
+        out = browser.delete(SESSION, headers={"X-CSRF-Token": csrf})
+        assert out.status_code == 204, out.text
+        cleared = _set_cookies(out)
+        assert 'crm_refresh=""' in cleared["crm_refresh"] and "max-age=0" in cleared["crm_refresh"].lower()
+        assert "max-age=0" in cleared["crm_csrf"].lower()
+        assert "crm_refresh" not in browser.cookies
+        r = httpx.post(f"{client.http.base_url}{SESSION_REFRESH}", headers={
+            "X-CSRF-Token": csrf, "Cookie": f"crm_refresh={secret}; crm_csrf={csrf}"})
+        assert assert_problem(r, 401)["type"].endswith("/session-ended")
+        assert db.execute("SELECT revoked_at IS NOT NULL FROM crm_web_sessions").fetchone()[0]
+        # Without a cookie there is nothing to end; without one nothing refreshes.
+        assert browser.delete(SESSION).status_code == 204
+        assert assert_problem(browser.post(SESSION_REFRESH, headers={"X-CSRF-Token": csrf}), 401)[
+            "type"].endswith("/session-ended")
+        # A wrong password sets no cookie.
+        r = browser.post(SESSION, json={"username": "webby", "password": "not it"})
+        assert r.status_code == 401 and not r.headers.get_list("set-cookie")
+
+
+def test_a_browser_session_ends_when_idle_too_old_or_its_user_is_deactivated(client: Client, db: Any) -> None:
+    created = client.create_user("leaver")
+    with httpx.Client(base_url=str(client.http.base_url), timeout=20) as browser:
+        _, csrf = _browser_sign_in(client, browser, "leaver")
+        ok = {"X-CSRF-Token": csrf}
+        assert browser.post(SESSION_REFRESH, headers=ok).status_code == 200
+        # Not refreshed before its last token expired: the browser was idle, the session is over.
+        db.execute("UPDATE crm_web_sessions SET valid_until = now() - interval '1 second'")
+        assert "idle" in assert_problem(browser.post(SESSION_REFRESH, headers=ok), 401)["detail"]
+        db.execute("UPDATE crm_web_sessions SET valid_until = now() + interval '1 minute',"
+                   " expires_at = now() - interval '1 second'")
+        assert "too old" in assert_problem(browser.post(SESSION_REFRESH, headers=ok), 401)["detail"]
+        db.execute("UPDATE crm_web_sessions SET expires_at = now() + interval '1 hour'")
+        assert browser.post(SESSION_REFRESH, headers=ok).status_code == 200
+        r = client.write(f"{USERS}/{created['id']}/deactivation", {"reason": "left"}, version=1)
+        assert r.status_code == 200, r.text
+        assert "deactivated" in assert_problem(browser.post(SESSION_REFRESH, headers=ok), 401)["detail"]
+
+
+def test_a_browser_session_ends_when_its_users_password_or_role_changes(client: Client, db: Any) -> None:
+    created = client.create_user("rotator")
+    with httpx.Client(base_url=str(client.http.base_url), timeout=20) as browser:
+        _, csrf = _browser_sign_in(client, browser, "rotator")
+        ok = {"X-CSRF-Token": csrf}
+        assert browser.post(SESSION_REFRESH, headers=ok).status_code == 200
+        r = client.write(f"{USERS}/{created['id']}/password", {"password": "a brand new secret"})
+        assert r.status_code == 200, r.text
+        assert assert_problem(browser.post(SESSION_REFRESH, headers=ok), 401)["type"].endswith("/session-ended")
+    with httpx.Client(base_url=str(client.http.base_url), timeout=20) as browser:
+        r = browser.post(SESSION, json={"username": "rotator", "password": "a brand new secret"})
+        assert r.status_code == 200, r.text
+        ok = {"X-CSRF-Token": browser.cookies["crm_csrf"]}
+        assert browser.post(SESSION_REFRESH, headers=ok).status_code == 200
+        r = client.write(f"{USERS}/{created['id']}/role", {"role": "manager", "reason": "promoted"}, version=2)  # after the password's event
+        assert r.status_code == 200, r.text
+        assert assert_problem(browser.post(SESSION_REFRESH, headers=ok), 401)["type"].endswith("/session-ended")
+    assert db.execute("SELECT count(*) FROM crm_web_sessions WHERE revoked_at IS NULL").fetchone()[0] == 0
+
+
 def base64url(raw: bytes) -> str:
     import base64
 

@@ -19,6 +19,7 @@ import pytest
 
 import projections
 from readapi.auth import TokenIssuer
+from tests.conftest import METRICS_AUTH
 from tests.e2e.test_http import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -551,7 +552,10 @@ def test_health_ready_and_metrics(system: Any, live: Api, database_url: str) -> 
     assert {p["name"] for p in ready["projections"]} == {p.name for p in projections.ALL}
     assert all(p["lag_events"] == 0 and p["parked"] == 0 for p in ready["projections"])
 
-    text = live.client.get("/metrics")
+    # Only with the metrics token: none, or another (a user's token), is refused.
+    assert_problem(live.client.get("/metrics"), 401)
+    assert_problem(live.client.get("/metrics", headers={"Authorization": "Bearer not-the-metrics-token"}), 401)
+    text = live.client.get("/metrics", headers=METRICS_AUTH)
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
     body = text.text
     for p in projections.ALL:
@@ -580,7 +584,7 @@ def test_health_ready_and_metrics(system: Any, live: Api, database_url: str) -> 
     assert counts == sorted(counts) and counts[-1] == 1
     assert f'crm_http_request_duration_milliseconds_count{{method="GET",route="{route}",status="200"}} 1' in body
     live.client.get("/no/such/path")
-    assert 'route="<unmatched>",status="404"' in live.client.get("/metrics").text
+    assert 'route="<unmatched>",status="404"' in live.client.get("/metrics", headers=METRICS_AUTH).text
 
     # A parked event makes the process unready, naming the read model.
     schema = next(p for p in system.read.status() if p.name == "tasks").schema
@@ -591,7 +595,8 @@ def test_health_ready_and_metrics(system: Any, live: Api, database_url: str) -> 
     body_ready = assert_problem(r, 503)
     assert body_ready["type"].endswith("/not-ready")
     assert body_ready["reasons"] == ["tasks: 1 parked event(s)"]
-    assert 'crm_projection_parked_events{projection="tasks"} 1' in live.client.get("/metrics").text
+    metrics = live.client.get("/metrics", headers=METRICS_AUTH).text
+    assert 'crm_projection_parked_events{projection="tasks"} 1' in metrics
 
 
 # -- keyset paging over NULLs, checked against PostgreSQL's own order ----------------------

@@ -23,15 +23,17 @@ from tests.e2e.test_http import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-#: Operations anyone may call: sign-in, the survey link (its token is in the URL) and the
-#: probes; everything else needs credentials.
+#: Operations anyone may call: sign-in, the survey link (its token is in the URL), the
+#: probes, and signing a browser out (no cookie: nothing to end); everything else needs
+#: credentials (/metrics its own token).
 PUBLIC = {
     ("POST", "/api/v1/auth/token"),
+    ("POST", "/api/v1/auth/session"),
+    ("DELETE", "/api/v1/auth/session"),
     ("GET", "/api/v1/survey/{token}"),
     ("POST", "/api/v1/survey/{token}"),
     ("GET", "/health"),
     ("GET", "/ready"),
-    ("GET", "/metrics"),
 }
 EXAMPLES = 12  # generated requests per operation (each sent with and without a token)
 

@@ -38,7 +38,7 @@ from events import all_event_types
 from events.public import load_schema
 from projections.kafka import Envelopes, FeedConfig, read_events, republish
 from projections.kafka_consumer import SeenIds, consume
-from tests.conftest import JWT_SECRET, MASTER_KEY
+from tests.conftest import JWT_SECRET, MASTER_KEY, METRICS_AUTH
 from tests.kafka_broker import MockBroker, Record, read_all
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("no_kafka_tracking")]
@@ -438,10 +438,10 @@ def test_schemas_metrics_and_status(broker: MockBroker, make_system: Callable[..
             assert r.headers["content-type"] == "application/problem+json"
         assert client.get("/api/v1/schemas").status_code == 401
 
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=METRICS_AUTH).text
         assert f'crm_kafka_publisher_lag_events{{publisher="kafka"}} {total}' in metrics
         system.kafka.publisher.catch_up()
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=METRICS_AUTH).text
         assert 'crm_kafka_publisher_lag_events{publisher="kafka"} 0' in metrics
         assert f'crm_kafka_publisher_position{{publisher="kafka"}} {total}' in metrics
         assert f'crm_kafka_publisher_events_published_total{{publisher="kafka"}} {total}' in metrics

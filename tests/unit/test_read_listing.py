@@ -130,10 +130,14 @@ def test_mine_means_the_caller_and_priority_sorts_most_urgent_first() -> None:
 
 
 # -- the ops routes on the in-memory app (no database) --------------------------------
-def _app() -> tuple[Any, TokenIssuer]:
+METRICS_TOKEN = "metrics-" + "t" * 24
+
+
+def _app(**options: Any) -> tuple[Any, TokenIssuer]:
     app = CrmApplication({}, kek=b"k" * 32)
     tokens = TokenIssuer(JwtSettings(secret="s" * 32, issuer="crm", audience="crm-api"))
-    return create_app(Services(app, CommandService(app, HANDLERS, email_key=b"e" * 32), tokens)), tokens
+    return create_app(Services(app, CommandService(app, HANDLERS, email_key=b"e" * 32), tokens),
+                      **{"metrics_token": METRICS_TOKEN, **options}), tokens
 
 
 def _send(api: Any, *requests: tuple[str, str, dict[str, Any]]) -> list[httpx.Response]:
@@ -156,7 +160,7 @@ def test_health_ready_and_metrics_without_a_read_side() -> None:
         ("GET", "/health", {}),
         ("GET", "/ready", {}),
         ("GET", "/api/v1/customers", {"headers": auth}),
-        ("GET", "/metrics", {}),
+        ("GET", "/metrics", {"headers": {"Authorization": f"Bearer {METRICS_TOKEN}"}}),
     )
     assert created.status_code == 201
     assert health.json() == {"status": "ok"}

@@ -1,5 +1,10 @@
 // The client of the public HTTP API (/api/v1): bearer token, problem+json errors,
 // ETag / If-Match, and read-your-writes through the event-log position of each write.
+//
+// The access token lives in this module's memory only (never in localStorage or
+// sessionStorage). The sign-in session is kept by the server's httpOnly refresh cookie:
+// on start-up (a reload, a new tab) the page asks /auth/session/refresh for a token, with
+// the CSRF token of the readable crm_csrf cookie in X-CSRF-Token.
 
 export const BASE = "/api/v1";
 
@@ -15,7 +20,7 @@ export interface Session {
   token: string;
   user: User;
   expires_at: number; // ms since the epoch
-  issued_at?: number; // ms since the epoch (sessions stored before refresh existed have none)
+  issued_at: number; // ms since the epoch
 }
 
 /** An application/problem+json answer (RFC 9457), or a network failure. */
@@ -50,7 +55,8 @@ export interface Page<T> {
   total: number | null;
 }
 
-const SESSION_KEY = "crm.session";
+const SESSION_PATH = "/auth/session";
+const CSRF_COOKIE = "crm_csrf";
 const POSITION_KEY = "crm.position";
 const EXPIRED_KEY = "crm.expired";
 
@@ -61,25 +67,30 @@ export function sessionExpired(): boolean {
   return expired;
 }
 
-let session: Session | null = loadSession();
+let session: Session | null = null;
+// False until the start-up refresh (through the cookie) has answered.
+let restored = false;
 // The highest event-log position this browser has written: every read of a read model
 // waits (bounded, on the server) until the read models have applied it.
 let position = Number(sessionStorage.getItem(POSITION_KEY) ?? "0") || 0;
 const listeners = new Set<() => void>();
 
-function loadSession(): Session | null {
-  try {
-    const raw = localStorage.getItem(SESSION_KEY);
-    if (!raw) return null;
-    const s = JSON.parse(raw) as Session;
-    return s.expires_at > Date.now() ? s : null;
-  } catch {
-    return null;
-  }
-}
-
 export function currentSession(): Session | null {
   return session;
+}
+
+/** True once the page knows whether the browser's session cookie still signs it in. */
+export function sessionRestored(): boolean {
+  return restored;
+}
+
+/** The CSRF token of the session (the readable crm_csrf cookie), or null when none. */
+function csrfToken(): string | null {
+  for (const part of document.cookie.split(";")) {
+    const [name, ...value] = part.trim().split("=");
+    if (name === CSRF_COOKIE) return decodeURIComponent(value.join("="));
+  }
+  return null;
 }
 
 export function onSessionChange(fn: () => void): () => void {
@@ -94,12 +105,33 @@ export function setSession(s: Session | null): void {
   keep(s);
 }
 
-function keep(s: Session | null): void {
+function keep(s: Session | null, tell = true): void {
   session = s;
-  if (s) localStorage.setItem(SESSION_KEY, JSON.stringify(s));
-  else localStorage.removeItem(SESSION_KEY);
   scheduleRefresh();
   listeners.forEach((fn) => fn());
+  if (tell) channel?.postMessage(s ? { kind: "session", session: s } : { kind: "signed-out" });
+}
+
+// Tabs of this browser share one session cookie: a tab that signs in, refreshes or signs
+// out tells the others (in memory, never through storage), and they follow.
+type Told = { kind: "session"; session: Session } | { kind: "signed-out" };
+const channel = typeof BroadcastChannel !== "undefined" ? new BroadcastChannel("crm.session") : null;
+channel?.addEventListener("message", (e: MessageEvent<Told>) => {
+  if (e.data.kind === "session") {
+    if (!session || session.user.id !== e.data.session.user.id) {
+      position = 0;
+      sessionStorage.removeItem(POSITION_KEY);
+    }
+    keep(e.data.session, false);
+  } else if (session) {
+    setSessionQuietly(null);
+  }
+});
+
+function setSessionQuietly(s: Session | null): void {
+  position = 0;
+  sessionStorage.removeItem(POSITION_KEY);
+  keep(s, false);
 }
 
 // -- keeping a working user signed in -------------------------------------------------
@@ -115,13 +147,6 @@ if (typeof window !== "undefined") {
   // A sleeping tab's timers are late: check again when it is seen.
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") scheduleRefresh();
-  });
-  window.addEventListener("storage", (e) => {
-    // Another tab refreshed or signed out: follow it.
-    if (e.key !== SESSION_KEY) return;
-    session = loadSession();
-    scheduleRefresh();
-    listeners.forEach((fn) => fn());
   });
 }
 
@@ -141,12 +166,13 @@ function scheduleRefresh(): void {
 
 async function onRefreshDue(s: Session): Promise<void> {
   if (session !== s) return;
-  const worked = lastActivity >= (s.issued_at ?? 0);
+  const worked = lastActivity >= s.issued_at;
   if (!worked || s.expires_at <= Date.now()) {
-    // Idle through the token's life (or asleep past its end): the session ends here.
+    // Idle through the token's life (or asleep past its end): the session ends here (and,
+    // on the server, its cookie no longer refreshes once this token has expired).
     if (s.expires_at <= Date.now()) {
       sessionStorage.setItem(EXPIRED_KEY, "1");
-      setSession(null);
+      setSessionQuietly(null);
     } else {
       refreshTimer = setTimeout(() => void onRefreshDue(s), s.expires_at - Date.now());
     }
@@ -162,16 +188,56 @@ async function onRefreshDue(s: Session): Promise<void> {
   }
 }
 
-/** Exchange the current token for a new one (new id, fresh expiry, current role). */
+/** A new token for the session of the refresh cookie (new id, fresh expiry, current role). */
 export async function refreshSession(): Promise<Session | null> {
   const before = session;
   if (!before) return null;
-  const answer = await request<TokenAnswer>("/auth/refresh", { method: "POST", readAfter: false });
+  let answer: TokenAnswer;
+  try {
+    answer = await cookieRefresh();
+  } catch (e) {
+    if (e instanceof ApiError && (e.status === 401 || e.status === 403) && session === before) {
+      sessionStorage.setItem(EXPIRED_KEY, "1");
+      setSessionQuietly(null);
+    }
+    throw e;
+  }
   if (session !== before) return session; // signed out or refreshed meanwhile
-  const now = Date.now();
-  const s: Session = { token: answer.access_token, user: answer.user, expires_at: now + answer.expires_in * 1000, issued_at: now };
+  const s = sessionOf(answer);
   keep(s);
   return s;
+}
+
+function cookieRefresh(): Promise<TokenAnswer> {
+  const csrf = csrfToken();
+  if (!csrf) return Promise.reject(new ApiError(401, { status: 401, title: "Unauthorized", detail: "no session" }));
+  return request<TokenAnswer>(`${SESSION_PATH}/refresh`, {
+    method: "POST",
+    readAfter: false,
+    auth: false,
+    headers: { "X-CSRF-Token": csrf },
+  });
+}
+
+function sessionOf(answer: TokenAnswer): Session {
+  const now = Date.now();
+  return { token: answer.access_token, user: answer.user, expires_at: now + answer.expires_in * 1000, issued_at: now };
+}
+
+/** On start-up: the session of the browser's cookie, if it still has one (a reload, a new tab). */
+async function restoreSession(): Promise<void> {
+  try {
+    if (csrfToken()) {
+      const answer = await cookieRefresh();
+      lastActivity = Date.now(); // opening a page is using it
+      if (!session) keep(sessionOf(answer), false);
+    }
+  } catch {
+    /* no session (ended, signed out, or the server is away): the sign-in screen */
+  } finally {
+    restored = true;
+    listeners.forEach((fn) => fn());
+  }
 }
 
 export function lastPosition(): number {
@@ -194,6 +260,7 @@ export interface Options {
   signal?: AbortSignal;
   raw?: boolean;
   auth?: boolean;
+  headers?: Record<string, string>;
 }
 
 function query(params: Record<string, string | number | boolean | string[] | null | undefined>): string {
@@ -230,7 +297,7 @@ const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
 /** One request; throws ApiError on any non-2xx. 401 ends the session. */
 export async function request<T>(path: string, opts: Options = {}): Promise<T> {
   const method = opts.method ?? "GET";
-  const headers: Record<string, string> = { Accept: "application/json" };
+  const headers: Record<string, string> = { Accept: "application/json", ...opts.headers };
   if (opts.auth !== false && session) headers.Authorization = `Bearer ${session.token}`;
   if (opts.body !== undefined) headers["Content-Type"] = "application/json";
   if (opts.ifMatch !== undefined && opts.ifMatch !== null) headers["If-Match"] = `"${opts.ifMatch}"`;
@@ -245,6 +312,7 @@ export async function request<T>(path: string, opts: Options = {}): Promise<T> {
         headers,
         body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
         signal: opts.signal,
+        credentials: "same-origin",
       });
     } catch (e) {
       if (e instanceof DOMException && e.name === "AbortError") throw e;
@@ -302,25 +370,34 @@ interface TokenAnswer {
   user: User;
 }
 
+/** Sign in: the token (kept in memory) and the session's cookies (set by the server). */
 export async function signIn(username: string, password: string): Promise<Session> {
-  const answer = await request<TokenAnswer>("/auth/token", {
+  const answer = await request<TokenAnswer>(SESSION_PATH, {
     method: "POST",
     body: { username, password },
     auth: false,
   });
-  const now = Date.now();
-  const s: Session = {
-    token: answer.access_token,
-    user: answer.user,
-    expires_at: now + answer.expires_in * 1000,
-    issued_at: now,
-  };
+  const s = sessionOf(answer);
   setSession(s);
   return s;
 }
 
-export function signOut(): void {
-  setSession(null);
+/** Sign out: the server revokes the session and clears its cookies; every tab follows. */
+export async function signOut(): Promise<void> {
+  const csrf = csrfToken();
+  try {
+    // First the server (a reload right after must not find the session still there).
+    await request<void>(SESSION_PATH, {
+      method: "DELETE",
+      auth: false,
+      readAfter: false,
+      headers: csrf ? { "X-CSRF-Token": csrf } : {},
+    });
+  } catch {
+    /* offline: the cookie ends with the token's life on the server */
+  } finally {
+    setSession(null);
+  }
 }
 
 /** Download a file answer (e.g. the audit export zip) with the bearer token. */
@@ -348,5 +425,5 @@ export async function all<T>(path: string, params: Parameters<typeof query>[0], 
   return out;
 }
 
-// A session kept from an earlier visit is refreshed on time too.
-scheduleRefresh();
+// A session kept by the cookie from an earlier page (a reload, another tab) goes on.
+if (typeof window !== "undefined") void restoreSession();

@@ -1,6 +1,15 @@
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, currentSession, onSessionChange, sessionExpired, signIn, signOut, type Session } from "./api";
+import {
+  ApiError,
+  currentSession,
+  onSessionChange,
+  sessionExpired,
+  sessionRestored,
+  signIn,
+  signOut,
+  type Session,
+} from "./api";
 import { LOCALES, locale, setLocale, t, v, type Key, type Locale } from "./i18n";
 import { navigate, useRoute } from "./router";
 import { loadPeople, peopleVersion } from "./people";
@@ -16,9 +25,15 @@ import { ServiceQueue } from "./screens/service";
 import { TasksScreen } from "./screens/tasks";
 import "./styles.css";
 
-function useSession(): Session | null {
-  const [s, setS] = useState(currentSession());
-  useEffect(() => onSessionChange(() => setS(currentSession())), []);
+/** The session, or undefined while the page still asks the server whether the browser's
+ * session cookie signs it in (after a reload). */
+function useSession(): Session | null | undefined {
+  const now = () => (sessionRestored() || currentSession() ? currentSession() : undefined);
+  const [s, setS] = useState(now());
+  useEffect(() => {
+    setS(now());
+    return onSessionChange(() => setS(now()));
+  }, []);
   return s;
 }
 
@@ -177,7 +192,7 @@ function Shell({ session }: { session: Session }) {
             {session.user.display_name || session.user.username}
             <small>{v(session.user.role)}</small>
           </span>
-          <button type="button" class="link" data-testid="sign-out" onClick={() => signOut()}>
+          <button type="button" class="link" data-testid="sign-out" onClick={() => void signOut()}>
             {t("signOut")}
           </button>
         </div>
@@ -191,7 +206,13 @@ function App() {
   const session = useSession();
   return (
     <>
-      {session ? <Shell session={session} /> : <SignIn />}
+      {session === undefined ? (
+        <main class="signin" aria-busy="true" data-testid="restoring" />
+      ) : session ? (
+        <Shell session={session} />
+      ) : (
+        <SignIn />
+      )}
       <Toasts />
     </>
   );
