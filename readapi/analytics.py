@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from commands.base import CheckedInput
 from commands.application import Principal
 from projections.analytics import report, sandbox
 from projections.analytics.clv import customer_lifetime_values
@@ -31,7 +32,7 @@ EXPORT_ROLES = frozenset({"analyst", "admin"})
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "arrow": "application/vnd.apache.arrow.stream"}
 
 
-class SqlQuery(BaseModel):
+class SqlQuery(CheckedInput):
     model_config = ConfigDict(extra="forbid")
 
     sql: str = Field(min_length=1, max_length=100_000, description="One read-only query.")
@@ -44,7 +45,7 @@ class SqlQuery(BaseModel):
                     "for roles that may see personal data).")
 
 
-class ExportRequest(BaseModel):
+class ExportRequest(CheckedInput):
     model_config = ConfigDict(extra="forbid")
 
     directory: str = Field(min_length=1, description="Absolute path on the server's machine.")

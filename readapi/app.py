@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from readapi import problems
 from readapi.analytics import build_analytics_router
@@ -18,6 +18,7 @@ from readapi.replay_routes import build_replay_router
 from readapi.routing import install_route_index
 from readapi.routes import Services, build_router
 from readapi.schemas import build_schemas_router
+from readapi.text import check_parameters
 
 
 #: Limits when the composition root names none: more than a busy person or system sends.
@@ -35,6 +36,8 @@ def create_app(services: Services, *, title: str = "CRM core API",
         description="Event-sourced CRM core. Every change is an event with who, when and why.",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        # every route: its query and path parameters are accepted text (readapi.text)
+        dependencies=[Depends(check_parameters)],
     )
     app.state.services = services
     app.state.authenticator = authenticator or Authenticator(
