@@ -88,7 +88,7 @@ class CheckedInput(BaseModel):
         refused = list(refused_text(data))
         if refused:
             raise ValidationError.from_exception_data(cls.__name__, [
-                {"type": PydanticCustomError(TEXT_ERROR, problem), "loc": loc,  # type: ignore[typeddict-item]
+                {"type": PydanticCustomError(TEXT_ERROR, problem), "loc": loc,
                  "input": value} for loc, problem, value in refused])
         return handler(data)
 
