@@ -86,6 +86,16 @@ KEY, VALUE = "<key>", "<value>"
 #: the command model's ValidationError or a DomainError). The erasure route's body is
 #: ErasureRequest (checked by its own model), which runs the whole erasure.
 SERVICE_ONLY = {cs.SetServiceRequestSla, RecordAuditExport, cc.EraseCustomerPersonalData}
+#: Text the read models hold as sent (stripped): (command, field) -> (view, column).
+PROJECTED = {("RegisterCustomer", ("name",)): ("customers", "name"),
+             ("ChangeCustomerDetails", ("name",)): ("customers", "name"),
+             ("ChangeCustomerDetails", ("industry",)): ("customers", "industry"),
+             ("OpenOpportunity", ("title",)): ("opportunities", "title"),
+             ("LogInteraction", ("subject",)): ("interactions", "subject"),
+             ("OpenServiceRequest", ("subject",)): ("service_requests", "subject"),
+             ("CreateTask", ("title",)): ("tasks", "title"),
+             ("CreateTeam", ("name",)): ("teams", "name"),
+             ("RenameTeam", ("name",)): ("teams", "name")}
 AGGREGATE_VIEWS = {"customer": "customers", "opportunity": "opportunities", "interaction": "interactions",
                    "service_request": "service_requests", "task": "tasks", "user": "users", "team": "teams",
                    "api_key": "api_keys"}
@@ -503,7 +513,9 @@ def _everything_reached(system: Any, database_url: str, broker: MockBroker, acce
                 assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
         kafka_at = conn.execute("SELECT position FROM crm_kafka_tracking WHERE name = 'kafka'").fetchone()
         assert kafka_at == (head,)
-        # every accepted record is in its read model, at least at the accepted version
+        # every accepted record is in its read model, at least at the accepted version,
+        # and the text the finding named holds what was sent
+        checked_values = 0
         for a in accepted:
             view = AGGREGATE_VIEWS.get(a.kind)
             if view is None:
@@ -512,6 +524,14 @@ def _everything_reached(system: Any, database_url: str, broker: MockBroker, acce
             row = conn.execute(f"SELECT version FROM crm_read.{view} WHERE id = %s",
                                (a.aggregate_id,)).fetchone()
             assert row is not None and row[0] >= a.version, (a.command, a.path, view)
+            if (a.command, a.path) in PROJECTED:
+                view, column = PROJECTED[a.command, a.path]
+                held = conn.execute(f"SELECT {column} FROM crm_read.{view} WHERE id = %s",
+                                    (a.aggregate_id,)).fetchone()
+                assert held is not None and held[0] in (a.value, a.value.strip()), \
+                    (a.command, a.path, a.value[:60], held)
+                checked_values += 1
+        assert checked_values >= len(PROJECTED), "too few projected values checked"
 
     # DuckDB: every event, and the analytics projection at the head with nothing parked
     assert system.analytics.stats.parked == 0
