@@ -1,12 +1,98 @@
-"""What every command model shares: strict input, back-dating, a reason."""
+"""What every command model shares: strict input, accepted text, back-dating, a reason."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# -- accepted text ----------------------------------------------------------------------
+#: What no text a caller sends may hold: the C0 control characters but tab, line feed
+#: and carriage return (U+0000 NUL among them: PostgreSQL text cannot hold it), and
+#: lone surrogates (U+D800..U+DFFF, which JSON escapes can carry but no UTF-8 can).
+REFUSED_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+TEXT_ERROR = "text"
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` is not accepted text (None: it is)."""
+    found = REFUSED_CHARACTERS.search(value)
+    if found is None:
+        return None
+    code = ord(found.group())
+    what = "a lone surrogate" if code >= 0xD800 else "the control character"
+    return f"must not hold {what} U+{code:04X} (at character {found.start()})"
+
+
+def check_text(value: str) -> str:
+    """``value`` if it is accepted text, else ValueError (for ``AfterValidator``)."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+Loc = tuple[str | int, ...]
+
+
+def refused_text(data: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str, Any]]:
+    """(location, why, the value) of every string in ``data`` that is not accepted text: strings,
+    secrets, the keys and values of mappings, the items of lists, tuples and sets, and
+    the fields of models, however deeply nested."""
+    if isinstance(data, str):
+        problem = text_problem(data)
+        if problem is not None:
+            yield loc, problem, data
+    elif isinstance(data, SecretStr):
+        problem = text_problem(data.get_secret_value())
+        if problem is not None:
+            yield loc, problem, data
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            where = (*loc, key if isinstance(key, str | int) else str(key))
+            if isinstance(key, str):
+                problem = text_problem(key)
+                if problem is not None:
+                    yield where, f"the name {problem}", key
+                    continue
+            yield from refused_text(value, where)
+    elif isinstance(data, list | tuple | set | frozenset):
+        for i, value in enumerate(data):
+            yield from refused_text(value, (*loc, i))
+    elif isinstance(data, BaseModel):
+        yield from refused_text(dict(data), loc)
+
+
+class CheckedInput(BaseModel):
+    """Base of every model a caller's input is read into (commands, their nested parts,
+    request bodies): before anything else, every string in the input -- at any depth --
+    must be accepted text, or the input is refused naming where the string is."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _accepted_text(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        refused = list(refused_text(data))
+        if refused:
+            raise ValidationError.from_exception_data(cls.__name__, [
+                {"type": PydanticCustomError(TEXT_ERROR, problem), "loc": loc,
+                 "input": value} for loc, problem, value in refused])
+        return handler(data)
+
 
 Text = Annotated[str, StringConstraints(max_length=200)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
@@ -53,8 +139,8 @@ Date = Annotated[date, AfterValidator(check_date)]
 When = Annotated[AwareDatetime, AfterValidator(check_datetime)]
 
 
-class Command(BaseModel):
-    """Base of every command: unknown fields are refused, never ignored."""
+class Command(CheckedInput):
+    """Base of every command: unknown fields are refused, never ignored; text is checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=20_000)
 

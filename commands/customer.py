@@ -7,7 +7,6 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -18,13 +17,13 @@ from pydantic import (
 from aggregates.base import CommandContext
 from aggregates.customer import Customer
 from commands.application import UnitOfWork
-from commands.base import Command, Currency, ShortText, Slug, UserId, When, check_email
+from commands.base import CheckedInput, Command, Currency, ShortText, Slug, UserId, When, check_email
 
 Country = Field(default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
 Language = Field(default=None, pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", description="BCP 47, e.g. en-GB")
 
 
-class ContactIn(BaseModel):
+class ContactIn(CheckedInput):
     """An e-mail address, phone number or postal address."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -141,7 +140,7 @@ class SetPreferences(Command):
     preferences: dict[Slug, str | int | bool | None] = Field(max_length=50)
 
 
-class PurchaseLineIn(BaseModel):
+class PurchaseLineIn(CheckedInput):
     model_config = ConfigDict(extra="forbid", frozen=True)
     sku: str = Field(min_length=1, max_length=100)
     description: str = Field(default="", max_length=500)

@@ -907,11 +907,19 @@ def customers_erase(
 
     from aggregates.errors import DomainError
     from commands.application import Principal
+    from commands.base import text_problem
+    from commands.customer import EraseCustomerPersonalData
 
     customer_id = _uuid(customer, "the customer id")
     if not reason.strip():
         typer.echo("error: --reason must not be blank", err=True)
         raise typer.Exit(2)
+    _validated(EraseCustomerPersonalData, reason=reason, request_reference=reference)
+    for option, value in (("--actor", actor), ("--idempotency-key", idempotency_key)):
+        problem = text_problem(value) if value is not None else None
+        if problem is not None:  # the events' actor; a key stored beside them
+            typer.echo(f"error: {option} {problem}", err=True)
+            raise typer.Exit(2)
     system = _system()
     try:
         outcome = system.eraser().erase(

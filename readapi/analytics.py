@@ -13,8 +13,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator
 
+from commands.base import CheckedInput
 from commands.application import Principal
 from projections.analytics import report, sandbox
 from projections.analytics.clv import customer_lifetime_values, utc_text
@@ -34,7 +35,7 @@ MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8",
                "arrow": "application/vnd.apache.arrow.stream"}
 
 
-class SqlQuery(BaseModel):
+class SqlQuery(CheckedInput):
     model_config = ConfigDict(extra="forbid")
 
     sql: str = Field(min_length=1, max_length=100_000, description="One read-only query.")
@@ -47,7 +48,7 @@ class SqlQuery(BaseModel):
                     "for roles that may see personal data).")
 
 
-class ExportRequest(BaseModel):
+class ExportRequest(CheckedInput):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=sandbox.EXPORT_NAME_MAX,

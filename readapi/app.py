@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from readapi import problems
 from readapi.analytics import build_analytics_router
@@ -23,6 +23,7 @@ from readapi.routes import Services, build_router
 from readapi.schemas import build_schemas_router
 from readapi.security import SecurityHeaders
 from readapi.session_routes import build_session_router
+from readapi.text import check_parameters
 
 
 #: Limits when the composition root names none: more than a busy person or system sends.
@@ -48,6 +49,8 @@ def create_app(services: Services, *, title: str = "CRM core API",
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        # every route: its query and path parameters are accepted text (readapi.text)
+        dependencies=[Depends(check_parameters)],
     )
     app.state.services = services
     app.state.session_cookie_secure = session_cookie_secure

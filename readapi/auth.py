@@ -16,6 +16,7 @@ import jwt
 from fastapi import HTTPException, Request
 
 from commands.application import CrmApplication, Principal
+from commands.base import text_problem
 from commands.identity import ROLES, check_api_key
 from readapi.limits import RateLimits
 
@@ -94,6 +95,10 @@ class TokenIssuer:
             raise ValueError(f"role must be one of {ROLES}")
         if ttl.total_seconds() > self.settings.max_lifetime_seconds:
             raise ValueError(f"a token lives at most {self.settings.max_lifetime_seconds / 3600:g} hours")
+        for name, value in (("user id", user_id), ("team id", team_id)):
+            problem = text_problem(value) if value is not None else None
+            if problem is not None:  # it becomes the actor of events and a key of queries
+                raise ValueError(f"the {name} {problem}")
         now = now or datetime.now(UTC)
         claims: dict[str, Any] = {
             "sub": user_id,
@@ -174,6 +179,10 @@ class TokenIssuer:
         team = claims.get("team")
         if team is not None and not isinstance(team, str):
             raise _unauthorised("the token's team is not a string")
+        # the subject becomes the actor of events, the team a key of queries: accepted text
+        problem = text_problem(sub) or (text_problem(team) if team is not None else None)
+        if problem is not None:
+            raise _unauthorised(f"the token's subject or team {problem}")
         return Principal(id=sub, role=role, team_id=team)
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from commands import AGGREGATE_TYPES
 from commands import service_request as cs
+from commands.base import CheckedInput
 from commands.application import Principal, Request as CommandRequest
 from projections.automation import survey
 from projections.automation.runner import notifications_for
@@ -44,7 +45,7 @@ class SurveyOut(BaseModel):
     rating: int | None
 
 
-class SurveyAnswer(BaseModel):
+class SurveyAnswer(CheckedInput):
     model_config = ConfigDict(extra="forbid")
     rating: int = Field(ge=1, le=5)
     comment: str | None = Field(default=None, max_length=5_000)

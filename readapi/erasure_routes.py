@@ -9,6 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from commands.base import CheckedInput
 from commands.application import Principal
 from readapi.encoding import JSONResponse
 from readapi.auth import require_scope
@@ -16,7 +17,7 @@ from readapi.problems import Problem
 from readapi.routes import Call, services
 
 
-class ErasureRequest(BaseModel):
+class ErasureRequest(CheckedInput):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=1000, description="Why (e.g. the legal basis).")

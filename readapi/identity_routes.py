@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from commands import identity as ci
+from commands.base import CheckedInput
 from commands.application import Principal
 from commands.application import Request as CommandRequest
 from readapi.encoding import JSONResponse
@@ -31,7 +32,7 @@ API_KEYS = "/api/v1/api-keys"
 SCOPE = "identity"
 
 
-class Login(BaseModel):
+class Login(CheckedInput):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(min_length=1, max_length=64)
