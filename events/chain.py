@@ -2,9 +2,11 @@
 
 A link is computed over the stored form (topic and state bytes as they sit in the
 table, personal data still sealed), so destroying a customer's key later changes
-nothing the chain covers. The same computation runs in SQL inside the append's
-transaction (``commands.eventstore``) and in Python when verifying (``replay.audit``)
-or checking an export offline; both must agree byte for byte::
+nothing the chain covers. It is computed in Python, in the append's transaction
+(``commands.eventstore``), when verifying (``replay.audit``) and when checking an
+export offline: one function, the same bytes.
+
+Version 1 (links written before the chain covered its look-up columns)::
 
     link = SHA-256(previous link
                    || notification id (int64, big-endian)
@@ -13,32 +15,86 @@ or checking an export offline; both must agree byte for byte::
                    || len(topic) (int32, big-endian) || topic (UTF-8)
                    || len(state) (int32, big-endian) || state)
 
+Version 2 (every link written since) also covers the chain table's own columns that
+timelines, as-of reads, the actor filter and erasure look events up by, and the
+position of the newest signed checkpoint when the link was written::
+
+    link = SHA-256(previous link || 0x02
+                   || notification id || originator id || originator version
+                   || len(topic) || topic || len(state) || state      (as version 1)
+                   || subject id      (0x00, or 0x01 and 16 bytes)
+                   || business time   (0x00, or 0x01 and int64 microseconds since 1970 UTC)
+                   || recording time  (the same)
+                   || actor id        (0x00, or 0x01, int32 length and UTF-8)
+                   || newest checkpoint's position (int64; 0: none yet))
+
 The first event's previous link is ``GENESIS`` (32 zero bytes).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 GENESIS = bytes(32)
+#: the version every new link is written in
+LINK_VERSION = 2
 _HEAD = struct.Struct(">q16sqi")
 _LEN = struct.Struct(">i")
+_INT = struct.Struct(">q")
 _SUBJECT = re.compile(rb'"subject_id":"([0-9a-f-]{36})"')
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_NONE = b"\x00"
+_SOME = b"\x01"
+
+
+@dataclass(frozen=True)
+class LinkMeta:
+    """The chain table's look-up columns of one event, and the newest checkpoint's
+    position when its link was written (what a version-2 link covers beyond the event)."""
+
+    subject_id: UUID | None
+    occurred_at: datetime | None
+    recorded_at: datetime | None
+    actor_id: str | None
+    checkpoint_at: int = 0
 
 
 def link_hash(previous: bytes, notification_id: int, originator_id: UUID, version: int,
-              topic: str, state: bytes) -> bytes:
-    """The chain link of one stored event, given the link before it."""
+              topic: str, state: bytes, meta: LinkMeta | None = None) -> bytes:
+    """The chain link of one stored event, given the link before it: version 1 without
+    ``meta``, version 2 with it."""
     topic_bytes = topic.encode()
     h = hashlib.sha256(previous)
+    if meta is not None:
+        h.update(b"\x02")
     h.update(_HEAD.pack(notification_id, originator_id.bytes, version, len(topic_bytes)))
     h.update(topic_bytes)
     h.update(_LEN.pack(len(state)))
     h.update(state)
+    if meta is not None:
+        h.update(_SOME + meta.subject_id.bytes if meta.subject_id is not None else _NONE)
+        h.update(_time_bytes(meta.occurred_at))
+        h.update(_time_bytes(meta.recorded_at))
+        if meta.actor_id is None:
+            h.update(_NONE)
+        else:
+            actor = meta.actor_id.encode()
+            h.update(_SOME + _LEN.pack(len(actor)) + actor)
+        h.update(_INT.pack(meta.checkpoint_at))
     return h.digest()
+
+
+def _time_bytes(when: datetime | None) -> bytes:
+    if when is None:
+        return _NONE
+    return _SOME + _INT.pack((when - _EPOCH) // _MICRO)
 
 
 def subject_of(state: bytes) -> UUID | None:
@@ -47,6 +103,33 @@ def subject_of(state: bytes) -> UUID | None:
     return UUID(m.group(1).decode()) if m else None
 
 
-def checkpoint_message(notification_id: int, link: bytes, signed_at: str) -> bytes:
-    """The bytes an Ed25519 checkpoint signature covers."""
-    return f"crm-chain-checkpoint/1|{notification_id}|{link.hex()}|{signed_at}".encode()
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def meta_of(state: bytes, checkpoint_at: int = 0) -> LinkMeta:
+    """The look-up columns of a stored event, read from its clear part; None where its
+    state does not say (an event stored by other means may not even be JSON)."""
+    try:
+        doc = json.loads(state)
+        actor = doc.get("actor") or {}
+        actor_id = actor.get("id")
+        return LinkMeta(subject_of(state), _time(doc.get("occurred_at")), _time(doc.get("recorded_at")),
+                        actor_id if isinstance(actor_id, str) else None, checkpoint_at)
+    except (ValueError, AttributeError):
+        return LinkMeta(None, None, None, None, checkpoint_at)
+
+
+def checkpoint_message(notification_id: int, link: bytes, signed_at: str, seq: int | None = None) -> bytes:
+    """The bytes an Ed25519 checkpoint signature covers. Since version 2 a checkpoint
+    carries its number (1, 2, 3 ... in the order they were signed), so a missing or
+    re-ordered one is seen."""
+    if seq is None:
+        return f"crm-chain-checkpoint/1|{notification_id}|{link.hex()}|{signed_at}".encode()
+    return f"crm-chain-checkpoint/2|{seq}|{notification_id}|{link.hex()}|{signed_at}".encode()
