@@ -418,6 +418,11 @@ def verify_chain(connect: Connect, public_key: Ed25519PublicKey, *, max_findings
             check_checkpoints(position, found_link)
         end_unlinked()
     if next_cp is not None:
+        # Checkpoints past the end: the log lost its tail (positions are gap-free, so
+        # the first one lost is the one after the end).
+        found.add(report.head + 1, "log truncated",
+                  f"the log ends at {report.head}; a checkpoint signed at {next_cp.signed_at}"
+                  f" covers position {next_cp.notification_id}")
         check_checkpoints(2**62, None)
     _check_numbering(signed, referenced_missing, found)
     found.finish()
