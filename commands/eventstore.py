@@ -426,7 +426,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             ids.extend(a.ids)
             for nid, (originator_id, version), event, meta in zip(a.ids, a.claims, a.stored_events,
                                                                  a.lookups, strict=True):
-                meta = replace(meta, checkpoint_at=signed)
+                meta = meta._replace(checkpoint_at=signed)
                 link = link_hash(link, nid, originator_id, version, event.topic, event.state, meta)
                 metas.append(meta)
                 links.append(link)

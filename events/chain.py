@@ -34,12 +34,13 @@ The first event's previous link is ``GENESIS`` (32 zero bytes).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import struct
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 from uuid import UUID
+
+import orjson
 
 GENESIS = bytes(32)
 #: the version every new link is written in
@@ -54,8 +55,7 @@ _NONE = b"\x00"
 _SOME = b"\x01"
 
 
-@dataclass(frozen=True)
-class LinkMeta:
+class LinkMeta(NamedTuple):
     """The chain table's look-up columns of one event, and the newest checkpoint's
     position when its link was written (what a version-2 link covers beyond the event)."""
 
@@ -117,7 +117,7 @@ def meta_of(state: bytes, checkpoint_at: int = 0) -> LinkMeta:
     """The look-up columns of a stored event, read from its clear part; None where its
     state does not say (an event stored by other means may not even be JSON)."""
     try:
-        doc = json.loads(state)
+        doc = orjson.loads(state)
         actor = doc.get("actor") or {}
         actor_id = actor.get("id")
         return LinkMeta(subject_of(state), _time(doc.get("occurred_at")), _time(doc.get("recorded_at")),

@@ -388,7 +388,6 @@ def verify_chain(connect: Connect, public_key: Ed25519PublicKey, *, max_findings
                     stored = bytes(link_row[1])
                     version, meta = int(link_row[2]), _meta(link_row)
                     state = bytes(event[4])
-                    derived = meta_of(state, meta.checkpoint_at)
                     if version >= LINK_VERSION:
                         computed = link_hash(previous, e_pos, _uuid(event[1]), event[2], event[3], state, meta)
                         _check_references(e_pos, meta, checkpoint_seen, signed_positions,
@@ -400,9 +399,9 @@ def verify_chain(connect: Connect, public_key: Ed25519PublicKey, *, max_findings
                             found.add(e_pos, "link version went back",
                                       f"a version-{version} link after version-{version_seen} links")
                     if computed != stored:
-                        found.add(e_pos, "broken link", _broken(meta, derived))
+                        found.add(e_pos, "broken link", _broken(meta, meta_of(state, meta.checkpoint_at)))
                         # Go on from the stored link, so one change is one finding.
-                    elif meta != derived:
+                    elif version < LINK_VERSION and meta != (derived := meta_of(state)):
                         # A version-1 link does not cover the look-up columns: they must be
                         # the event's own.
                         found.add(e_pos, "look-up columns changed", _columns_detail(meta, derived))
