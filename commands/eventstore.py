@@ -27,7 +27,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
-from events.chain import GENESIS, LINK_VERSION, LinkMeta, link_hash, meta_of
+from events.chain import GENESIS, LINK_VERSION, LinkMeta, link_body, link_from_body, link_hash, meta_of
 from events.keys import PostgresKeyRing, SubjectKeyDestroyed
 
 KEY_DESTROYED = "crm: personal-data key destroyed"
@@ -163,6 +163,8 @@ class _Append:
     claims: list[tuple[UUID, int]] = field(default_factory=list)
     #: each event's look-up columns for the chain (subject, times, actor)
     lookups: list[LinkMeta] = field(default_factory=list)
+    #: each event's chain-link body (``events.chain.link_body``)
+    bodies: list[bytes] = field(default_factory=list)
     ids: list[int] | None = None
     error: Exception | None = None
     #: set when this append's thread is to commit the next group
@@ -305,6 +307,11 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 claims=[(UUID(str(e.originator_id)), e.originator_version) for e in stored_events],
                 lookups=[meta_of(e.state) for e in stored_events],
             )
+            # The links' bodies but for the position (known under the lock): the chain
+            # costs the locked transaction one SHA-256 over little more than the body each.
+            append.bodies = [link_body(oid, version, e.topic, e.state, meta)
+                             for (oid, version), e, meta in zip(append.claims, stored_events,
+                                                                append.lookups, strict=True)]
             self.committer.submit(append)
             if append.error is not None:
                 raise append.error
@@ -424,11 +431,9 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             position += len(a.stored_events)
             stored_events.extend(a.stored_events)
             ids.extend(a.ids)
-            for nid, (originator_id, version), event, meta in zip(a.ids, a.claims, a.stored_events,
-                                                                 a.lookups, strict=True):
-                meta = meta._replace(checkpoint_at=signed)
-                link = link_hash(link, nid, originator_id, version, event.topic, event.state, meta)
-                metas.append(meta)
+            for nid, meta, body in zip(a.ids, a.lookups, a.bodies, strict=True):
+                link = link_from_body(link, nid, body, signed)
+                metas.append(meta._replace(checkpoint_at=signed))
                 links.append(link)
             if a.extras is not None and a.extras.idempotency is not None:
                 _finish_body(a.extras.idempotency, a.ids)

@@ -46,6 +46,8 @@ GENESIS = bytes(32)
 #: the version every new link is written in
 LINK_VERSION = 2
 _HEAD = struct.Struct(">q16sqi")
+_V2 = struct.Struct(">Bq")
+_TAIL = struct.Struct(">16sqi")
 _LEN = struct.Struct(">i")
 _INT = struct.Struct(">q")
 _SUBJECT = re.compile(rb'"subject_id":"([0-9a-f-]{36})"')
@@ -70,24 +72,40 @@ def link_hash(previous: bytes, notification_id: int, originator_id: UUID, versio
               topic: str, state: bytes, meta: LinkMeta | None = None) -> bytes:
     """The chain link of one stored event, given the link before it: version 1 without
     ``meta``, version 2 with it."""
+    if meta is None:
+        topic_bytes = topic.encode()
+        h = hashlib.sha256(previous)
+        h.update(_HEAD.pack(notification_id, originator_id.bytes, version, len(topic_bytes)))
+        h.update(topic_bytes)
+        h.update(_LEN.pack(len(state)))
+        h.update(state)
+        return h.digest()
+    return link_from_body(previous, notification_id, link_body(originator_id, version, topic, state, meta),
+                          meta.checkpoint_at)
+
+
+def link_body(originator_id: UUID, version: int, topic: str, state: bytes, meta: LinkMeta) -> bytes:
+    """What a version-2 link hashes between the position and the newest checkpoint's
+    position: an append works this out before it takes the log's lock."""
     topic_bytes = topic.encode()
+    if meta.actor_id is None:
+        actor = _NONE
+    else:
+        actor_bytes = meta.actor_id.encode()
+        actor = _SOME + _LEN.pack(len(actor_bytes)) + actor_bytes
+    return b"".join((
+        _TAIL.pack(originator_id.bytes, version, len(topic_bytes)), topic_bytes, _LEN.pack(len(state)), state,
+        _SOME + meta.subject_id.bytes if meta.subject_id is not None else _NONE,
+        _time_bytes(meta.occurred_at), _time_bytes(meta.recorded_at), actor))
+
+
+def link_from_body(previous: bytes, notification_id: int, body: bytes, checkpoint_at: int) -> bytes:
+    """A version-2 link from the link before it, the position, ``link_body`` and the
+    newest checkpoint's position."""
     h = hashlib.sha256(previous)
-    if meta is not None:
-        h.update(b"\x02")
-    h.update(_HEAD.pack(notification_id, originator_id.bytes, version, len(topic_bytes)))
-    h.update(topic_bytes)
-    h.update(_LEN.pack(len(state)))
-    h.update(state)
-    if meta is not None:
-        h.update(_SOME + meta.subject_id.bytes if meta.subject_id is not None else _NONE)
-        h.update(_time_bytes(meta.occurred_at))
-        h.update(_time_bytes(meta.recorded_at))
-        if meta.actor_id is None:
-            h.update(_NONE)
-        else:
-            actor = meta.actor_id.encode()
-            h.update(_SOME + _LEN.pack(len(actor)) + actor)
-        h.update(_INT.pack(meta.checkpoint_at))
+    h.update(_V2.pack(2, notification_id))
+    h.update(body)
+    h.update(_INT.pack(checkpoint_at))
     return h.digest()
 
 
