@@ -228,13 +228,6 @@ def _stream(conn: psycopg.Connection[Any], name: str, query: str) -> Iterator[tu
         yield from cur
 
 
-def _when(value: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
 class _Findings:
     def __init__(self, report: ChainReport, limit: int):
         self.report = report
@@ -267,9 +260,9 @@ def _all_checkpoints(stored: list[Checkpoint], heads: Iterable[Checkpoint],
 
 
 def _check_numbering(signed: list[Checkpoint], referenced_missing: set[int], found: _Findings) -> None:
-    """Numbered checkpoints: 1, 2, 3 ... in the order of their positions and times."""
+    """Numbered checkpoints: 1, 2, 3 ... in the order of their positions."""
     numbered = sorted((cp for cp in signed if cp.seq is not None), key=lambda c: c.seq or 0)
-    before_position, before_seq, before_time = 0, 0, None
+    before_position, before_seq = 0, 0
     for cp in numbered:
         assert cp.seq is not None
         if cp.seq == before_seq:
@@ -282,13 +275,13 @@ def _check_numbering(signed: list[Checkpoint], referenced_missing: set[int], fou
                           f"checkpoint{'s' if len(lost) > 1 else ''} {lost[0]}"
                           f"{'-' + str(lost[-1]) if len(lost) > 1 else ''}, signed between positions"
                           f" {before_position} and {cp.notification_id}, no longer stored")
-        when = _when(cp.signed_at)
-        if cp.notification_id <= before_position or (
-                when is not None and before_time is not None and when < before_time):
+        # (Positions, not signing times: processes on several machines sign, and their
+        # clocks may differ a little.)
+        if cp.notification_id <= before_position:
             found.add(cp.notification_id, "checkpoints out of order",
                       f"checkpoint {cp.seq} (signed at {cp.signed_at}) does not follow checkpoint"
                       f" {before_seq} at position {before_position}")
-        before_position, before_seq, before_time = cp.notification_id, cp.seq, when
+        before_position, before_seq = cp.notification_id, cp.seq
 
 
 def verify_chain(connect: Connect, public_key: Ed25519PublicKey, *, max_findings: int = 100,

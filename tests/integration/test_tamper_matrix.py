@@ -161,6 +161,18 @@ def deleted_middle_checkpoint(log: Log) -> None:
     log.db.execute("DELETE FROM crm_chain_checkpoints WHERE notification_id = 12")
 
 
+def deleted_checkpoint_and_the_links_recording_it_rewritten(log: Log) -> None:
+    log.db.execute("DELETE FROM crm_chain_checkpoints WHERE notification_id = 12")
+    log.db.execute("UPDATE crm_event_chain SET checkpoint_at = 9 WHERE notification_id > 12")
+    _relink(log.db, 12)  # found by the numbers: 1, 3 (and the checkpoint at 15 no longer matches)
+
+
+def reordered_checkpoints(log: Log) -> None:
+    # The first and the second checkpoint change places (each now names the other's position).
+    log.db.execute("UPDATE crm_chain_checkpoints SET notification_id = 21 - notification_id"
+                   " WHERE notification_id IN (9, 12)")
+
+
 def rewrite_after_deleted_checkpoints(log: Log) -> None:
     log.db.execute("DELETE FROM crm_chain_checkpoints")
     _flip(log.db, 10, b'"kind":"')  # a value of the record at 10 changes ...
@@ -228,6 +240,8 @@ CASES = {c.tamper.__name__: c for c in [
     Case(chain_recording_time, 5, "broken link"),
     Case(deleted_checkpoints, 9, "checkpoint missing"),
     Case(deleted_middle_checkpoint, 12, "checkpoint missing"),
+    Case(deleted_checkpoint_and_the_links_recording_it_rewritten, 10, "checkpoint missing"),
+    Case(reordered_checkpoints, 9, "bad checkpoint signature"),
     Case(rewrite_after_deleted_checkpoints, 10, "event without link"),
     Case(truncated_past_a_checkpoint, 11, "log truncated"),
     Case(forged_checkpoint_signature, 9, "bad checkpoint signature"),
