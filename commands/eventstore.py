@@ -33,8 +33,6 @@ from events.keys import PostgresKeyRing, SubjectKeyDestroyed
 KEY_DESTROYED = "crm: personal-data key destroyed"
 CHAIN_TABLE = "crm_event_chain"
 CHECKPOINTS_TABLE = "crm_chain_checkpoints"
-#: the tables the append-only trigger guards (the log, its chain, its signed checkpoints)
-APPEND_ONLY_TABLES = ("crm_events", CHAIN_TABLE, CHECKPOINTS_TABLE)
 #: the session setting that lets the tables' owner (or a superuser) change them anyway
 MAINTENANCE_SETTING = "crm.log_maintenance"
 
@@ -132,11 +130,11 @@ def checkpoint_table_statements(schema: str) -> list[Composed]:
     ]
 
 
-def append_only_statements(schema: str) -> list[Composed]:
+def append_only_statements(schema: str, events_table: str = "crm_events") -> list[Composed]:
     """The trigger that keeps the log, its chain and its checkpoints append-only
     (created once: a process starting later takes no lock on them)."""
     out: list[Composed] = [append_only_function(schema)]
-    for name in APPEND_ONLY_TABLES:
+    for name in (events_table, CHAIN_TABLE, CHECKPOINTS_TABLE):
         table = SQL("{0}.{1}").format(Identifier(schema), Identifier(name))
         out.append(SQL(
             "DO $d$ BEGIN"
@@ -615,7 +613,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             )
         )
         self.sql_create_statements.extend(checkpoint_table_statements(self.datastore.schema))
-        self.sql_create_statements.extend(append_only_statements(self.datastore.schema))
+        self.sql_create_statements.extend(append_only_statements(self.datastore.schema, self.events_table_name))
         self.chain_statement = SQL(
             "INSERT INTO {chain} (notification_id, subject_id, occurred_at, recorded_at, actor_id,"
             " checkpoint_at, link_version, hash)"
