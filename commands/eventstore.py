@@ -25,13 +25,32 @@ from eventsourcing.persistence import (
 from eventsourcing.popo import POPOApplicationRecorder
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
-from psycopg.sql import SQL, Composable, Identifier, Literal
+from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
-from events.chain import GENESIS, link_hash, subject_of
+from events.chain import GENESIS, LINK_VERSION, LinkMeta, link_body, link_from_body, link_hash, meta_of
 from events.keys import PostgresKeyRing, SubjectKeyDestroyed
 
 KEY_DESTROYED = "crm: personal-data key destroyed"
 CHAIN_TABLE = "crm_event_chain"
+CHECKPOINTS_TABLE = "crm_chain_checkpoints"
+#: the session setting that lets the tables' owner (or a superuser) change them anyway
+MAINTENANCE_SETTING = "crm.log_maintenance"
+
+
+def append_only_function(schema: str) -> Composed:
+    """The trigger function that refuses UPDATE, DELETE and TRUNCATE of the guarded
+    tables, unless the session set ``crm.log_maintenance`` to ``on`` and its role owns
+    the table (or is a superuser)."""
+    return SQL(
+        "CREATE OR REPLACE FUNCTION {0}.crm_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $f$"
+        " BEGIN"
+        "  IF current_setting({1}, true) = 'on' AND pg_has_role(current_user,"
+        "   (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'USAGE') THEN"
+        "   RETURN NULL;"
+        "  END IF;"
+        "  RAISE EXCEPTION 'crm: % on % refused: the event log is append-only', TG_OP, TG_TABLE_NAME"
+        "   USING ERRCODE = 'insufficient_privilege';"
+        " END $f$").format(Identifier(schema), Literal(MAINTENANCE_SETTING))
 
 
 @dataclass
@@ -105,23 +124,46 @@ class Credential:
     generation: int = 0
 
 
-def _lookup(state: bytes) -> tuple[UUID | None, str | None, str | None, str | None]:
-    """(subject, business time, recording time, actor) of a stored event; None where its
-    state does not say (an event stored by other means may not even be JSON)."""
-    try:
-        doc = json.loads(state)
-        actor = doc.get("actor") or {}
-        return subject_of(state), doc.get("occurred_at"), doc.get("recorded_at"), actor.get("id")
-    except (ValueError, AttributeError):
-        return None, None, None, None
-
-
 class EmailTaken(Exception):
     """An e-mail reservation collided with another customer's."""
 
     def __init__(self, email_hmac: bytes):
         super().__init__("e-mail already registered")
         self.email_hmac = email_hmac
+
+
+def checkpoint_table_statements(schema: str) -> list[Composed]:
+    """The signed checkpoints' table (numbered since version 2 of checkpoints)."""
+    table = SQL("{0}.{1}").format(Identifier(schema), Identifier(CHECKPOINTS_TABLE))
+    return [
+        SQL("CREATE TABLE IF NOT EXISTS {0} ("
+            " checkpoint_id bigserial PRIMARY KEY,"
+            " notification_id bigint NOT NULL,"
+            " hash bytea NOT NULL,"
+            " signed_at text NOT NULL,"
+            " key_id text NOT NULL,"
+            " signature bytea NOT NULL)").format(table),
+        SQL("ALTER TABLE {0} ADD COLUMN IF NOT EXISTS seq bigint UNIQUE").format(table),
+        SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (notification_id)").format(
+            Identifier(CHECKPOINTS_TABLE + "_position_idx"), table),
+    ]
+
+
+def append_only_statements(schema: str, events_table: str = "crm_events") -> list[Composed]:
+    """The trigger that keeps the log, its chain and its checkpoints append-only
+    (created once: a process starting later takes no lock on them)."""
+    out: list[Composed] = [append_only_function(schema)]
+    for name in (events_table, CHAIN_TABLE, CHECKPOINTS_TABLE):
+        table = SQL("{0}.{1}").format(Identifier(schema), Identifier(name))
+        out.append(SQL(
+            "DO $d$ BEGIN"
+            " IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'crm_append_only'"
+            "  AND tgrelid = {0}::regclass) THEN"
+            "  CREATE TRIGGER crm_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {1}"
+            "   FOR EACH STATEMENT EXECUTE FUNCTION {2}.crm_log_append_only();"
+            " END IF;"
+            " END $d$").format(Literal(f'"{schema}"."{name}"'), table, Identifier(schema)))
+    return out
 
 
 class IdempotencyKeyTaken(Exception):
@@ -137,7 +179,9 @@ class _Append:
     #: (originator id, version) of each event: what the append claims
     claims: list[tuple[UUID, int]] = field(default_factory=list)
     #: each event's look-up columns for the chain (subject, times, actor)
-    lookups: list[tuple[UUID | None, str | None, str | None, str | None]] = field(default_factory=list)
+    lookups: list[LinkMeta] = field(default_factory=list)
+    #: each event's chain-link body (``events.chain.link_body``)
+    bodies: list[bytes] = field(default_factory=list)
     ids: list[int] | None = None
     error: Exception | None = None
     #: set when this append's thread is to commit the next group
@@ -213,6 +257,9 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         #: set by the application: new personal-data keys are stored with their events
         self.keys: PostgresKeyRing | None = None
+        #: called with the number of events each committed append stored (the chain's
+        #: checkpoint signer counts them)
+        self.on_appended: Callable[[int], None] | None = None
         schema = Identifier(self.datastore.schema)
         self.reservations_table = SQL("{0}.{1}").format(schema, Identifier("crm_email_reservations"))
         self.idempotency_table = SQL("{0}.{1}").format(schema, Identifier("crm_idempotency"))
@@ -293,12 +340,19 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             append = _Append(
                 stored_events, extras,
                 claims=[(UUID(str(e.originator_id)), e.originator_version) for e in stored_events],
-                lookups=[_lookup(e.state) for e in stored_events],
+                lookups=[meta_of(e.state) for e in stored_events],
             )
+            # The links' bodies but for the position (known under the lock): the chain
+            # costs the locked transaction one SHA-256 over little more than the body each.
+            append.bodies = [link_body(oid, version, e.topic, e.state, meta)
+                             for (oid, version), e, meta in zip(append.claims, stored_events,
+                                                                append.lookups, strict=True)]
             self.committer.submit(append)
             if append.error is not None:
                 raise append.error
             stored = True
+            if self.on_appended is not None:
+                self.on_appended(len(stored_events))
             return append.ids
         finally:
             if self.keys is not None and subjects:
@@ -378,6 +432,10 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             pipeline.sync()
             row = head.fetchone()
             position = int(row["head"]) if row else 0
+            # The chain's last link and the newest signed checkpoint (both read under
+            # the log's lock, in the same round trip as the head).
+            link = bytes(row["link"]) if row and row["link"] is not None else GENESIS
+            signed = int(row["signed"]) if row else 0
             stored_versions = {(r["originator_id"], r["originator_version"]) for r in taken.fetchall()}
             owner: dict[bytes, UUID | None] = dict.fromkeys(emails)
             if emails:
@@ -396,14 +454,22 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             if a.error is None:
                 key_rows.extend(rows.items())
         stored_events: list[StoredEvent] = []
-        lookups: list[tuple[UUID | None, str | None, str | None, str | None]] = []
         ids: list[int] = []
+        # Each event's chain link (version 2: its look-up columns and the newest
+        # checkpoint covered too), following on from the last link stored. Only this
+        # group's events are linked: an event stored by other means is left without a
+        # link, which verification reports.
+        metas: list[LinkMeta] = []
+        links: list[bytes] = []
         for a in accepted:
             a.ids = list(range(position + 1, position + 1 + len(a.stored_events)))
             position += len(a.stored_events)
             stored_events.extend(a.stored_events)
-            lookups.extend(a.lookups)
             ids.extend(a.ids)
+            for nid, meta, body in zip(a.ids, a.lookups, a.bodies, strict=True):
+                link = link_from_body(link, nid, body, signed)
+                metas.append(meta._replace(checkpoint_at=signed))
+                links.append(link)
             if a.extras is not None and a.extras.idempotency is not None:
                 _finish_body(a.extras.idempotency, a.ids)
         with conn.cursor() as curs:
@@ -430,8 +496,9 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 [e.topic for e in stored_events],
                 [e.state for e in stored_events],
             ), prepare=True)
-            curs.execute(self._chain_statement, (ids, *(list(c) for c in zip(*lookups, strict=True))),
-                         prepare=True)
+            curs.execute(self._chain_statement, (
+                signed, ids, [m.subject_id for m in metas], [m.occurred_at for m in metas],
+                [m.recorded_at for m in metas], [m.actor_id for m in metas], links), prepare=True)
             records = [a.extras.idempotency for a in accepted
                        if a.extras is not None and a.extras.idempotency is not None]
             if records:
@@ -502,7 +569,10 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
         schema = Identifier(self.datastore.schema)
         events = SQL("{0}.{1}").format(schema, Identifier(self.events_table_name))
         self._head_statement = SQL(
-            "SELECT COALESCE(max(notification_id), 0) AS head FROM {0}").format(events)
+            "SELECT COALESCE(max(notification_id), 0) AS head,"
+            " (SELECT hash FROM {1} ORDER BY notification_id DESC LIMIT 1) AS link,"
+            " (SELECT COALESCE(max(notification_id), 0) FROM {2}) AS signed FROM {0}"
+        ).format(events, self.chain_table, self.checkpoints_table)
         self._taken_statement = SQL(
             "SELECT e.originator_id, e.originator_version FROM {0} e"
             " JOIN unnest(%b::uuid[], %b::bigint[]) AS c(originator_id, originator_version)"
@@ -552,11 +622,12 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
     # -- the hash chain ----------------------------------------------------------
     # Each event's chain link (see events/chain.py) and the columns an audit looks
     # events up by, written by one statement in the append's own transaction, under
-    # the events table's lock, so "the link before" is well defined.
+    # the events table's lock, so "the link before" is well defined. The log, the
+    # chain and the signed checkpoints are append-only in the database itself.
     def _add_chain_statements(self) -> None:
         schema = Identifier(self.datastore.schema)
         self.chain_table = SQL("{0}.{1}").format(schema, Identifier(CHAIN_TABLE))
-        events = SQL("{0}.{1}").format(schema, Identifier(self.events_table_name))
+        self.checkpoints_table = SQL("{0}.{1}").format(schema, Identifier(CHECKPOINTS_TABLE))
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0} ("
@@ -568,65 +639,58 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                 " hash bytea NOT NULL)"
             ).format(self.chain_table)
         )
+        # Links written before version 2 keep version 1 (and no checkpoint position).
+        self.sql_create_statements.append(
+            SQL("ALTER TABLE {0} ADD COLUMN IF NOT EXISTS checkpoint_at bigint NOT NULL DEFAULT 0,"
+                " ADD COLUMN IF NOT EXISTS link_version smallint NOT NULL DEFAULT 1").format(self.chain_table)
+        )
         self.sql_create_statements.append(
             SQL("CREATE INDEX IF NOT EXISTS {0} ON {1} (subject_id, notification_id)").format(
                 Identifier(CHAIN_TABLE + "_subject_idx"), self.chain_table
             )
         )
-        # Links every event after the last linked one (normally just this append's),
-        # one after the other in notification order, each found by the index (a backlog
-        # of bulk-loaded events costs one index step each). The look-up columns come from
-        # the append itself (parsed in Python); an event stored by other means gets them
-        # NULL here, and its link all the same: a foreign or undecodable stored event
-        # never blocks writes (``link_backlog`` fills them in at startup).
+        self.sql_create_statements.extend(checkpoint_table_statements(self.datastore.schema))
+        self.sql_create_statements.extend(append_only_statements(self.datastore.schema, self.events_table_name))
         self.chain_statement = SQL(
-            "WITH RECURSIVE head AS ("
-            "  SELECT notification_id, hash FROM {chain} ORDER BY notification_id DESC LIMIT 1),"
-            " link(notification_id, hash) AS ("
-            "  SELECT COALESCE((SELECT notification_id FROM head), 0)::bigint,"
-            "   COALESCE((SELECT hash FROM head), {genesis})"
-            "  UNION ALL"
-            "  SELECT e.notification_id, sha256(link.hash"
-            "   || int8send(e.notification_id::bigint) || uuid_send(e.originator_id)"
-            "   || int8send(e.originator_version::bigint)"
-            "   || int4send(octet_length(convert_to(e.topic, 'UTF8')))"
-            "   || convert_to(e.topic, 'UTF8')"
-            "   || int4send(octet_length(e.state)) || e.state)"
-            "  FROM link CROSS JOIN LATERAL ("
-            "   SELECT n.notification_id, n.originator_id, n.originator_version, n.topic, n.state"
-            "   FROM {events} n WHERE n.notification_id > link.notification_id"
-            "   ORDER BY n.notification_id LIMIT 1) e)"
-            " INSERT INTO {chain} (notification_id, subject_id, occurred_at, recorded_at,"
-            "  actor_id, hash)"
-            " SELECT link.notification_id, d.subject_id, d.occurred_at, d.recorded_at,"
-            "  d.actor_id, link.hash"
-            " FROM link LEFT JOIN unnest(%b::bigint[], %b::uuid[], %b::timestamptz[],"
-            "  %b::timestamptz[], %b::text[])"
-            "  AS d(notification_id, subject_id, occurred_at, recorded_at, actor_id)"
-            "  USING (notification_id)"
-            " WHERE link.notification_id > COALESCE((SELECT notification_id FROM head), 0)"
-        ).format(chain=self.chain_table, events=events, genesis=Literal(GENESIS))
+            "INSERT INTO {chain} (notification_id, subject_id, occurred_at, recorded_at, actor_id,"
+            " checkpoint_at, link_version, hash)"
+            " SELECT d.notification_id, d.subject_id, d.occurred_at, d.recorded_at, d.actor_id,"
+            "  %b::bigint, {version}, d.hash"
+            " FROM unnest(%b::bigint[], %b::uuid[], %b::timestamptz[], %b::timestamptz[], %b::text[],"
+            "  %b::bytea[]) AS d(notification_id, subject_id, occurred_at, recorded_at, actor_id, hash)"
+            # A link left at this position by events since deleted stays (and verification
+            # reports the mismatch): a damaged log does not stop appends.
+            " ON CONFLICT (notification_id) DO NOTHING"
+        ).format(chain=self.chain_table, version=Literal(LINK_VERSION))
 
-    def link_backlog(self, batch: int = 20_000) -> int:
-        """Link every stored event not linked yet (events loaded in bulk, or stored before
-        the chain existed), under the events table's lock; the number linked."""
+    def link_backlog(self, batch: int = 20_000, *, chain_started: bool = False) -> int:
+        """Link the events stored before the chain existed (an installation from before
+        it, or a log loaded in bulk into a new database), under the events table's lock;
+        the number linked. Only while the chain has no link and no checkpoint was ever
+        signed (nor ``chain_started`` says one was, e.g. in a heads file kept elsewhere):
+        an event without a link after the chain started is a gap, which verification
+        reports, never something to link over."""
+        def started(conn: Any) -> bool:
+            row = conn.execute(SQL(
+                "SELECT EXISTS (SELECT 1 FROM {0}) OR EXISTS (SELECT 1 FROM {1})"
+                " OR NOT EXISTS (SELECT 1 FROM {2}.{3}) AS started"
+            ).format(self.chain_table, self.checkpoints_table, Identifier(self.datastore.schema),
+                     Identifier(self.events_table_name))).fetchone()
+            return bool(row and row["started"])
+
+        if chain_started:
+            return 0
         linked = 0
         with self.datastore.get_connection() as conn:
             # Without the lock first: a process starting on a linked log blocks no writer.
-            behind = conn.execute(SQL(
-                "SELECT (SELECT max(notification_id) FROM {0}.{1})"
-                " > COALESCE((SELECT max(notification_id) FROM {2}), 0) AS behind"
-            ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name),
-                     self.chain_table)).fetchone()
-            if not behind or not behind["behind"]:
+            if started(conn):
                 return 0
         with self.datastore.get_connection() as conn, conn.transaction():
             conn.execute(SQL("LOCK TABLE {0}.{1} IN EXCLUSIVE MODE").format(
                 Identifier(self.datastore.schema), Identifier(self.events_table_name)))
-            head = conn.execute(SQL(
-                "SELECT notification_id, hash FROM {0} ORDER BY notification_id DESC LIMIT 1"
-            ).format(self.chain_table)).fetchone()
-            position, previous = (head["notification_id"], bytes(head["hash"])) if head else (0, GENESIS)
+            if started(conn):
+                return 0
+            position, previous = 0, GENESIS
             while True:
                 rows = conn.execute(SQL(
                     "SELECT notification_id, originator_id, originator_version, topic, state"
@@ -637,15 +701,15 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
                     return linked
                 with conn.cursor() as cur, cur.copy(SQL(
                     "COPY {0} (notification_id, subject_id, occurred_at, recorded_at, actor_id,"
-                    " hash) FROM STDIN"
+                    " checkpoint_at, link_version, hash) FROM STDIN"
                 ).format(self.chain_table)) as copy:
                     for row in rows:
                         state = bytes(row["state"])
+                        meta = meta_of(state)
                         previous = link_hash(previous, row["notification_id"], row["originator_id"],
-                                             row["originator_version"], row["topic"], state)
-                        subject, occurred, recorded, actor = _lookup(state)
-                        copy.write_row((row["notification_id"], subject, occurred, recorded,
-                                        actor, previous))
+                                             row["originator_version"], row["topic"], state, meta)
+                        copy.write_row((row["notification_id"], meta.subject_id, meta.occurred_at,
+                                        meta.recorded_at, meta.actor_id, 0, LINK_VERSION, previous))
                 position = rows[-1]["notification_id"]
                 linked += len(rows)
 

@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 
+from commands.eventstore import append_only_function
+
 #: Tables rebuilt after a restore, never backed up.
 REBUILT = ("crm_projections", "crm_projection_tracking", "crm_parked_events", "crm_snapshots")
 
@@ -138,6 +140,10 @@ def restore_archive(url: str, archive: Path, *, embedded: bool) -> list[str]:
             # Empty tables made by an earlier start: the archive brings its own.
             for table in backed_up_tables(url):
                 conn.execute(f'DROP TABLE IF EXISTS public."{table}" CASCADE')
+    with psycopg.connect(url, autocommit=True) as conn:
+        # The archive's append-only triggers call this function, which pg_dump leaves out
+        # of an archive of tables.
+        conn.execute(append_only_function("public"))
     tool = find_tool("pg_restore", url, embedded=embedded)
     listing = subprocess.run([str(tool), "--list", str(archive)], capture_output=True, text=True)
     if listing.returncode != 0:

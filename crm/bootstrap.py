@@ -415,6 +415,8 @@ class System:
     analytics: AnalyticsProjection | None = None
     _closed: bool = field(default=False, repr=False)
     _stop_checkpoints: threading.Event = field(default_factory=threading.Event, repr=False)
+    _checkpoint_wake: threading.Event = field(default_factory=threading.Event, repr=False)
+    _checkpoint_thread: threading.Thread | None = field(default=None, repr=False)
     _stop_automation: threading.Event = field(default_factory=threading.Event, repr=False)
     _automation: AutomationRunner | None = field(default=None, repr=False)
     _automation_thread: threading.Thread | None = field(default=None, repr=False)
@@ -462,21 +464,46 @@ class System:
             kafka_wait_seconds=s.erasure_kafka_wait_seconds, vacuum_full=s.erasure_vacuum_full)
 
     def start_checkpoints(self) -> None:
-        """Sign the chain head every ``audit_checkpoint_seconds`` in a thread of this process."""
+        """Sign the chain head in a thread of this process: every ``audit_checkpoint_seconds``,
+        and as soon as ``audit_checkpoint_events`` events were appended here since the
+        last one; once more when the process closes. Each checkpoint also goes to the
+        heads file when one is set."""
         interval = self.settings.audit_checkpoint_seconds
+        every = self.settings.audit_checkpoint_events
         key = self.audit_key
-        if interval <= 0 or key is None:
+        if (interval <= 0 and every <= 0) or key is None or self._checkpoint_thread is not None:
             return
         connect = self.app.factory.datastore.get_connection  # type: ignore[attr-defined]
+        heads = self.settings.audit_heads_file
+        wake = self._checkpoint_wake
+        counted = [0]
+
+        def appended(n: int) -> None:
+            counted[0] += n  # a lost update between threads only delays a checkpoint
+            if counted[0] >= every:
+                wake.set()
+
+        if every > 0:
+            self.app.recorder.on_appended = appended  # type: ignore[attr-defined]
+
+        def sign() -> None:
+            try:
+                audit.write_checkpoint(connect, key, heads_file=heads)
+            except Exception:  # noqa: BLE001 -- logged; the next round tries again
+                log.exception("chain checkpoint failed")
 
         def run() -> None:
-            while not self._stop_checkpoints.wait(interval):
-                try:
-                    audit.write_checkpoint(connect, key)
-                except Exception:  # noqa: BLE001 -- logged; the next interval tries again
-                    log.exception("chain checkpoint failed")
+            while not self._stop_checkpoints.is_set():
+                wake.wait(interval if interval > 0 else None)
+                wake.clear()
+                counted[0] = 0
+                if self._stop_checkpoints.is_set():
+                    break
+                sign()
+            sign()  # the head as this process leaves it
 
-        threading.Thread(target=run, name="crm-chain-checkpoints", daemon=True).start()
+        self._checkpoint_thread = threading.Thread(target=run, name="crm-chain-checkpoints", daemon=True)
+        self._checkpoint_thread.start()
 
     def start_projections(self) -> None:
         """Run the read models' runners as threads of this process."""
@@ -506,6 +533,9 @@ class System:
         if self.kafka is not None:
             self.kafka.stop()
         self._stop_checkpoints.set()
+        self._checkpoint_wake.set()
+        if self._checkpoint_thread is not None:
+            self._checkpoint_thread.join(10)
         self._stop_automation.set()
         if self.read is not None:
             self.read.signal_stop()  # every runner stops at once, not one after the other
@@ -564,7 +594,9 @@ def build(settings: Settings, *, clock: Clock | None = None) -> System:
             create_automation_tables(url)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(ERASURES_DDL)
-            app.recorder.link_backlog()  # type: ignore[attr-defined]
+            # Only a log the chain never covered: a checkpoint in the heads file says it did.
+            app.recorder.link_backlog(  # type: ignore[attr-defined]
+                chain_started=audit.heads_recorded(settings.audit_heads_file))
     except Exception:
         if embedded is not None:
             embedded.stop()

@@ -708,7 +708,8 @@ def audit_checkpoint() -> None:
 
     system = _system()
     try:
-        cp = write_checkpoint(system.app.factory.datastore.get_connection, system.audit_key)
+        cp = write_checkpoint(system.app.factory.datastore.get_connection, system.audit_key,
+                              heads_file=system.settings.audit_heads_file)
     finally:
         system.close()
     if cp is None:
@@ -723,21 +724,35 @@ def audit_verify(
     public_key: Annotated[Path | None, typer.Option(
         help="PEM (or hex) public key to check the checkpoints with; default: this "
         "installation's own.")] = None,
+    heads: Annotated[list[Path] | None, typer.Option(
+        help="A heads file (JSON lines of signed checkpoints, CRM_AUDIT_HEADS_FILE) kept "
+        "outside the database; may be given more than once.")] = None,
 ) -> None:
     """Recompute the hash chain and check the signed checkpoints (exit 1 on any finding)."""
-    from replay.audit import verify_chain
+    from replay.audit import read_heads, verify_chain
 
     key = _public_key(public_key) if public_key is not None else None
+    kept = []
+    for path in heads or []:
+        try:
+            kept.extend(read_heads(path))
+        except (OSError, ValueError) as e:
+            typer.echo(f"error: cannot read the heads file {path}: {e}", err=True)
+            raise typer.Exit(2) from None
     system = _system()
     try:
         report = verify_chain(system.app.factory.datastore.get_connection,
                               key or system.audit_key.public_key(),
-                              progress=lambda n: typer.echo(f"  {n:,} events ...", err=True))
+                              progress=lambda n: typer.echo(f"  {n:,} events ...", err=True), heads=kept)
     finally:
         system.close()
     typer.echo(f"{report.events:,} events, head {report.head} ({report.head_hash.hex()}), "
-               f"{report.checkpoints} checkpoints, {report.seconds:.1f} s "
+               f"{report.checkpoints} checkpoints"
+               f"{f' (+{report.heads} heads from files)' if heads else ''}, {report.seconds:.1f} s "
                f"({report.events_per_second:,.0f} events/s)")
+    if report.head > report.signed_to:
+        typer.echo(f"positions after {report.signed_to} are not signed yet (the next checkpoint "
+                   "covers them)")
     if report.findings:
         typer.echo(f"FIRST BROKEN AT POSITION {report.findings[0].position}: "
                    f"{report.findings[0].kind}")

@@ -130,10 +130,22 @@ class Settings(BaseSettings):
         "exports. Unset: one kept in data_dir.",
     )
     audit_checkpoint_seconds: float = Field(
-        default=300.0,
+        default=10.0,
         ge=0,
-        description="How often `crm serve` signs the chain head (0: never; `crm audit "
+        description="How often `crm serve` signs the chain head (0: not by time; `crm audit "
         "checkpoint` signs on demand).",
+    )
+    audit_checkpoint_events: int = Field(
+        default=1000,
+        ge=0,
+        description="`crm serve` also signs the chain head as soon as this many events were "
+        "appended by the process since its last checkpoint (0: not by count).",
+    )
+    audit_heads_file: Path | None = Field(
+        default=None,
+        description="A file every checkpoint this process signs is appended to (JSON lines), "
+        "for the operator to ship off the machine; `crm audit verify --heads FILE` checks the "
+        "log against it. Unset: none.",
     )
     # -- analytics (DuckDB) --------------------------------------------------------------
     analytics_enabled: bool = Field(

@@ -121,6 +121,9 @@ def truncate_crm_tables(database_url: str) -> None:
     with connect(database_url) as conn:
         tables = _existing_crm_tables(conn)
         if tables:
+            # The log's tables are append-only (a trigger); their owner may empty them
+            # in a session that says so.
+            conn.execute("SET crm.log_maintenance = on")
             conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
         schemas = [r[0] for r in conn.execute(
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rm\\_%' OR nspname = 'crm_read'"

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from crm.cli import app as cli
 from replay.export import verify_export
-from replay.signing import private_key_from_seed, public_key_pem
+from replay.signing import load_public_key, private_key_from_seed, public_key_pem
 from replay.timeline import TimelineQuery, timeline
 from tests.e2e.test_http import serving
 from tests.integration.test_audit_chain import _cli_env
@@ -73,7 +73,7 @@ def test_an_export_verifies_offline_and_is_recorded_as_an_event(system: Any, tmp
 
 
 @pytest.mark.parametrize("change", ["event data", "stored byte", "dropped line", "manifest count",
-                                    "swapped lines"])
+                                    "swapped lines", "link actor"])
 def test_a_modified_export_is_rejected(system: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        change: str) -> None:
     out, key, _ = _exported(system, tmp_path, monkeypatch)
@@ -88,6 +88,15 @@ def test_a_modified_export_is_rejected(system: Any, tmp_path: Path, monkeypatch:
         line["stored"]["state"] = base64.b64encode(bytes(state)).decode()
         lines[3] = json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n"
         events_path.write_text("".join(lines))
+    elif change == "link actor":
+        line = json.loads(lines[3])
+        assert line["stored"]["link"]["actor_id"] == line["event"]["actor_id"]  # a version-2 link's column
+        line["stored"]["link"]["actor_id"] = "mallory"
+        lines[3] = json.dumps(line, sort_keys=True, separators=(",", ":")) + "\n"
+        events_path.write_text("".join(lines))
+        problems = verify_export(events_path.read_bytes(), manifest_path.read_bytes(),
+                                 load_public_key(key.read_text()))
+        assert "line 4 (position" in " ".join(problems) and "does not give its link" in " ".join(problems)
     elif change == "dropped line":
         events_path.write_text("".join(lines[:4] + lines[5:]))
     elif change == "manifest count":

@@ -328,6 +328,9 @@ def test_backup_restore_rebuilds_equal_read_tables_and_keeps_later_erasures(
     try:
         # 1. restored and rebuilt with no erasure in the ledger: equal read tables.
         restore_archive(first, archive, embedded=False)
+        with psycopg.connect(first, autocommit=True) as conn:  # the log is append-only again
+            assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'crm_append_only'"
+                                ).fetchone() == (3,)
         empty_ledger = settings_for(first, tmp_path / "data1", key_cache_seconds=0.2)
         restored = build(empty_ledger)
         try:
