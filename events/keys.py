@@ -8,6 +8,8 @@ copy of the database alone does not reveal them.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import threading
 import time
@@ -53,6 +55,11 @@ class KeyRing(Protocol):
         """Destroy the subject's key forever; True if there was one."""
         ...
 
+    def derived_key(self, label: bytes) -> bytes:
+        """A key for one purpose (e.g. authenticating cached snapshots), stable for as
+        long as the master key is."""
+        ...
+
 
 def new_data_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
@@ -65,6 +72,11 @@ class KeyWrapper:
         if len(kek) != 32:
             raise ValueError("the key-encryption key must be 32 bytes")
         self._aead = AESGCM(kek)
+        self._derive = hmac.new(kek, b"crm derived keys", hashlib.sha256).digest()
+
+    def derived_key(self, label: bytes) -> bytes:
+        """A 32-byte key for one purpose, derived from the key-encryption key."""
+        return hmac.new(self._derive, label, hashlib.sha256).digest()
 
     def wrap(self, subject_id: UUID, key: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -119,6 +131,10 @@ class InMemoryKeyRing:
         self._keys: dict[UUID, SubjectKey] = {}
         self._destroyed: set[UUID] = set()
         self._lock = threading.Lock()
+        self._secret = os.urandom(32)
+
+    def derived_key(self, label: bytes) -> bytes:
+        return hmac.new(self._secret, label, hashlib.sha256).digest()
 
     def key_for(self, subject_id: UUID, *, create: bool, new: bool = False) -> SubjectKey | None:
         with self._lock:
@@ -160,6 +176,9 @@ class PostgresKeyRing:
         # events' own transaction: a refused command leaves no key behind.
         self._pending: dict[UUID, tuple[SubjectKey, bytes]] = {}
         self._pending_lock = threading.Lock()
+
+    def derived_key(self, label: bytes) -> bytes:
+        return self._wrapper.derived_key(label)
 
     def create_table(self) -> None:
         with self._connect() as conn:

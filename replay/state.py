@@ -24,11 +24,13 @@ and the record is rebuilt from its (then anonymous) events.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -63,8 +65,12 @@ def create_tables(connect: Connect) -> None:
             " subject_id uuid NOT NULL,"
             " sealed boolean NOT NULL,"
             " state bytea NOT NULL,"
+            " mac bytea,"
             " PRIMARY KEY (aggregate_id, version))"
         )
+        # Snapshots written before they carried a MAC are dropped: a cache, made again.
+        conn.execute(f"ALTER TABLE {SNAPSHOTS_TABLE} ADD COLUMN IF NOT EXISTS mac bytea")
+        conn.execute(f"DELETE FROM {SNAPSHOTS_TABLE} WHERE mac IS NULL")
 
 
 # -- applying events without the write side's version check --------------------------
@@ -193,6 +199,22 @@ def _aad(aggregate_id: UUID, version: int) -> bytes:
     return f"snapshot|{aggregate_id}|{version}".encode()
 
 
+def _utc(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat()
+
+
+def snapshot_mac(key: bytes, aggregate_id: UUID, version: int, position: int, max_occurred: datetime,
+                 max_recorded: datetime, subject: UUID, sealed: bool, state: bytes) -> bytes:
+    """HMAC-SHA256 over every column of a snapshot row: the times that pick the snapshot
+    for an as-of read, the subject erasure finds it by, and the state. A row changed or
+    written outside the CRM does not verify and is not used (the record is rebuilt from
+    its events, which the chain covers)."""
+    text = "|".join((str(aggregate_id), str(version), str(position), _utc(max_occurred),
+                     _utc(max_recorded), str(subject), "1" if sealed else "0",
+                     hashlib.sha256(state).hexdigest()))
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
 @dataclass
 class _Running:
     aggregate: Aggregate | None
@@ -210,6 +232,7 @@ class Replayer:
         self.codec = codec
         self.snapshot_every = snapshot_every
         self.snapshots = snapshots
+        self._mac_key = codec.keys.derived_key(b"crm snapshots")
 
     # -- snapshots -------------------------------------------------------------------
     def _seal(self, aggregate: Aggregate) -> tuple[bool, bytes]:
@@ -258,10 +281,14 @@ class Replayer:
             params.append(max_version)
         with self.connect() as conn:
             rows = conn.cursor(row_factory=tuple_row).execute(
-                f"SELECT version, max_occurred_at, max_recorded_at, subject_id, sealed, state"
+                f"SELECT version, position, max_occurred_at, max_recorded_at, subject_id, sealed, state, mac"
                 f" FROM {SNAPSHOTS_TABLE}"
                 f" WHERE {' AND '.join(where)} ORDER BY version DESC LIMIT 1", params).fetchall()
-        for version, max_occ, max_rec, subject, sealed, state in rows:
+        for version, position, max_occ, max_rec, subject, sealed, state, mac in rows:
+            expected = snapshot_mac(self._mac_key, aggregate_id, version, position, max_occ, max_rec,
+                                    subject, sealed, bytes(state))
+            if mac is None or not hmac.compare_digest(bytes(mac), expected):
+                return None  # not one the CRM wrote as it is: rebuild from the events
             # Unopenable (the customer's key was destroyed): rebuild from the events.
             aggregate = self._open(aggregate_id, version, subject, sealed, bytes(state))
             if aggregate is not None:
@@ -292,15 +319,18 @@ class Replayer:
             if agg is not None and agg.version % self.snapshot_every == 0 and agg.version > last[0]:
                 assert running.max_occurred is not None and running.max_recorded is not None
                 sealed, state = self._seal(agg)
+                subject = _subject(agg)
                 made.append((aggregate_id, agg.version, position, running.max_occurred,
-                             running.max_recorded, _subject(agg), sealed, state))
+                             running.max_recorded, subject, sealed, state,
+                             snapshot_mac(self._mac_key, aggregate_id, agg.version, position,
+                                          running.max_occurred, running.max_recorded, subject, sealed, state)))
 
         self._replay(aggregate_id, running, as_of=None, as_known_at=None, max_version=None, after_each=keep)
         if made:
             with self.connect() as conn:
                 conn.cursor().executemany(
                     f"INSERT INTO {SNAPSHOTS_TABLE} (aggregate_id, version, position, max_occurred_at,"
-                    " max_recorded_at, subject_id, sealed, state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " max_recorded_at, subject_id, sealed, state, mac) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING", made)
         return len(made)
 

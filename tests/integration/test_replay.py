@@ -118,6 +118,34 @@ def test_snapshots_give_the_same_answers_as_a_full_replay(story: Story) -> None:
                 assert a.state() == b.state(), (as_of, known)
 
 
+@pytest.mark.parametrize("tamper", [
+    # an early business time: the snapshot (with later changes in it) is picked for an early as-of
+    "max_occurred_at = '2026-01-01T00:00:00Z'",
+    "max_recorded_at = '2026-01-01T00:00:00Z'",
+    "version = version + 100",
+    "state = (SELECT state FROM crm_snapshots s2 ORDER BY s2.version LIMIT 1)",
+    "mac = NULL",
+])
+def test_a_changed_snapshot_is_not_used(story: Story, db: psycopg.Connection[Any], tamper: str) -> None:
+    """Snapshots are a cache written by the CRM and authenticated by a MAC over every
+    column: one changed in the database is passed over and the record rebuilt from its
+    events (which the chain covers), so as-of answers do not move."""
+    cid = _customer_with_a_correction(story)
+    for day in range(1, 8):
+        story.send(at(3, 10 + day), cc.TagCustomer(tag=f"t{day}"), target=cid)
+    plain, snap = story.replayer(snapshots=False), story.replayer(snapshot_every=2)
+    assert snap.refresh_snapshots(cid) == 5
+    db.execute(f"UPDATE crm_snapshots SET {tamper} WHERE aggregate_id = %s AND version = "
+               "(SELECT max(version) FROM crm_snapshots WHERE aggregate_id = %s)", (cid, cid))
+    for as_of in (at(1, 20), at(2, 10), at(3, 14), None):
+        a, b = plain.state(cid, as_of=as_of), snap.state(cid, as_of=as_of)
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert a.state() == b.state(), (tamper, as_of)
+    # the untouched snapshots are still used: the MAC is per row
+    assert snap._best_snapshot(cid, as_of=None, as_known_at=None, max_version=4) is not None
+
+
 def test_history_between_two_times_field_by_field(story: Story) -> None:
     cid = _customer_with_a_correction(story)
     r = story.replayer()
