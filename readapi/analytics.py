@@ -153,14 +153,15 @@ def kpi(name: str, request: Request, caller: Caller, as_of: AsOf = None,
         else:
             counted = "count(DISTINCT customer_key) OVER ()"
         sql = f"SELECT *, {counted} AS {_COUNT_COLUMN} FROM {source}"
-    con = _cursor(analytics)
-    try:
-        result = sandbox.run_query(con, sql, timeout=analytics.config.query_timeout_seconds,
-                                   max_rows=analytics.config.max_rows)
-    except sandbox.QueryRefused as e:
-        raise _refused(e) from None
-    finally:
-        con.close()
+    with _slot(analytics):
+        con = _cursor(analytics)
+        try:
+            result = sandbox.run_query(con, sql, timeout=analytics.config.query_timeout_seconds,
+                                       max_rows=analytics.config.max_rows)
+        except sandbox.QueryRefused as e:
+            raise _refused(e) from None
+        finally:
+            con.close()
     if at_kpi is None:
         return {"kpi": name, **sandbox.to_json(result)}
     counts = result.table.column(_COUNT_COLUMN).to_pylist()
@@ -178,17 +179,18 @@ def clv(request: Request, caller: Caller, as_of: AsOf = None,
         top: Annotated[int, Query(ge=0, le=1000)] = 20) -> Any:
     analytics = _owner(request, caller)
     cutoff, _ = _cutoff(as_of)
-    con = _cursor(analytics)
-    try:
-        result = sandbox.run_query(con, f"SELECT * FROM {macro_call('clv_inputs_at', cutoff)}",
-                                   timeout=analytics.config.query_timeout_seconds,
-                                   max_rows=10_000_000)
-    except sandbox.QueryRefused as e:
-        raise _refused(e) from None
-    finally:
-        con.close()
-    out = customer_lifetime_values(sandbox.rows_of(result.table), horizon_weeks=horizon_weeks,
-                                   as_of=cutoff)
+    with _slot(analytics):
+        con = _cursor(analytics)
+        try:
+            result = sandbox.run_query(con, f"SELECT * FROM {macro_call('clv_inputs_at', cutoff)}",
+                                       timeout=analytics.config.query_timeout_seconds,
+                                       max_rows=10_000_000)
+        except sandbox.QueryRefused as e:
+            raise _refused(e) from None
+        finally:
+            con.close()
+        out = customer_lifetime_values(sandbox.rows_of(result.table), horizon_weeks=horizon_weeks,
+                                       as_of=cutoff)
     for entry in out["currencies"].values():
         if "customer_values" in entry:
             entry["customer_values"] = entry["customer_values"][:top]
@@ -286,12 +288,13 @@ def export(body: ExportRequest, request: Request, caller: Caller) -> Any:
 def html_report(request: Request, caller: Caller, as_of: AsOf = None,
                 horizon_weeks: Annotated[float, Query(gt=0, le=520)] = 52.0) -> Any:
     analytics = _owner(request, caller)
-    con = _cursor(analytics)
-    try:
-        return HTMLResponse(report.render(report.collect(
-            con, as_of=_cutoff(as_of)[0], horizon_weeks=horizon_weeks)))
-    finally:
-        con.close()
+    cutoff = _cutoff(as_of)[0]
+    with _slot(analytics):
+        con = _cursor(analytics)
+        try:
+            return HTMLResponse(report.render(report.collect(con, as_of=cutoff, horizon_weeks=horizon_weeks)))
+        finally:
+            con.close()
 
 
 def status(request: Request, caller: Caller) -> Any:

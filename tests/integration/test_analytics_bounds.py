@@ -192,6 +192,10 @@ def test_queries_beyond_the_slots_wait_then_get_503(analytics: Any) -> None:
             assert r.status_code == 503 and r.json()["type"].endswith("/analytics-busy")
             assert r.headers["retry-after"] == "1"
             assert client.post(EXPORT, json={"name": "busy"}).status_code == 503
+            # the KPI, lifetime-value and report routes run queries too: the same slots
+            for path in ("/api/v1/analytics/kpis/win_rate", "/api/v1/analytics/kpis/rfm",
+                         "/api/v1/analytics/clv", "/api/v1/analytics/report"):
+                assert client.get(path).status_code == 503, path
         assert not (system.settings.data_dir / "exports" / "busy").exists()
         # a query that finds the slot taken waits for it (up to the time limit)
         answers: list[httpx.Response] = []
