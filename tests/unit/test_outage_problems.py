@@ -71,3 +71,15 @@ def test_outage_of_walks_the_chain_once() -> None:
     loop = RuntimeError("a")
     loop.__context__ = loop
     assert problems.outage_of(loop) is None
+
+
+def test_every_database_url_gets_a_connect_timeout_and_keepalives_unless_it_names_them() -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    from crm.bootstrap import KEEPALIVES, bounded_url
+
+    q = parse_qs(urlparse(bounded_url("postgresql://u@h:5432/db", 2)).query)
+    assert q["connect_timeout"] == ["2"] and {k: v[0] for k, v in q.items() if k in KEEPALIVES} == KEEPALIVES
+    q = parse_qs(urlparse(bounded_url("postgresql://u@h/db?sslmode=require&keepalives_idle=60", 3)).query)
+    assert q["sslmode"] == ["require"] and q["keepalives_idle"] == ["60"] and q["connect_timeout"] == ["3"]
+    assert q["keepalives_count"] == ["3"]
