@@ -37,7 +37,8 @@ window.fetch = async (input, init) => {
     if (r.status >= 400) window.__failed.push(`${(init && init.method) || "GET"} ${url} -> ${r.status}`);
     return r;
   } catch (e) {
-    window.__failed.push(`${(init && init.method) || "GET"} ${url} -> ${e}`);
+    // A request the page itself cancelled (it moved on) is no failure.
+    if (!(e && e.name === "AbortError")) window.__failed.push(`${(init && init.method) || "GET"} ${url} -> ${e}`);
     throw e;
   } finally {
     window.__pending--;
