@@ -17,6 +17,11 @@ export function can(role: string, scope: string): boolean {
   return (WRITE_SCOPES[role] ?? []).includes(scope);
 }
 
+/** The people's roles that may work records of a scope (e.g. be offered as an assignee). */
+export function rolesWith(scope: string): string[] {
+  return Object.keys(WRITE_SCOPES).filter((r) => r !== "integration" && can(r, scope));
+}
+
 const ALL = ["customer", "opportunity", "interaction", "service_request", "task"];
 /** The record types each role may read at all (readapi/access.py READABLE; others: 403). */
 const READABLE: Record<string, string[]> = {

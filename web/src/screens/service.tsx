@@ -4,7 +4,7 @@ import { useEffect, useState } from "preact/hooks";
 import { get, write, type Page, type Session } from "../api";
 import { dateTime, duration, locale, t, v } from "../i18n";
 import { person } from "../people";
-import { can } from "../roles";
+import { can, rolesWith } from "../roles";
 import { useSignal } from "../signal";
 import { useRoute } from "../router";
 import { Dialog, ErrorBox, FieldError, Link, Loading, PersonPicker, plain, Show, toast, txt, useAction, useLoad, useNow } from "../ui";
@@ -147,7 +147,7 @@ function RequestPanel({ row, session, onClose, onChanged }: {
                   <button type="button" disabled={busy || r.data.assignee_id === session.user.id} onClick={() => act("/assignment", { assignee_id: session.user.id }, true, t("saved"))} data-testid="assign-me">
                     {t("assignToMe")}
                   </button>
-                  <PersonPicker value={assignee} onChange={(id) => { setAssignee(id); setAssignError(null); }} label={t("assignee")} testid="assignee-picker" />
+                  <PersonPicker value={assignee} only={rolesWith("service")} onChange={(id) => { setAssignee(id); setAssignError(null); }} label={t("assignee")} testid="assignee-picker" />
                   <button
                     type="button"
                     disabled={busy || !assignee}
