@@ -10,10 +10,27 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from replay.timeline import PLAIN, jsonable
 
-__all__ = ["MASK", "JSONResponse", "jsonable", "masked_row"]
+__all__ = ["MASK", "JSONResponse", "jsonable", "mask_value", "masked_row"]
 
 #: What a personal field shows to a role that may not read personal data.
 MASK = "***"
+#: Keys of a masked item (a contact point, a comment) that describe it rather than the
+#: person, and stay as they are: the item keeps its kind, id, author and time.
+KEPT_KEYS = frozenset({"contact_id", "comment_id", "kind", "label", "primary", "visibility",
+                       "author_id", "at", "id"})
+
+
+def mask_value(value: Any) -> Any:
+    """A personal value masked without changing its JSON type: text becomes ``MASK``, a
+    list a list of its items masked, an object the same keys with their values masked
+    (``KEPT_KEYS`` kept); numbers, booleans and nulls stay."""
+    if isinstance(value, str):
+        return MASK
+    if isinstance(value, list | tuple):
+        return [mask_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in KEPT_KEYS else mask_value(v) for k, v in value.items()}
+    return value
 
 
 def masked_row(row: Mapping[str, Any], *, personal: Iterable[str], hidden: Iterable[str] = (),
@@ -30,7 +47,7 @@ def masked_row(row: Mapping[str, Any], *, personal: Iterable[str], hidden: Itera
     if mask:
         for name in personal:
             if out.get(name) is not None:
-                out[name] = MASK
+                out[name] = mask_value(out[name])
     return out
 
 

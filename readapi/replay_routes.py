@@ -27,7 +27,7 @@ from readapi.encoding import JSONResponse
 from readapi.access import READABLE, reach_of, readable
 from readapi.auth import PERSONAL_DATA_ROLES
 from readapi.consistency import invalid
-from readapi.encoding import MASK
+from readapi.encoding import mask_value
 from readapi.problems import Problem
 from readapi.routes import PERSONAL_STATE, Caller, record_view, services
 from commands.audit import record_export
@@ -91,12 +91,12 @@ def _mask_entry(entry: dict[str, Any], caller: Principal) -> dict[str, Any]:
         return entry
     for name in personal_fields(entry["type"]):
         if entry["data"].get(name) is not None:
-            entry["data"][name] = MASK
+            entry["data"][name] = mask_value(entry["data"][name])
     personal_state = PERSONAL_STATE.get(entry["aggregate_type"], ())
     for change in entry["changes"] or ():
         if change["field"].split(".")[0] in personal_state:
-            change["before"] = MASK if change["before"] is not None else None
-            change["after"] = MASK if change["after"] is not None else None
+            change["before"] = mask_value(change["before"])
+            change["after"] = mask_value(change["after"])
     return entry
 
 
@@ -146,7 +146,7 @@ def _changes(before: Aggregate | None, after: Aggregate | None, aggregate_type: 
     for c in field_changes(fields_of(before), fields_of(after)):
         b, a = jsonable(c["before"]), jsonable(c["after"])
         if mask and c["field"].split(".")[0] in personal:
-            b, a = (MASK if b is not None else None), (MASK if a is not None else None)
+            b, a = mask_value(b), mask_value(a)
         out.append({"field": c["field"], "before": b, "after": a})
     return out
 

@@ -32,7 +32,7 @@ from projections.service import ReadSide
 from readapi.access import Reach, reach_of, reach_reads_database, readable
 from readapi.auth import PERSONAL_DATA_ROLES, Authenticator, TokenIssuer, authenticate, require_scope
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
-from readapi.encoding import MASK, jsonable
+from readapi.encoding import MASK, jsonable, mask_value
 from readapi.problems import Problem
 from replay.timeline import event_entry
 
@@ -271,7 +271,7 @@ def record_view(aggregate: Aggregate, principal: Principal) -> dict[str, Any]:
     if principal.role not in PERSONAL_DATA_ROLES:
         for name in PERSONAL_STATE[aggregate.type_name]:
             if data.get(name) is not None:
-                data[name] = MASK
+                data[name] = mask_value(data[name])
     return {"id": str(aggregate.id), "type": aggregate.type_name, "version": aggregate.version, "data": data}
 
 
@@ -283,7 +283,7 @@ def event_view(event: CrmEvent, position: int | None, principal: Principal) -> d
         data = entry["data"]
         for name in type(event).personal_fields:
             if data.get(name) is not None:
-                data[name] = MASK
+                data[name] = mask_value(data[name])
     return entry
 
 

@@ -1,8 +1,8 @@
 """The real app with demo data, served on a free loopback port, and Debian's headless
 Chromium driven by Selenium through /usr/bin/chromedriver (never a downloaded driver).
 
-One app and one browser serve every test of the folder (building the demo data and
-starting Chromium once keeps the folder to about a minute); each test signs in afresh.
+One app and one browser serve every test of the folder (package-scoped: building the demo
+data and starting Chromium once keeps the folder short); each test signs in afresh.
 A missing Chromium, driver or UI build fails the tests: they never skip.
 """
 
@@ -62,7 +62,7 @@ class App:
         return r.json()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     if not (WEB_DIST / "index.html").is_file():
         pytest.fail(f"the web UI is not built ({WEB_DIST}/index.html is missing): run scripts/setup",
@@ -90,7 +90,7 @@ def app(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         truncate_crm_tables(database_url)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing or shutil.which(str(CHROMEDRIVER)) is None:

@@ -226,7 +226,11 @@ def test_an_analyst_sees_personal_columns_masked_and_may_not_search_them(live: A
     r = live.get(C, {"sort": "created_at"}, user="ann", role="analyst")
     assert r.status_code == 200, r.text
     ada = r.json()["items"][0]
-    assert (ada["name"], ada["emails"], ada["phones"], ada["contacts"]) == ("***",) * 4
+    # Masked values keep their JSON type: a list is a list of masked items.
+    assert ada["name"] == "***"
+    assert ada["emails"] and set(ada["emails"]) == {"***"} and set(ada["phones"]) == {"***"}
+    assert ada["contacts"] and all(c["value"] == "***" and c["kind"] in ("email", "phone", "address")
+                                   for c in ada["contacts"])
     assert ada["tags"] == ["math", "vip"] and ada["owner_id"] == "rep-1"
     assert "search_text" not in ada
     for secret in ("Lovelace", "analytical", "7946", "Katherine", "lovelace"):

@@ -249,7 +249,7 @@ def test_exports_are_named_and_land_in_the_exports_directory(analytics: Any, tmp
         bad = {
             "../outside": "not a path", str(outside): "not a path", "a/b": "not a path",
             "a\\b": "not a path", "..": "'..' is not allowed", "a..b": "'..' is not allowed",
-            "a\x00b": "control characters", "a\nb": "control characters",
+            "a\x00b": "control character U+0000", "a\nb": "control characters",
             ".": "letters, digits", ".hidden": "letters, digits", "": "at least 1 character",
             "x" * 101: "at most 100 characters",
         }

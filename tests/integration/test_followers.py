@@ -33,6 +33,7 @@ from commands.application import Principal, Request
 from projections.customers import CustomerList
 from projections.follow import EVENT, MOMENT, Backoff, apply_splitting, classify, clean
 from projections.runner import BatchRunner
+from tests.conftest import METRICS_AUTH
 
 pytestmark = pytest.mark.postgres
 
@@ -521,7 +522,7 @@ def test_ready_and_metrics_show_every_follower_past_the_unholdable_events(
     ready = client.get("/ready")
     assert ready.status_code == 503
     assert ready.json()["reasons"] == ["automation: 1 parked event(s)"]
-    body = client.get("/metrics").text
+    body = client.get("/metrics", headers=METRICS_AUTH).text
     assert "crm_automation_parked_events 1" in body
     assert f"crm_automation_position {system.read.store.head()}" in body
     assert 'crm_projection_retries_total{projection="customers"} 0' in body

@@ -140,8 +140,11 @@ function Shell({ session }: { session: Session }) {
   }, [screen]);
   useEffect(() => setMenuOpen(false), [parts.join("/")]);
 
+  // A screen the role is not offered (e.g. the address of the previous user's screen) is
+  // never shown, nor its data asked for: the effect above moves to the role's first screen.
+  const allowed = screens.includes(screen) || (screen === "customers" && !!parts[1]);
   let content;
-  switch (screen) {
+  switch (allowed ? screen : undefined) {
     case "customers":
       content = parts[1] ? <CustomerPage id={parts[1]} session={session} /> : <CustomerList session={session} />;
       break;

@@ -17,6 +17,24 @@ export function can(role: string, scope: string): boolean {
   return (WRITE_SCOPES[role] ?? []).includes(scope);
 }
 
+/** The people's roles that may work records of a scope (e.g. be offered as an assignee). */
+export function rolesWith(scope: string): string[] {
+  return Object.keys(WRITE_SCOPES).filter((r) => r !== "integration" && can(r, scope));
+}
+
+const ALL = ["customer", "opportunity", "interaction", "service_request", "task"];
+/** The record types each role may read at all (readapi/access.py READABLE; others: 403). */
+const READABLE: Record<string, string[]> = {
+  admin: ALL, manager: ALL, sales_rep: ALL, analyst: ALL, auditor: ALL, data_admin: ALL, integration: ALL,
+  service_agent: ["customer", "interaction", "service_request", "task"],
+  marketing: ["customer"],
+};
+
+/** Whether the role may read records of this type (the API answers 403 otherwise). */
+export function canRead(role: string, type: string): boolean {
+  return (READABLE[role] ?? []).includes(type);
+}
+
 /** Roles that see personal data masked (and may not search by it). */
 export const masked = (role: string) => role === "analyst";
 export const canAnalytics = (role: string) => ["analyst", "manager", "admin"].includes(role);
@@ -38,7 +56,8 @@ export function screensFor(role: string): Screen[] {
       return ["dashboard", "customers"];
     case "auditor":
       return ["audit", "customers"];
-    case "marketing":
+    case "marketing": // reads customers only: no tasks, deals or requests
+      return ["customers"];
     case "data_admin":
       return ["customers", "tasks"];
     default:

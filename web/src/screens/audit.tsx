@@ -7,7 +7,7 @@ import { person } from "../people";
 import { canAuditExport, masked } from "../roles";
 import { navigate } from "../router";
 import { useSignal } from "../signal";
-import { ErrorBox, Link, Loading, Show, toast, useAction, useDebounced, useLoad } from "../ui";
+import { ErrorBox, Link, Loading, Show, toast, txt, useAction, useDebounced, useLoad } from "../ui";
 import type { CustomerRow } from "./customers";
 import { Diff, TimelineEntries, fieldLabel, showField, type Change, type TimelineEntry } from "./timeline";
 
@@ -38,7 +38,7 @@ function CustomerPicker({ session }: { session: Session }) {
           <ul class="rows picker">
             {page.items.map((c) => (
               <li key={c.id}>
-                <Link href={`/audit/${c.id}`} class="strong">{c.name}</Link>
+                <Link href={`/audit/${c.id}`} class="strong">{txt(c.name)}</Link>
                 <span class="muted small">{v(c.lifecycle_stage)} · {person(c.owner_id)}</span>
               </li>
             ))}
@@ -159,7 +159,7 @@ function AuditCustomer({ id, session }: { id: string; session: Session }) {
       <div class="page-head">
         <div>
           <Link href="/audit" class="muted small">← {t("audit")}</Link>
-          <h1>{t("audit")}: <Link href={`/customers/${id}`}>{record.data?.name ?? id.slice(0, 8)}</Link></h1>
+          <h1>{t("audit")}: <Link href={`/customers/${id}`}>{record.data?.name ? txt(record.data.name) : id.slice(0, 8)}</Link></h1>
         </div>
         {canAuditExport(session.user.role) && (
           <button

@@ -1,12 +1,13 @@
 // One customer: details and contacts (editable, with conflict handling), lifecycle and
 // segment, opportunities, service requests, tasks, purchases and the activity timeline.
+import type { ComponentChildren } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import { ApiError, get, write, type Page, type Session } from "../api";
 import { date, dateTime, locale, money, moneyMap, relative, t, v } from "../i18n";
 import { person } from "../people";
-import { can } from "../roles";
+import { can, canRead, screensFor, type Screen } from "../roles";
 import { useSignal } from "../signal";
-import { Link, Show, toast, toastError, useAction, useLoad } from "../ui";
+import { FieldError, Link, Loading, problemField, Show, toast, toastError, txt, useAction, useLoad } from "../ui";
 import type { CustomerRow } from "./customers";
 import { LIFECYCLE, SEGMENTS } from "./customers";
 import { Timeline, show } from "./timeline";
@@ -76,7 +77,14 @@ function DetailsEditor({ customer, onSaved }: { customer: Customer; onSaved: () 
   const [form, setForm] = useState<Details>(base.details);
   const [reason, setReason] = useState("");
   const [conflict, setConflict] = useState<Conflict | null>(null);
-  const [busy, run] = useAction();
+  // A refused value is shown next to its field, in words (not as a toast).
+  const [fieldError, setFieldError] = useState<unknown>(null);
+  const [busy, run] = useAction(undefined, (e) => {
+    const f = problemField(e);
+    if (!f || !(DETAIL_FIELDS as readonly string[]).includes(f)) return false;
+    setFieldError(e);
+    return true;
+  });
   const changes = changedFields(base.details, form);
 
   async function save(version: number) {
@@ -89,6 +97,7 @@ function DetailsEditor({ customer, onSaved }: { customer: Customer; onSaved: () 
     if (reason.trim()) body.reason = reason.trim();
     try {
       await write(`/customers/${customer.id}`, body, version, "PATCH");
+      setFieldError(null);
       setConflict(null);
       setReason("");
       toast(t("saved"));
@@ -156,8 +165,10 @@ function DetailsEditor({ customer, onSaved }: { customer: Customer; onSaved: () 
               name={f}
               value={form[f]}
               disabled={!!conflict}
+              aria-invalid={problemField(fieldError) === f}
               onInput={(e) => setForm({ ...form, [f]: e.currentTarget.value })}
             />
+            <FieldError error={fieldError} name={f} />
           </label>
         ))}
         <label>
@@ -219,13 +230,19 @@ function Contacts({ customer, editable, onSaved }: { customer: Customer; editabl
   const [kind, setKind] = useState("email");
   const [value, setValue] = useState("");
   const [label, setLabel] = useState("");
-  const [busy, run] = useAction();
+  const [contactError, setContactError] = useState<unknown>(null);
+  const [busy, run] = useAction(onSaved, (e) => {
+    if (problemField(e) !== "value" && problemField(e) !== "label") return false;
+    setContactError(e);
+    return true;
+  });
   return (
     <div>
       <ul class="contacts">
         {customer.contacts.map((c) => (
           <li key={c.contact_id}>
-            <span class="badge">{v(c.kind)}</span> {c.value}
+            <span class="badge">{v(c.kind)}</span> {txt(c.value)}
+            {c.person_name && <span class="muted"> · {txt(c.person_name)}</span>}
             {c.label && <span class="muted"> · {c.label}</span>}
             {c.primary && <span class="muted"> · {t("primary")}</span>}
             {editable && (
@@ -251,6 +268,7 @@ function Contacts({ customer, editable, onSaved }: { customer: Customer; editabl
             e.preventDefault();
             void run(async () => {
               await write(`/customers/${customer.id}/contacts`, { contact: { kind, value: value.trim(), label: label.trim() } });
+              setContactError(null);
               setValue("");
               setLabel("");
               onSaved();
@@ -263,6 +281,8 @@ function Contacts({ customer, editable, onSaved }: { customer: Customer; editabl
           <input required placeholder={t("value")} value={value} onInput={(e) => setValue(e.currentTarget.value)} aria-label={t("value")} />
           <input placeholder={t("label")} value={label} onInput={(e) => setLabel(e.currentTarget.value)} aria-label={t("label")} />
           <button type="submit" disabled={busy}>{t("add")}</button>
+          <FieldError error={contactError} name="value" />
+          <FieldError error={contactError} name="label" />
         </form>
       )}
     </div>
@@ -274,7 +294,7 @@ function Classification({ customer, session, onSaved }: { customer: Customer; se
   const [stageReason, setStageReason] = useState("");
   const [segment, setSegment] = useState("");
   const [segmentReason, setSegmentReason] = useState("");
-  const [busy, run] = useAction();
+  const [busy, run] = useAction(onSaved);
   const role = session.user.role;
   return (
     <div class="classification">
@@ -330,80 +350,95 @@ function Classification({ customer, session, onSaved }: { customer: Customer; se
   );
 }
 
-interface Related {
-  opportunities: { id: string; title: string; stage: string; status: string; amount: string; currency: string; expected_close: string | null }[];
-  requests: { id: string; subject: string; priority: string; status: string; opened_at: string }[];
-  tasks: { id: string; title: string; status: string; due_at: string | null; assignee_id: string | null }[];
-  purchases: [string, { amount: string; currency: string; purchased_at: string; lines: number }][];
+type Opp = { id: string; title: string; stage: string; status: string; amount: string; currency: string; expected_close: string | null };
+type Req = { id: string; subject: string; priority: string; status: string; opened_at: string };
+type TaskRow = { id: string; title: string; status: string; due_at: string | null; assignee_id: string | null };
+type Purchase = { amount: string; currency: string; purchased_at: string; lines: number };
+
+/** One related list: it loads, and fails, on its own; a short message if it cannot load. */
+function Panel<T>({ title, testid, load, deps, children }: {
+  title: string; testid: string; load: (signal: AbortSignal) => Promise<T[]>; deps: unknown[];
+  children: (item: T) => ComponentChildren;
+}) {
+  const state = useLoad(load, deps);
+  return (
+    <section class="card" data-testid={testid}>
+      <h2>{title} {state.data && <span class="count">{state.data.length}</span>}</h2>
+      {state.error ? (
+        <p class="muted small" role="status" data-testid="section-failed">
+          {t("sectionFailed")}{" "}
+          <button type="button" class="link" onClick={state.reload}>{t("retry")}</button>
+        </p>
+      ) : state.data === undefined ? (
+        <Loading />
+      ) : (
+        <ul class="rows">{state.data.map(children)}</ul>
+      )}
+    </section>
+  );
 }
 
-function RelatedLists({ customer }: { customer: Customer }) {
-  const state = useLoad<Related>(async (signal) => {
-    const id = customer.id;
-    const [opps, reqs, tasks, current] = await Promise.all([
-      get<Page<Related["opportunities"][number]>>("/opportunities", { customer_id: id, limit: 50 }, signal),
-      get<Page<Related["requests"][number]>>("/service-requests", { customer_id: id, limit: 50 }, signal),
-      get<Page<Related["tasks"][number]>>("/tasks", { customer_id: id, limit: 50 }, signal),
-      get<{ data: { purchases: Record<string, { amount: string; currency: string; purchased_at: string; lines: number }> } }>(`/customers/${id}/current`, {}, signal),
-    ]);
-    const purchases = Object.entries(current.data.purchases ?? {}).sort((a, b) => b[1].purchased_at.localeCompare(a[1].purchased_at));
-    return { opportunities: opps.items, requests: reqs.items, tasks: tasks.items, purchases };
-  }, [customer.id, customer.version]);
+/** A link to the screen that shows the record, when the role's menu has that screen. */
+function To({ role, screen, href, children }: { role: string; screen: Screen; href: string; children: ComponentChildren }) {
+  return screensFor(role).includes(screen) ? <Link href={href} class="grow">{children}</Link> : <span class="grow">{children}</span>;
+}
+
+/** The customer's deals, requests, tasks and purchases: only those the role may read. */
+function RelatedLists({ customer, role }: { customer: Customer; role: string }) {
+  const id = customer.id;
+  const deps = [id, customer.version];
   return (
-    <Show state={state}>
-      {(r) => (
-        <div class="related">
-          <section class="card">
-            <h2>{t("opportunities")} <span class="count">{r.opportunities.length}</span></h2>
-            <ul class="rows">
-              {r.opportunities.map((o) => (
-                <li key={o.id}>
-                  <span class="grow">{o.title}</span>
-                  <span class={`badge st-${o.status}`}>{v(o.status === "open" ? o.stage : o.status)}</span>
-                  <span class="num">{money(o.amount, o.currency)}</span>
-                </li>
-              ))}
-            </ul>
-          </section>
-          <section class="card">
-            <h2>{t("serviceRequests")} <span class="count">{r.requests.length}</span></h2>
-            <ul class="rows">
-              {r.requests.map((s) => (
-                <li key={s.id}>
-                  <span class="grow">{s.subject}</span>
-                  <span class={`badge pr-${s.priority}`}>{v(s.priority)}</span>
-                  <span class="badge">{v(s.status)}</span>
-                </li>
-              ))}
-            </ul>
-          </section>
-          <section class="card">
-            <h2>{t("customerTasks")} <span class="count">{r.tasks.length}</span></h2>
-            <ul class="rows">
-              {r.tasks.map((x) => (
-                <li key={x.id}>
-                  <span class="grow">{x.title}</span>
-                  <span class="badge">{v(x.status)}</span>
-                  <span class="muted">{relative(x.due_at)}</span>
-                </li>
-              ))}
-            </ul>
-          </section>
-          <section class="card">
-            <h2>{t("purchases")} <span class="count">{r.purchases.length}</span></h2>
-            <ul class="rows">
-              {r.purchases.map(([order, p]) => (
-                <li key={order}>
-                  <span class="grow">{order}</span>
-                  <span class="muted">{date(p.purchased_at)}</span>
-                  <span class="num">{money(p.amount, p.currency)}</span>
-                </li>
-              ))}
-            </ul>
-          </section>
-        </div>
+    <div class="related">
+      {canRead(role, "opportunity") && (
+        <Panel<Opp> title={t("opportunities")} testid="related-opportunities" deps={deps}
+          load={async (signal) => (await get<Page<Opp>>("/opportunities", { customer_id: id, limit: 50 }, signal)).items}>
+          {(o) => (
+            <li key={o.id}>
+              <To role={role} screen="pipeline" href={`/pipeline?deal=${o.id}`}>{txt(o.title)}</To>
+              <span class={`badge st-${o.status}`}>{v(o.status === "open" ? o.stage : o.status)}</span>
+              <span class="num">{money(o.amount, o.currency)}</span>
+            </li>
+          )}
+        </Panel>
       )}
-    </Show>
+      {canRead(role, "service_request") && (
+        <Panel<Req> title={t("serviceRequests")} testid="related-requests" deps={deps}
+          load={async (signal) => (await get<Page<Req>>("/service-requests", { customer_id: id, limit: 50 }, signal)).items}>
+          {(r) => (
+            <li key={r.id}>
+              <To role={role} screen="service" href={`/service?request=${r.id}`}>{txt(r.subject)}</To>
+              <span class={`badge pr-${r.priority}`}>{v(r.priority)}</span>
+              <span class="badge">{v(r.status)}</span>
+            </li>
+          )}
+        </Panel>
+      )}
+      {canRead(role, "task") && (
+        <Panel<TaskRow> title={t("customerTasks")} testid="related-tasks" deps={deps}
+          load={async (signal) => (await get<Page<TaskRow>>("/tasks", { customer_id: id, limit: 50 }, signal)).items}>
+          {(x) => (
+            <li key={x.id}>
+              <To role={role} screen="tasks" href={`/tasks?task=${x.id}`}>{txt(x.title)}</To>
+              <span class="badge">{v(x.status)}</span>
+              <span class="muted">{relative(x.due_at)}</span>
+            </li>
+          )}
+        </Panel>
+      )}
+      <Panel<[string, Purchase]> title={t("purchases")} testid="related-purchases" deps={deps}
+        load={async (signal) => {
+          const current = await get<{ data: { purchases: Record<string, Purchase> } }>(`/customers/${id}/current`, {}, signal);
+          return Object.entries(current.data.purchases ?? {}).sort((a, b) => b[1].purchased_at.localeCompare(a[1].purchased_at));
+        }}>
+        {([order, p]) => (
+          <li key={order}>
+            <span class="grow">{order}</span>
+            <span class="muted">{date(p.purchased_at)}</span>
+            <span class="num">{money(p.amount, p.currency)}</span>
+          </li>
+        )}
+      </Panel>
+    </div>
   );
 }
 
@@ -420,7 +455,7 @@ export function CustomerPage({ id, session }: { id: string; session: Session }) 
           <div class="page-head">
             <div>
               <Link href="/customers" class="muted small">← {t("customers")}</Link>
-              <h1 data-testid="customer-name">{c.name}</h1>
+              <h1 data-testid="customer-name">{txt(c.name)}</h1>
               <div class="chips">
                 <span class="badge">{v(c.kind)}</span>
                 <span class={`badge stage-${c.lifecycle_stage}`} data-testid="lifecycle">{v(c.lifecycle_stage)}</span>
@@ -452,7 +487,7 @@ export function CustomerPage({ id, session }: { id: string; session: Session }) 
                     {DETAIL_FIELDS.map((f) => (
                       <div key={f}>
                         <dt>{t(DETAIL_LABEL[f])}</dt>
-                        <dd data-field={f}>{(c[f] as string | null) || "—"}</dd>
+                        <dd data-field={f}>{txt(c[f] as string | null)}</dd>
                       </div>
                     ))}
                     <div><dt>{t("created")}</dt><dd>{dateTime(c.created_at)}</dd></div>
@@ -469,7 +504,7 @@ export function CustomerPage({ id, session }: { id: string; session: Session }) 
                   <Classification customer={c} session={session} onSaved={state.reload} />
                 </section>
               )}
-              <RelatedLists customer={c} />
+              <RelatedLists customer={c} role={session.user.role} />
             </div>
             <aside class="side-col card">
               <h2>{t("timeline")}</h2>

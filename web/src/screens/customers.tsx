@@ -6,7 +6,7 @@ import { knownPeople, peopleVersion, person } from "../people";
 import { masked } from "../roles";
 import { navigate, useRoute } from "../router";
 import { useSignal } from "../signal";
-import { ErrorBox, Link, Loading, useDebounced } from "../ui";
+import { count, ErrorBox, Link, Loading, txt, useDebounced } from "../ui";
 
 export interface CustomerRow {
   id: string;
@@ -104,7 +104,7 @@ export function CustomerList({ session }: { session: Session }) {
     <section class="customers">
       <div class="page-head">
         <h1>{t("customers")}</h1>
-        {total !== null && <span class="muted" data-testid="total">{t("results", { n: new Intl.NumberFormat(locale.get()).format(total) })}</span>}
+        {total !== null && <span class="muted" data-testid="total">{count(total, "result", "results")}</span>}
       </div>
       <div class="filters">
         {personal && (
@@ -172,8 +172,8 @@ export function CustomerList({ session }: { session: Session }) {
           {rows.map((c) => (
             <tr key={c.id} onClick={() => navigate(`/customers/${c.id}`)} class="clickable">
               <td data-label={t("name")}>
-                <Link href={`/customers/${c.id}`} class="strong">{c.name}</Link>
-                <div class="muted small">{c.emails[0] ?? c.phones[0] ?? ""}</div>
+                <Link href={`/customers/${c.id}`} class="strong">{txt(c.name)}</Link>
+                <div class="muted small">{c.emails[0] ?? c.phones[0] ? txt(c.emails[0] ?? c.phones[0]) : ""}</div>
               </td>
               <td data-label={t("lifecycle")}><span class={`badge stage-${c.lifecycle_stage}`}>{v(c.lifecycle_stage)}</span></td>
               <td data-label={t("segment")}>{v(c.segment)}</td>

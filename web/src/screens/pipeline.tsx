@@ -5,7 +5,8 @@ import { get, write, type Page, type Session } from "../api";
 import { compactMoney, date, locale, money, t, v } from "../i18n";
 import { can } from "../roles";
 import { useSignal } from "../signal";
-import { Dialog, Link, Show, toast, useAction, useLoad } from "../ui";
+import { useRoute } from "../router";
+import { count, Dialog, Link, plain, Show, toast, txt, useAction, useLoad } from "../ui";
 
 interface Column {
   stage: string;
@@ -41,6 +42,19 @@ const LOSS_REASONS = ["price", "competitor", "no_budget", "no_decision", "timing
 
 function columnKey(c: Column): string {
   return c.closed ? c.stage : c.stage; // won / lost are their own columns
+}
+
+/**
+ * Where a deal may go (aggregates/pipeline.py and opportunity.py): an open deal moves back
+ * one stage or forward any number, or is won or lost; a won or lost deal is only reopened
+ * into a stage (never moved between won and lost).
+ */
+export function allowedTargets(o: Pick<Opportunity, "stage" | "status">, stages: Column[]): string[] {
+  const open = stages.filter((c) => !c.closed).map((c) => c.stage);
+  if (o.status !== "open") return open;
+  const i = open.indexOf(o.stage);
+  const moves = [...(i > 0 ? [open[i - 1]] : []), ...open.slice(i + 1)];
+  return [...moves, ...stages.filter((c) => c.closed).map((c) => c.stage)];
 }
 
 async function loadBoard(pipeline: string, owner: string | null, signal: AbortSignal) {
@@ -93,8 +107,9 @@ export function PipelineBoard({ session }: { session: Session }) {
   const dragRef = useRef<Drag | null>(null);
   const [losing, setLosing] = useState<Opportunity | null>(null);
   const [lossReason, setLossReason] = useState("price");
-  const [busy, run] = useAction();
+  const [busy, run] = useAction(state.reload);
   const editable = can(session.user.role, "opportunity");
+  const wanted = useRoute().query.get("deal");
 
   function find(id: string): Opportunity | undefined {
     const cards = state.data?.cards ?? {};
@@ -164,7 +179,8 @@ export function PipelineBoard({ session }: { session: Session }) {
     if (!d || !d.active) return;
     const target = columnAt(e.clientX, e.clientY);
     const o = find(d.id);
-    if (o && target && target !== d.from) void move(o, target);
+    const stages = state.data?.board.stages ?? [];
+    if (o && target && target !== d.from && allowedTargets(o, stages).includes(target)) void move(o, target);
   }
 
   const dragged = drag?.active ? find(drag.id) : undefined;
@@ -192,7 +208,7 @@ export function PipelineBoard({ session }: { session: Session }) {
         {({ board, cards }) => (
           <>
             <div class="board-summary">
-              <span>{t("deals", { n: board.open.count })}</span>
+              <span>{count(board.open.count, "deal", "deals")}</span>
               <span>{t("total")}: <Totals totals={board.open.totals} /></span>
               <span>{t("weighted")}: <Totals totals={board.open.weighted_totals} /></span>
             </div>
@@ -219,7 +235,7 @@ export function PipelineBoard({ session }: { session: Session }) {
                       {page.items.map((o) => (
                         <li
                           key={o.id}
-                          class={`deal ${drag?.active && drag.id === o.id ? "ghosted" : ""} ${editable ? "draggable" : ""}`}
+                          class={`deal ${drag?.active && drag.id === o.id ? "ghosted" : ""} ${editable ? "draggable" : ""} ${o.id === wanted ? "highlight" : ""}`}
                           data-id={o.id}
                           data-testid="deal"
                           onPointerDown={(e) => onPointerDown(e, o)}
@@ -228,8 +244,8 @@ export function PipelineBoard({ session }: { session: Session }) {
                           onPointerCancel={() => { dragRef.current = null; setDrag(null); }}
                         >
                           {editable && <span class="handle" aria-hidden="true">⠿</span>}
-                          <div class="deal-title">{o.title}</div>
-                          <Link href={`/customers/${o.customer_id}`} class="small">{o.customer_name}</Link>
+                          <div class="deal-title">{txt(o.title)}</div>
+                          <Link href={`/customers/${o.customer_id}`} class="small">{txt(o.customer_name)}</Link>
                           <div class="deal-foot">
                             <strong class="num">{money(o.amount, o.currency)}</strong>
                             <span class="muted small">{date(o.expected_close)}</span>
@@ -247,8 +263,8 @@ export function PipelineBoard({ session }: { session: Session }) {
                               }}
                             >
                               <option value="">{t("moveTo")}…</option>
-                              {board.stages.filter((s) => columnKey(s) !== key).map((s) => (
-                                <option key={s.stage} value={columnKey(s)}>{v(s.stage)}</option>
+                              {allowedTargets(o, board.stages).map((s) => (
+                                <option key={s} value={s}>{v(s)}</option>
                               ))}
                             </select>
                           )}
@@ -265,12 +281,12 @@ export function PipelineBoard({ session }: { session: Session }) {
       </Show>
       {dragged && drag && (
         <div class="deal drag-ghost" style={{ left: `${drag.x - 20}px`, top: `${drag.y - 16}px`, width: `${drag.width}px` }}>
-          <div class="deal-title">{dragged.title}</div>
+          <div class="deal-title">{txt(dragged.title)}</div>
           <strong class="num">{money(dragged.amount, dragged.currency)}</strong>
         </div>
       )}
       {losing && (
-        <Dialog title={`${t("markLost")}: ${losing.title}`} onClose={() => setLosing(null)}>
+        <Dialog title={`${t("markLost")}: ${plain(losing.title)}`} onClose={() => setLosing(null)}>
           <form
             class="stack"
             onSubmit={(e) => {

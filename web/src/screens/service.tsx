@@ -4,9 +4,10 @@ import { useEffect, useState } from "preact/hooks";
 import { get, write, type Page, type Session } from "../api";
 import { dateTime, duration, locale, t, v } from "../i18n";
 import { person } from "../people";
-import { can } from "../roles";
+import { can, rolesWith } from "../roles";
 import { useSignal } from "../signal";
-import { Dialog, ErrorBox, Link, Loading, Show, toast, useAction, useLoad, useNow } from "../ui";
+import { useRoute } from "../router";
+import { Dialog, ErrorBox, FieldError, Link, Loading, PersonPicker, plain, Show, toast, txt, useAction, useLoad, useNow } from "../ui";
 
 interface RequestRow {
   id: string;
@@ -80,7 +81,8 @@ function RequestPanel({ row, session, onClose, onChanged }: {
   const [comment, setComment] = useState("");
   const [visibility, setVisibility] = useState("internal");
   const [resolution, setResolution] = useState("");
-  const [busy, run] = useAction();
+  const [assignError, setAssignError] = useState<unknown>(null);
+  const [busy, run] = useAction(rec.reload);
   const editable = can(session.user.role, "service");
 
   function act(path: string, body: unknown, withVersion: boolean, done: string) {
@@ -94,7 +96,7 @@ function RequestPanel({ row, session, onClose, onChanged }: {
   }
 
   return (
-    <Dialog title={row.subject} onClose={onClose}>
+    <Dialog title={plain(row.subject)} onClose={onClose}>
       <Show state={rec}>
         {(r) => (
           <div class="stack request-panel" data-testid="request-panel">
@@ -103,7 +105,7 @@ function RequestPanel({ row, session, onClose, onChanged }: {
               <span class="badge" data-testid="request-status">{v(r.data.status)}</span>
               <span class="muted">{t("assignee")}: {r.data.assignee_id ? person(r.data.assignee_id) : t("unassigned")}</span>
             </div>
-            <Link href={`/customers/${row.customer_id}`}>{row.customer_name}</Link>
+            <Link href={`/customers/${row.customer_id}`}>{txt(row.customer_name)}</Link>
             {(row.first_response_due_at || row.resolution_due_at) && (
               <dl class="sla-times" data-testid="sla-times">
                 {row.first_response_due_at && (
@@ -120,14 +122,14 @@ function RequestPanel({ row, session, onClose, onChanged }: {
                 )}
               </dl>
             )}
-            <p>{r.data.description}</p>
-            {r.data.resolution && <p><strong>{t("resolution")}:</strong> {r.data.resolution}</p>}
+            {r.data.description && <p>{txt(r.data.description)}</p>}
+            {r.data.resolution && <p><strong>{t("resolution")}:</strong> {txt(r.data.resolution)}</p>}
             <h3>{t("comments")}</h3>
             <ul class="comments">
               {commentsOf(r.data).map((c, i) => (
                 <li key={i}>
                   <span class="muted small">{c.when ? dateTime(c.when) : ""} {person(c.who)} · {c.visibility === "customer" ? t("customerVisible") : t("internal")}</span>
-                  <div>{c.body}</div>
+                  <div>{txt(c.body)}</div>
                 </li>
               ))}
             </ul>
@@ -145,8 +147,27 @@ function RequestPanel({ row, session, onClose, onChanged }: {
                   <button type="button" disabled={busy || r.data.assignee_id === session.user.id} onClick={() => act("/assignment", { assignee_id: session.user.id }, true, t("saved"))} data-testid="assign-me">
                     {t("assignToMe")}
                   </button>
-                  <input placeholder={t("assignee")} value={assignee} onInput={(e) => setAssignee(e.currentTarget.value)} aria-label={t("assignee")} />
-                  <button type="button" disabled={busy || !assignee.trim()} onClick={() => act("/assignment", { assignee_id: assignee.trim() }, true, t("saved"))}>{t("assign")}</button>
+                  <PersonPicker value={assignee} only={rolesWith("service")} onChange={(id) => { setAssignee(id); setAssignError(null); }} label={t("assignee")} testid="assignee-picker" />
+                  <button
+                    type="button"
+                    disabled={busy || !assignee}
+                    data-testid="assign"
+                    onClick={() => run(async () => {
+                      try {
+                        await write(`/service-requests/${row.id}/assignment`, { assignee_id: assignee }, rec.data?.version ?? row.version);
+                      } catch (e) {
+                        setAssignError(e);
+                        throw e;
+                      }
+                      setAssignError(null);
+                      toast(t("saved"));
+                      rec.reload();
+                      onChanged();
+                    })}
+                  >
+                    {t("assign")}
+                  </button>
+                  <FieldError error={assignError} name="assignee_id" />
                 </div>
                 {(NEXT_STATUS[r.data.status] ?? []).length > 0 && (
                   <div class="inline-form">
@@ -203,6 +224,12 @@ export function ServiceQueue({ session }: { session: Session }) {
     }
   }
   useEffect(() => { void load(null); }, [scope, tick]);
+  const { query } = useRoute();
+  const wanted = query.get("request");
+  useEffect(() => {
+    if (!wanted) return;
+    get<RequestRow>(`/service-requests/${wanted}`).then(setSelected, (e) => setError(e));
+  }, [wanted]);
 
   return (
     <section class="service">
@@ -228,9 +255,9 @@ export function ServiceQueue({ session }: { session: Session }) {
         <tbody>
           {rows.map((r) => (
             <tr key={r.id} class="clickable" data-id={r.id} data-testid="request-row" onClick={() => setSelected(r)}>
-              <td data-label={t("subject")}><button type="button" class="link strong">{r.subject}</button></td>
+              <td data-label={t("subject")}><button type="button" class="link strong">{txt(r.subject)}</button></td>
               <td data-label={t("priority")}><span class={`badge pr-${r.priority}`}>{v(r.priority)}</span></td>
-              <td data-label={t("customer")}>{r.customer_name}</td>
+              <td data-label={t("customer")}>{txt(r.customer_name)}</td>
               <td data-label={t("status")}>{v(r.status)}</td>
               <td data-label={t("assignee")} title={r.assignee_id ?? ""}>{r.assignee_id ? person(r.assignee_id) : t("unassigned")}</td>
               <td data-label={t("slaDue")}><SlaCell row={r} now={now} /></td>

@@ -4,7 +4,7 @@ import { get } from "../api";
 import { dateTime, locale, t, v } from "../i18n";
 import { person } from "../people";
 import { useSignal } from "../signal";
-import { ErrorBox, Loading } from "../ui";
+import { ErrorBox, Loading, MASK } from "../ui";
 
 export interface Change {
   field: string;
@@ -39,12 +39,13 @@ export function withLocalTimes(text: string): string {
 /** A short human form of a value in a diff. */
 export function show(value: unknown): string {
   if (value === null || value === undefined) return "—";
+  if (value === MASK) return t("hidden");
   if (typeof value === "string") return withLocalTimes(value);
   if (typeof value === "number" || typeof value === "boolean") return String(value);
   if (Array.isArray(value)) return value.map(show).join(", ");
   if (typeof value === "object") {
     const o = value as Record<string, unknown>;
-    if ("value" in o && "kind" in o) return `${o.kind}: ${o.value}`;
+    if ("value" in o && "kind" in o) return `${o.kind}: ${show(o.value)}`;
     const entries = Object.entries(o);
     if (entries.length === 0) return "∅";
     return entries.map(([k, x]) => `${k}: ${show(x)}`).join("; ");
