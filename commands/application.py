@@ -28,13 +28,12 @@ from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate, CommandContext
 from aggregates.customer import normalise_email
 from aggregates.errors import Duplicate, InvalidValue, NotFound, PersonalDataErased, no_record, record_label
+from commands.admission import EmailTaken, IdempotencyKeyTaken
 from commands.clock import Clock, SystemClock, random_ids
 from commands.errors import ConcurrencyConflict, IdempotencyKeyReused, PreconditionRequired
 from commands.eventstore import (
     CrmMemoryRecorder,
     CrmPostgresRecorder,
-    EmailTaken,
-    IdempotencyKeyTaken,
     IdempotencyRecord,
     WriteExtras,
 )
@@ -90,7 +89,10 @@ class CrmApplication(Application[UUID]):
             if isinstance(self.keys, PostgresKeyRing):
                 recorder.keys = self.keys
             return recorder
-        return CrmMemoryRecorder()
+        memory = CrmMemoryRecorder()
+        if isinstance(self.keys, InMemoryKeyRing):
+            memory.keys = self.keys
+        return memory
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Store the pending events of the given records (eventsourcing's ``save``
