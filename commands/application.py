@@ -27,14 +27,13 @@ from pydantic import BaseModel
 from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate, CommandContext
 from aggregates.customer import normalise_email
-from aggregates.errors import Duplicate, InvalidValue, NotFound, PersonalDataErased, no_record, record_label
+from aggregates.errors import DomainError, Duplicate, InvalidValue, NotFound, PersonalDataErased, no_record, record_label
+from commands.admission import EmailTaken, IdempotencyKeyTaken
 from commands.clock import Clock, SystemClock, random_ids
 from commands.errors import ConcurrencyConflict, IdempotencyKeyReused, PreconditionRequired
 from commands.eventstore import (
     CrmMemoryRecorder,
     CrmPostgresRecorder,
-    EmailTaken,
-    IdempotencyKeyTaken,
     IdempotencyRecord,
     WriteExtras,
 )
@@ -47,6 +46,14 @@ MAX_FUTURE_SKEW_SECONDS = 300
 MAX_RETRIES = 5
 #: The fingerprint of an Idempotency-Key's request once its customer was erased.
 ERASED_FINGERPRINT = "erased"
+#: What a command decided on a record from the cache may have owed to that record being
+#: behind the log (another process changed it since): a refusal by a rule -- every
+#: ``DomainError``: the rules read the record (InvalidValue, InvalidTransition,
+#: Duplicate, PersonalDataErased), the record's type (NotFound), the caller's reach over
+#: it (the guard's Forbidden or NotFound) and its version against If-Match
+#: (ConcurrencyConflict). Such a refusal is decided again on records rebuilt from the
+#: log; any other exception (a database error, an undecodable event, a fault) is raised.
+STALE_REFUSALS: tuple[type[Exception], ...] = (DomainError,)
 
 
 class CrmApplication(Application[UUID]):
@@ -90,7 +97,10 @@ class CrmApplication(Application[UUID]):
             if isinstance(self.keys, PostgresKeyRing):
                 recorder.keys = self.keys
             return recorder
-        return CrmMemoryRecorder()
+        memory = CrmMemoryRecorder()
+        if isinstance(self.keys, InMemoryKeyRing):
+            memory.keys = self.keys
+        return memory
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         """Store the pending events of the given records (eventsourcing's ``save``
@@ -318,6 +328,29 @@ class CommandService:
         self.cache = AggregateCache(cache_size) if cache_size > 0 else None
 
     def execute(self, command: BaseModel, request: Request) -> WriteResult:
+        """Run the command: its preconditions, then decide and save (again, on records
+        rebuilt from the log, when a cached record may have misled the decision or
+        another writer came first), at most ``MAX_RETRIES`` times."""
+        handler = self._handler(command, request)
+        fingerprint = ""
+        if request.idempotency_key:
+            fingerprint = self._fingerprint(command, request)
+            earlier = self._earlier_answer(request)
+            if earlier is not None:
+                return self._replay(earlier, fingerprint)
+        command_id = self.new_id()
+        fresh = self.cache is None
+        for attempt in range(MAX_RETRIES):
+            decision = self._decide(handler, command, request, command_id, fresh=fresh)
+            if decision is not None:
+                result = self._save(*decision, request, fingerprint, last=attempt == MAX_RETRIES - 1)
+                if result is not None:
+                    return result
+            fresh = True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _handler(self, command: BaseModel, request: Request) -> Handler:
+        """The command's handler, once its request names the version it needs."""
         handler = self.handlers.get(type(command))
         if handler is None:
             raise TypeError(f"no handler for {type(command).__name__}")
@@ -326,81 +359,93 @@ class CommandService:
                 "send If-Match with the record's ETag (its version) to change it",
                 field="If-Match",
             )
-        fingerprint = ""
-        if request.idempotency_key:
-            fingerprint = self._fingerprint(command, request)
-            earlier = self.app.recorder.idempotency_record(  # type: ignore[attr-defined]
-                request.principal.id, request.idempotency_key
-            )
-            if earlier is not None:
-                return self._replay(earlier, fingerprint)
-        command_id = self.new_id()
-        fresh = self.cache is None
-        for attempt in range(MAX_RETRIES):
-            ctx = self._context(command, request, command_id)
-            uow = UnitOfWork(self.app, request, self._email_key, None if fresh else self.cache)
-            try:
-                aggregate = handler(command, uow, ctx)
-                if request.guard is not None:
-                    for a in uow.loaded.values():
-                        if a.pending_events and a.version == len(a.pending_events):
-                            request.guard(a, True)
-            except Exception:
-                if not uow.cached:
-                    raise
-                # A record from the cache may be behind the log: the refusal may be
-                # wrong, so the command is decided again on records rebuilt from it.
-                fresh = True
-                continue
-            created = aggregate.version == len(aggregate.pending_events)
-            pending = [a for a in uow.loaded.values() if a.pending_events]
-            if not pending:  # nothing changed: answer with the current state
-                self._keep(uow)
-                position = self.app.recorder.position_of(aggregate.id, aggregate.version)  # type: ignore[attr-defined]
-                return WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
-                                   position, created=False, result=uow.result)
-            uow.extras.sealed_subjects = {
-                e.subject_id() for a in pending for e in a.pending_events if seals_personal_data(e)
-            }
-            result = WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
-                                 None, created=created, result=_jsonable(uow.result))
-            if request.idempotency_key:
-                uow.extras.idempotency = IdempotencyRecord(
-                    principal=request.principal.id,
-                    key=request.idempotency_key,
-                    fingerprint=fingerprint,
-                    status=result.status,
-                    body=result.body(),
-                )
-            try:
-                recordings = self.app.save(*pending, extras=uow.extras)
-            except EmailTaken as e:
-                owner = self.app.recorder.email_owner(e.email_hmac)  # type: ignore[attr-defined]
-                raise Duplicate(
-                    f"this e-mail address is already registered to customer {owner}",
-                    field=uow.email_fields.get(e.email_hmac, "contacts"),
-                    existing_customer_id=str(owner),
-                ) from None
-            except IdempotencyKeyTaken:
-                earlier = self.app.recorder.idempotency_record(  # type: ignore[attr-defined]
-                    request.principal.id, request.idempotency_key or ""
-                )
-                assert earlier is not None
-                return self._replay(earlier, fingerprint)
-            except SubjectKeyDestroyed:
-                raise PersonalDataErased("this customer's personal data was erased") from None
-            except IntegrityError:
-                # Another writer appended to one of these records since we loaded it.
-                if request.expected_version is not None or attempt == MAX_RETRIES - 1:
-                    current = self.app.load(type(aggregate), aggregate.id).version if not created else 0
-                    raise ConcurrencyConflict(aggregate.id, request.expected_version, current) from None
-                fresh = True
-                continue
+        return handler
+
+    def _earlier_answer(self, request: Request) -> IdempotencyRecord | None:
+        return self.app.recorder.idempotency_record(  # type: ignore[attr-defined,no-any-return]
+            request.principal.id, request.idempotency_key or ""
+        )
+
+    def _decide(self, handler: Handler, command: BaseModel, request: Request, command_id: UUID,
+                *, fresh: bool) -> tuple[UnitOfWork, Aggregate] | None:
+        """The handler's decision (records from the cache unless ``fresh``); None when it
+        refused on a cached record, which may be behind the log."""
+        ctx = self._context(command, request, command_id)
+        uow = UnitOfWork(self.app, request, self._email_key, None if fresh else self.cache)
+        try:
+            aggregate = handler(command, uow, ctx)
+            if request.guard is not None:
+                for a in uow.loaded.values():
+                    if a.pending_events and a.version == len(a.pending_events):
+                        request.guard(a, True)
+        except STALE_REFUSALS:
+            if not uow.cached:
+                raise
+            # A record from the cache may be behind the log: the refusal may be
+            # wrong, so the command is decided again on records rebuilt from it.
+            return None
+        return uow, aggregate
+
+    def _save(self, uow: UnitOfWork, aggregate: Aggregate, request: Request, fingerprint: str,
+              *, last: bool) -> WriteResult | None:
+        """Store the decision's events with what it writes beside them; the answer, or
+        None when another writer appended to one of its records first (and the command
+        is to be decided again)."""
+        created = aggregate.version == len(aggregate.pending_events)
+        pending = [a for a in uow.loaded.values() if a.pending_events]
+        if not pending:  # nothing changed: answer with the current state
             self._keep(uow)
-            positions = [r.notification.id for r in recordings if r.notification.id is not None]
-            result.position = max(positions) if positions else None
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+            position = self.app.recorder.position_of(aggregate.id, aggregate.version)  # type: ignore[attr-defined]
+            return WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
+                               position, created=False, result=uow.result)
+        result = WriteResult(aggregate.id, aggregate.type_name, aggregate.version,
+                             None, created=created, result=_jsonable(uow.result))
+        self._set_extras(uow, pending, request, fingerprint, result)
+        try:
+            recordings = self.app.save(*pending, extras=uow.extras)
+        except EmailTaken as e:
+            raise self._duplicate(uow, e) from None
+        except IdempotencyKeyTaken:
+            earlier = self._earlier_answer(request)
+            assert earlier is not None
+            return self._replay(earlier, fingerprint)
+        except SubjectKeyDestroyed:
+            raise PersonalDataErased("this customer's personal data was erased") from None
+        except IntegrityError:
+            # Another writer appended to one of these records since we loaded it.
+            if request.expected_version is not None or last:
+                current = self.app.load(type(aggregate), aggregate.id).version if not created else 0
+                raise ConcurrencyConflict(aggregate.id, request.expected_version, current) from None
+            return None
+        self._keep(uow)
+        positions = [r.notification.id for r in recordings if r.notification.id is not None]
+        result.position = max(positions) if positions else None
+        return result
+
+    @staticmethod
+    def _set_extras(uow: UnitOfWork, pending: list[Aggregate], request: Request, fingerprint: str,
+                    result: WriteResult) -> None:
+        """What the append writes beside the events: the subjects whose keys seal them,
+        and the first answer to the request's Idempotency-Key."""
+        uow.extras.sealed_subjects = {
+            e.subject_id() for a in pending for e in a.pending_events if seals_personal_data(e)
+        }
+        if request.idempotency_key:
+            uow.extras.idempotency = IdempotencyRecord(
+                principal=request.principal.id,
+                key=request.idempotency_key,
+                fingerprint=fingerprint,
+                status=result.status,
+                body=result.body(),
+            )
+
+    def _duplicate(self, uow: UnitOfWork, taken: EmailTaken) -> Duplicate:
+        owner = self.app.recorder.email_owner(taken.email_hmac)  # type: ignore[attr-defined]
+        return Duplicate(
+            f"this e-mail address is already registered to customer {owner}",
+            field=uow.email_fields.get(taken.email_hmac, "contacts"),
+            existing_customer_id=str(owner),
+        )
 
     def _keep(self, uow: UnitOfWork) -> None:
         """Put the command's records (all stored now) in the cache for the next one."""

@@ -27,8 +27,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
+from commands.admission import EmailTaken, IdempotencyKeyTaken, LogState, admit
 from events.chain import GENESIS, LINK_VERSION, LinkMeta, link_body, link_from_body, link_hash, meta_of
-from events.keys import PostgresKeyRing, SubjectKeyDestroyed
+from events.keys import InMemoryKeyRing, PostgresKeyRing
 
 KEY_DESTROYED = "crm: personal-data key destroyed"
 CHAIN_TABLE = "crm_event_chain"
@@ -124,14 +125,6 @@ class Credential:
     generation: int = 0
 
 
-class EmailTaken(Exception):
-    """An e-mail reservation collided with another customer's."""
-
-    def __init__(self, email_hmac: bytes):
-        super().__init__("e-mail already registered")
-        self.email_hmac = email_hmac
-
-
 def checkpoint_table_statements(schema: str) -> list[Composed]:
     """The signed checkpoints' table (numbered since version 2 of checkpoints)."""
     table = SQL("{0}.{1}").format(Identifier(schema), Identifier(CHECKPOINTS_TABLE))
@@ -164,10 +157,6 @@ def append_only_statements(schema: str, events_table: str = "crm_events") -> lis
             " END IF;"
             " END $d$").format(Literal(f'"{schema}"."{name}"'), table, Identifier(schema)))
     return out
-
-
-class IdempotencyKeyTaken(Exception):
-    """Another request with the same Idempotency-Key committed first."""
 
 
 @dataclass(eq=False)
@@ -241,6 +230,84 @@ class GroupCommitter:
             for a in group:
                 if a is not append:
                     a.wake.set()
+
+
+@dataclass
+class _Group:
+    """What a group of appends concerns, worked out before the log is locked."""
+
+    batch: list[_Append]
+    #: each append's new personal-data keys (subject -> wrapped key)
+    new_keys: list[dict[UUID, bytes]]
+    originators: list[Any]
+    versions: list[int]
+    emails: list[bytes]
+    idempotency: list[IdempotencyRecord]
+    subjects: list[UUID]
+
+    @classmethod
+    def of(cls, batch: list[_Append], keys: PostgresKeyRing | None) -> _Group:
+        extras = [a.extras for a in batch if a.extras]
+        return cls(
+            batch=batch,
+            new_keys=[dict(keys.pending_rows(a.extras.sealed_subjects)) if keys is not None and a.extras
+                      else {} for a in batch],
+            originators=[e.originator_id for a in batch for e in a.stored_events],
+            versions=[e.originator_version for a in batch for e in a.stored_events],
+            emails=sorted({h for x in extras for h, _ in x.reserve_emails + x.release_emails}),
+            idempotency=[x.idempotency for x in extras if x.idempotency],
+            subjects=sorted({s for x in extras for s in x.sealed_subjects}),
+        )
+
+
+@dataclass
+class _Head:
+    """The log's head as read under its lock: the last position, the chain's last link
+    and the newest signed checkpoint's position."""
+
+    position: int
+    link: bytes
+    signed: int
+
+    @classmethod
+    def of(cls, row: dict[str, Any] | None) -> _Head:
+        if row is None:
+            return cls(0, GENESIS, 0)
+        return cls(int(row["head"]), bytes(row["link"]) if row["link"] is not None else GENESIS,
+                   int(row["signed"]))
+
+
+@dataclass
+class _Placed:
+    """The admitted appends' events with their positions and chain links."""
+
+    position: int
+    signed: int
+    stored_events: list[StoredEvent] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    metas: list[LinkMeta] = field(default_factory=list)
+    links: list[bytes] = field(default_factory=list)
+
+
+def _place(accepted: list[_Append], head: _Head) -> _Placed:
+    """Positions after the head, one per event, and each event's chain link (version 2:
+    its look-up columns and the newest checkpoint covered too), following on from the
+    last link stored. Only this group's events are linked: an event stored by other
+    means is left without a link, which verification reports."""
+    placed = _Placed(head.position, head.signed)
+    link = head.link
+    for a in accepted:
+        a.ids = list(range(placed.position + 1, placed.position + 1 + len(a.stored_events)))
+        placed.position += len(a.stored_events)
+        placed.stored_events.extend(a.stored_events)
+        placed.ids.extend(a.ids)
+        for nid, meta, body in zip(a.ids, a.lookups, a.bodies, strict=True):
+            link = link_from_body(link, nid, body, head.signed)
+            placed.metas.append(meta._replace(checkpoint_at=head.signed))
+            placed.links.append(link)
+        if a.extras is not None and a.extras.idempotency is not None:
+            _finish_body(a.extras.idempotency, a.ids)
+    return placed
 
 
 def _finish_body(record: IdempotencyRecord, notification_ids: Sequence[int] | None) -> None:
@@ -402,168 +469,118 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
             with conn.pipeline() as pipeline, conn.transaction():
                 self._append_in(conn, pipeline, batch)
 
+    # The group's transaction, in named steps: what the group concerns is worked out;
+    # one round trip reads, under the log's lock, what the admission rules need
+    # (``commands.admission``); each append is admitted or refused on its own; the
+    # admitted ones get their positions and chain links; everything is written in the
+    # same pipeline (the commit sends it, and fails if any of it failed).
     def _append_in(self, conn: Any, pipeline: Any, batch: list[_Append]) -> None:
-        keys = self.keys
-        new_keys = [dict(keys.pending_rows(a.extras.sealed_subjects)) if keys is not None and a.extras
-                    else {} for a in batch]
-        originators = [e.originator_id for a in batch for e in a.stored_events]
-        versions = [e.originator_version for a in batch for e in a.stored_events]
-        emails = sorted({h for a in batch if a.extras for h, _ in a.extras.reserve_emails + a.extras.release_emails})
-        idem = [a.extras.idempotency for a in batch if a.extras and a.extras.idempotency]
-        subjects = sorted({s for a in batch if a.extras for s in a.extras.sealed_subjects})
+        group = _Group.of(batch, self.keys)
+        head, state = self._read_under_lock(conn, pipeline, group)
+        stored_owner = dict(state.owner)
+        accepted = self._admitted(group, state)
+        if not accepted:
+            return
+        placed = _place(accepted, head)
+        with conn.cursor() as curs:
+            curs.execute(self._notify_statement, prepare=True)
+            self._write_keys_and_credentials(curs, group, accepted)
+            self._write_reservations(curs, group.emails, stored_owner, state.owner)
+            self._write_events_and_chain(curs, placed)
+            self._write_idempotency(curs, accepted)
+            # Writers that take ids from the sequence (eventsourcing's own insert) carry
+            # on after these.
+            curs.execute(self._setval_statement, (placed.position,), prepare=True)
+
+    def _read_under_lock(self, conn: Any, pipeline: Any, group: _Group) -> tuple[_Head, LogState]:
+        """Lock the log and read, in one round trip, its head and what the group's
+        appends claim: versions (each event's own and the one before it), e-mail
+        holders, answered Idempotency-Keys, sealed subjects' keys."""
         with conn.cursor() as head, conn.cursor() as taken, conn.cursor() as owners, \
                 conn.cursor() as used, conn.cursor() as keyrows:
             for statement in self._lock_statements:
                 head.execute(statement, prepare=True)
             head.execute(self._head_statement, prepare=True)
-            # Each event's own (id, version), and the one before it: an append must
-            # follow on from what is stored (an aggregate a command held in memory
-            # while its log was restored from a backup must not leave a gap).
-            taken.execute(self._taken_statement, (originators + originators,
-                                                  versions + [v - 1 for v in versions]),
+            taken.execute(self._taken_statement, (group.originators + group.originators,
+                                                  group.versions + [v - 1 for v in group.versions]),
                           prepare=True)
-            if emails:
-                owners.execute(self._owners_statement, (emails,), prepare=True)
-            if idem:
-                used.execute(self._used_keys_statement,
-                             ([r.principal for r in idem], [r.key for r in idem]), prepare=True)
-            if subjects:
-                keyrows.execute(self._key_rows_statement, (subjects,), prepare=True)
+            if group.emails:
+                owners.execute(self._owners_statement, (group.emails,), prepare=True)
+            if group.idempotency:
+                used.execute(self._used_keys_statement, ([r.principal for r in group.idempotency],
+                                                         [r.key for r in group.idempotency]), prepare=True)
+            if group.subjects:
+                keyrows.execute(self._key_rows_statement, (group.subjects,), prepare=True)
             pipeline.sync()
-            row = head.fetchone()
-            position = int(row["head"]) if row else 0
-            # The chain's last link and the newest signed checkpoint (both read under
-            # the log's lock, in the same round trip as the head).
-            link = bytes(row["link"]) if row and row["link"] is not None else GENESIS
-            signed = int(row["signed"]) if row else 0
-            stored_versions = {(r["originator_id"], r["originator_version"]) for r in taken.fetchall()}
-            owner: dict[bytes, UUID | None] = dict.fromkeys(emails)
-            if emails:
+            found = _Head.of(head.fetchone())
+            owner: dict[bytes, UUID | None] = dict.fromkeys(group.emails)
+            if group.emails:
                 owner.update({bytes(r["email_hmac"]): r["customer_id"] for r in owners.fetchall()})
-            stored_owner = dict(owner)
-            used_keys = {(r["principal"], r["key"]) for r in used.fetchall()} if idem else set()
-            key_destroyed: dict[UUID, bool] = (
-                {r["subject_id"]: r["destroyed"] for r in keyrows.fetchall()} if subjects else {})
-
-        accepted = [a for a, rows in zip(batch, new_keys, strict=True)
-                    if self._admit(a, rows, stored_versions, owner, used_keys, key_destroyed)]
-        if not accepted:
-            return
-        key_rows: list[tuple[UUID, bytes]] = []
-        for a, rows in zip(batch, new_keys, strict=True):
-            if a.error is None:
-                key_rows.extend(rows.items())
-        stored_events: list[StoredEvent] = []
-        ids: list[int] = []
-        # Each event's chain link (version 2: its look-up columns and the newest
-        # checkpoint covered too), following on from the last link stored. Only this
-        # group's events are linked: an event stored by other means is left without a
-        # link, which verification reports.
-        metas: list[LinkMeta] = []
-        links: list[bytes] = []
-        for a in accepted:
-            a.ids = list(range(position + 1, position + 1 + len(a.stored_events)))
-            position += len(a.stored_events)
-            stored_events.extend(a.stored_events)
-            ids.extend(a.ids)
-            for nid, meta, body in zip(a.ids, a.lookups, a.bodies, strict=True):
-                link = link_from_body(link, nid, body, signed)
-                metas.append(meta._replace(checkpoint_at=signed))
-                links.append(link)
-            if a.extras is not None and a.extras.idempotency is not None:
-                _finish_body(a.extras.idempotency, a.ids)
-        with conn.cursor() as curs:
-            curs.execute(self._notify_statement, prepare=True)
-            if key_rows:
-                curs.execute(self._insert_keys_statement,
-                             ([s for s, _ in key_rows], [w for _, w in key_rows]), prepare=True)
-            for a in accepted:
-                if a.extras is not None:
-                    self._insert_credentials(curs, a.extras)
-            # The reservations as the admitted appends leave them, one after the other.
-            changed = [h for h in emails if owner[h] != stored_owner[h]]
-            gone = [h for h in changed if stored_owner[h] is not None]
-            if gone:
-                curs.execute(self._release_statement, (gone,), prepare=True)
-            reserved = [(h, owner[h]) for h in changed if owner[h] is not None]
-            if reserved:
-                curs.execute(self._reserve_statement,
-                             ([h for h, _ in reserved], [c for _, c in reserved]), prepare=True)
-            curs.execute(self._insert_statement, (
-                ids,
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-            ), prepare=True)
-            curs.execute(self._chain_statement, (
-                signed, ids, [m.subject_id for m in metas], [m.occurred_at for m in metas],
-                [m.recorded_at for m in metas], [m.actor_id for m in metas], links), prepare=True)
-            records = [a.extras.idempotency for a in accepted
-                       if a.extras is not None and a.extras.idempotency is not None]
-            if records:
-                curs.execute(self._insert_idempotency_statement, (
-                    [r.principal for r in records], [r.key for r in records],
-                    [r.fingerprint for r in records], [r.status for r in records],
-                    [json.dumps(r.body) for r in records],
-                ), prepare=True)
-            # Writers that take ids from the sequence (eventsourcing's own insert) carry
-            # on after these.
-            curs.execute(self._setval_statement, (position,), prepare=True)
-        # The commit sends all this and fails if any of it failed.
+            state = LogState(
+                stored_versions={(r["originator_id"], r["originator_version"]) for r in taken.fetchall()},
+                owner=owner,
+                used_keys={(r["principal"], r["key"]) for r in used.fetchall()} if group.idempotency else set(),
+                key_destroyed=({r["subject_id"]: r["destroyed"] for r in keyrows.fetchall()}
+                               if group.subjects else {}),
+            )
+        return found, state
 
     @staticmethod
-    def _admit(append: _Append, new_keys: dict[UUID, bytes],
-               stored_versions: set[tuple[UUID, int]], owner: dict[bytes, UUID | None],
-               used_keys: set[tuple[str, str]], key_destroyed: dict[UUID, bool]) -> bool:
-        """Whether the append can be stored after the ones admitted before it in its
-        group; if it can, what it claims is marked taken for those after it; if not, its
-        own error is set."""
-        claims = append.claims
-        own = set(claims)
-        if any(c in stored_versions for c in claims) or len(own) < len(claims):
-            first = claims[0]
-            append.error = IntegrityError(
-                f"version {first[1]} of {first[0]} was stored by another writer")
-            return False
-        for originator_id, version in claims:
-            before = (originator_id, version - 1)
-            if version > 1 and before not in stored_versions and before not in own:
-                append.error = IntegrityError(
-                    f"version {version - 1} of {originator_id} is not stored")
-                return False
-        extras = append.extras
-        if extras is not None:
-            for subject in sorted(extras.sealed_subjects):
-                destroyed = key_destroyed.get(subject)
-                if destroyed:
-                    append.error = SubjectKeyDestroyed(subject)
-                    return False
-                if destroyed is not None and subject in new_keys:
-                    # A key was stored for this subject since this append made one.
-                    append.error = IntegrityError(f"a key for {subject} exists already")
-                    return False
-            record = extras.idempotency
-            if record is not None and (record.principal, record.key) in used_keys:
-                append.error = IdempotencyKeyTaken()
-                return False
-            after = dict(owner)
-            for email_hmac, customer_id in extras.release_emails:
-                if after.get(email_hmac) == customer_id:
-                    after[email_hmac] = None
-            for email_hmac, customer_id in extras.reserve_emails:
-                holder = after.get(email_hmac)
-                if holder is not None and holder != customer_id:
-                    append.error = EmailTaken(email_hmac)
-                    return False
-                after[email_hmac] = customer_id
-            owner.update(after)
-            if record is not None:
-                used_keys.add((record.principal, record.key))
-            for subject in new_keys:
-                key_destroyed[subject] = False
-        stored_versions.update(claims)
-        return True
+    def _admitted(group: _Group, state: LogState) -> list[_Append]:
+        """The appends that pass the admission rules, each after those before it; a
+        refused one gets its own error and is left out."""
+        accepted = []
+        for a, rows in zip(group.batch, group.new_keys, strict=True):
+            a.error = admit(a.claims, a.extras, rows, state)
+            if a.error is None:
+                accepted.append(a)
+        return accepted
+
+    def _write_keys_and_credentials(self, curs: Any, group: _Group, accepted: list[_Append]) -> None:
+        key_rows = [row for a, rows in zip(group.batch, group.new_keys, strict=True)
+                    if a.error is None for row in rows.items()]
+        if key_rows:
+            curs.execute(self._insert_keys_statement,
+                         ([s for s, _ in key_rows], [w for _, w in key_rows]), prepare=True)
+        for a in accepted:
+            if a.extras is not None:
+                self._insert_credentials(curs, a.extras)
+
+    def _write_reservations(self, curs: Any, emails: list[bytes], stored_owner: dict[bytes, UUID | None],
+                            owner: dict[bytes, UUID | None]) -> None:
+        """The reservations as the admitted appends leave them, one after the other."""
+        changed = [h for h in emails if owner[h] != stored_owner[h]]
+        gone = [h for h in changed if stored_owner[h] is not None]
+        if gone:
+            curs.execute(self._release_statement, (gone,), prepare=True)
+        reserved = [(h, owner[h]) for h in changed if owner[h] is not None]
+        if reserved:
+            curs.execute(self._reserve_statement,
+                         ([h for h, _ in reserved], [c for _, c in reserved]), prepare=True)
+
+    def _write_events_and_chain(self, curs: Any, placed: _Placed) -> None:
+        events = placed.stored_events
+        curs.execute(self._insert_statement, (
+            placed.ids,
+            [e.originator_id for e in events],
+            [e.originator_version for e in events],
+            [e.topic for e in events],
+            [e.state for e in events],
+        ), prepare=True)
+        metas = placed.metas
+        curs.execute(self._chain_statement, (
+            placed.signed, placed.ids, [m.subject_id for m in metas], [m.occurred_at for m in metas],
+            [m.recorded_at for m in metas], [m.actor_id for m in metas], placed.links), prepare=True)
+
+    def _write_idempotency(self, curs: Any, accepted: list[_Append]) -> None:
+        records = [a.extras.idempotency for a in accepted
+                   if a.extras is not None and a.extras.idempotency is not None]
+        if records:
+            curs.execute(self._insert_idempotency_statement, (
+                [r.principal for r in records], [r.key for r in records],
+                [r.fingerprint for r in records], [r.status for r in records],
+                [json.dumps(r.body) for r in records],
+            ), prepare=True)
 
     def _add_group_statements(self) -> None:
         schema = Identifier(self.datastore.schema)
@@ -911,33 +928,47 @@ class CrmMemoryRecorder(POPOApplicationRecorder):
         self._credentials: dict[UUID, Credential] = {}
         self._api_keys: dict[UUID, ApiKeySecret] = {}
         self._web_sessions: dict[bytes, WebSession] = {}
+        #: set by the application: sealed subjects' keys (their destruction refuses an append)
+        self.keys: InMemoryKeyRing | None = None
 
     def _insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         extras: WriteExtras | None = kwargs.get("extras")
+        claims = [(UUID(str(e.originator_id)), e.originator_version) for e in stored_events]
         with self._database_lock:
-            if extras is not None:
-                for email_hmac, customer_id in extras.reserve_emails:
-                    owner = self._reservations.get(email_hmac)
-                    if owner is not None and owner != customer_id:
-                        raise EmailTaken(email_hmac)
-                if extras.idempotency is not None:
-                    rec = extras.idempotency
-                    if (rec.principal, rec.key) in self._idempotency:
-                        raise IdempotencyKeyTaken()
-            self._assert_uniqueness(stored_events, **kwargs)
+            state = self._log_state(claims, extras)
+            emails = dict(state.owner)
+            error = admit(claims, extras, {}, state)
+            if error is not None:
+                raise error
             ids = self._update_table(stored_events, **kwargs)
             if extras is not None:
-                for email_hmac, customer_id in extras.release_emails:
-                    if self._reservations.get(email_hmac) == customer_id:
-                        del self._reservations[email_hmac]
-                for email_hmac, customer_id in extras.reserve_emails:
-                    self._reservations[email_hmac] = customer_id
+                for email_hmac, customer_id in state.owner.items():
+                    if customer_id is None:
+                        self._reservations.pop(email_hmac, None)
+                    elif emails[email_hmac] != customer_id:
+                        self._reservations[email_hmac] = customer_id
                 if extras.idempotency is not None:
                     rec = extras.idempotency
                     _finish_body(rec, ids)
                     self._idempotency[(rec.principal, rec.key)] = rec
                 self._keep_credentials(extras)
             return ids
+
+    def _log_state(self, claims: list[tuple[UUID, int]], extras: WriteExtras | None) -> LogState:
+        """What the admission rules read, as the PostgreSQL recorder reads it under the
+        log's lock: the claimed versions and their predecessors stored, the concerned
+        addresses' holders, the answered key, the sealed subjects' keys."""
+        stored = {(oid, v) for oid, version in claims for v in (version, version - 1)
+                  if v in self._stored_events_index.get(str(oid), {})}
+        if extras is None:
+            return LogState(stored, {}, set(), {})
+        emails = {h for h, _ in extras.reserve_emails + extras.release_emails}
+        record = extras.idempotency
+        used = {(record.principal, record.key)} if record is not None and (
+            record.principal, record.key) in self._idempotency else set()
+        found = {s: self.keys.destroyed(s) for s in extras.sealed_subjects} if self.keys is not None else {}
+        destroyed = {s: d for s, d in found.items() if d is not None}
+        return LogState(stored, {h: self._reservations.get(h) for h in emails}, used, destroyed)
 
     def _keep_credentials(self, extras: WriteExtras) -> None:
         for user_id, password_hash in extras.passwords:

@@ -153,6 +153,13 @@ class InMemoryKeyRing:
             self._destroyed.add(subject_id)
             return self._keys.pop(subject_id, None) is not None
 
+    def destroyed(self, subject_id: UUID) -> bool | None:
+        """Whether the subject's key was destroyed (None: the subject has no key)."""
+        with self._lock:
+            if subject_id in self._destroyed:
+                return True
+            return False if subject_id in self._keys else None
+
 
 class PostgresKeyRing:
     """Keys in their own PostgreSQL table, wrapped with the key-encryption key.

@@ -11,7 +11,10 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from pydantic import BaseModel
 
+from aggregates import Customer
+from aggregates.errors import InvalidTransition
 from commands import Forbidden
 from commands import customer as cc
 from commands.application import Principal, Request, WriteResult
@@ -142,3 +145,43 @@ def test_with_no_cache_every_command_rebuilds_its_records(make_system: Any) -> N
     created = _register(system)
     assert _details(system, created.id, 1, industry="retail").version == 2
     assert _tag(system, created.id, "vip").version == 3
+
+
+class _Probe(BaseModel):
+    """A command whose handler reads the target and then fails as told."""
+
+    fail_with: str
+
+
+def _probing(system: Any, target: UUID, failures: dict[bool, Exception]) -> list[bool]:
+    """Install the probe's handler; the list it returns says, per decision, whether the
+    record came from the cache. ``failures[cached]`` is raised after the read."""
+    decisions: list[bool] = []
+
+    def handler(command: _Probe, uow: Any, ctx: Any) -> Any:
+        uow.get(Customer, target)
+        decisions.append(bool(uow.cached))
+        raise failures[bool(uow.cached)]
+
+    system.commands.handlers[_Probe] = handler
+    return decisions
+
+
+def test_only_a_rules_refusal_on_a_cached_record_is_decided_again(system: Any) -> None:
+    created = _register(system)
+    _tag(system, created.id, "first")  # cached
+    decisions = _probing(system, created.id, {True: InvalidTransition("stale"), False: Forbidden("fresh")})
+    with pytest.raises(Forbidden, match="fresh"):
+        system.commands.execute(_Probe(fail_with="rule"), Request(
+            principal=REP, correlation_id="c", target=created.id))
+    assert decisions == [True, False]
+
+
+def test_a_fault_on_a_cached_record_is_raised_at_once(system: Any) -> None:
+    created = _register(system)
+    _tag(system, created.id, "first")  # cached
+    decisions = _probing(system, created.id, {True: KeyError("fault"), False: Forbidden("fresh")})
+    with pytest.raises(KeyError, match="fault"):
+        system.commands.execute(_Probe(fail_with="fault"), Request(
+            principal=REP, correlation_id="c", target=created.id))
+    assert decisions == [True]
