@@ -232,7 +232,7 @@ def clv_command(
     up to --as-of (default now), as JSON: the cut-off, time unit, customers fitted, the
     parameters, the total and mean value over the horizon and the top customers."""
     from projections.analytics import sandbox
-    from projections.analytics.clv import customer_lifetime_values
+    from projections.analytics.clv import lifetime_value_answer
     from projections.analytics.schema import macro_call
 
     cutoff = _as_of(as_of)
@@ -253,12 +253,9 @@ def clv_command(
         raise typer.Exit(1) from None
     finally:
         db.close()
-    out = customer_lifetime_values(sandbox.rows_of(result.table), horizon_weeks=horizon_weeks,
-                                   as_of=cutoff)
-    for entry in out["currencies"].values():
-        if "customer_values" in entry:
-            entry["customer_values"] = entry["customer_values"][:top]
-    _write(None, json.dumps({"position": result.position, **out}, indent=1).encode())
+    answer = lifetime_value_answer(sandbox.rows_of(result.table), position=result.position,
+                                   horizon_weeks=horizon_weeks, as_of=cutoff, top=top)
+    _write(None, json.dumps(answer, indent=1).encode())
 
 
 @analytics_app.command("run")

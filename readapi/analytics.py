@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, ConfigDict, Field, field_validator
 from commands.base import CheckedInput
 from commands.application import Principal
 from projections.analytics import report, sandbox
-from projections.analytics.clv import customer_lifetime_values, utc_text
+from projections.analytics.clv import lifetime_value_answer, utc_text
 from projections.analytics.schema import AS_OF_KPIS, KPI_VIEWS, macro_call
 from projections.analytics.store import AnalyticsProjection, Busy, NotLeader
 from readapi.access import reach_of
@@ -189,12 +189,8 @@ def clv(request: Request, caller: Caller, as_of: AsOf = None,
             raise _refused(e) from None
         finally:
             con.close()
-        out = customer_lifetime_values(sandbox.rows_of(result.table), horizon_weeks=horizon_weeks,
-                                       as_of=cutoff)
-    for entry in out["currencies"].values():
-        if "customer_values" in entry:
-            entry["customer_values"] = entry["customer_values"][:top]
-    return {"position": result.position, **out}
+        return lifetime_value_answer(sandbox.rows_of(result.table), position=result.position,
+                                     horizon_weeks=horizon_weeks, as_of=cutoff, top=top)
 
 
 def run_sql(body: SqlQuery, request: Request, caller: Caller) -> Any:

@@ -120,6 +120,17 @@ def expected_value(m: GammaGamma, x: FloatArray, m_x: FloatArray, population_mea
     return np.asarray(np.where(x > 0, cond, population_mean), dtype=np.float64)
 
 
+def lifetime_value_answer(rows: list[dict[str, Any]], *, position: int, horizon_weeks: float,
+                          as_of: datetime, top: int) -> dict[str, Any]:
+    """The answer of ``/analytics/clv`` and ``crm analytics clv``: the fit at the log
+    ``position`` the rows were read at, each currency's ``top`` customers only."""
+    out = customer_lifetime_values(rows, horizon_weeks=horizon_weeks, as_of=as_of)
+    for entry in out["currencies"].values():
+        if "customer_values" in entry:
+            entry["customer_values"] = entry["customer_values"][:top]
+    return {"position": position, **out}
+
+
 def customer_lifetime_values(rows: list[dict[str, Any]], *, horizon_weeks: float = 52.0,
                              as_of: datetime | None = None) -> dict[str, Any]:
     """Fit per currency on ``clv_inputs_at(as_of)`` rows; the models and each customer's CLV.
