@@ -45,11 +45,15 @@ def env_for(url: str, data_dir: Path, **extra: str) -> dict[str, str]:
             "CRM_DB_POOL_SIZE": "2", **extra}
 
 
-@pytest.fixture
-def restored_url(database_url: str) -> Iterator[str]:
-    url = fresh_database(database_url, database_url.rsplit("/", 1)[1] + "_cli")
+def _scratch_database(database_url: str, suffix: str) -> Iterator[str]:
+    url = fresh_database(database_url, database_url.rsplit("/", 1)[1] + suffix)
     yield url
     drop_database(database_url, url)
+
+
+@pytest.fixture
+def restored_url(database_url: str) -> Iterator[str]:
+    yield from _scratch_database(database_url, "_cli")
 
 
 def test_erase_backup_and_restore_from_the_command_line(
@@ -111,9 +115,7 @@ def test_erase_backup_and_restore_from_the_command_line(
 
 @pytest.fixture
 def second_url(database_url: str) -> Iterator[str]:
-    url = fresh_database(database_url, database_url.rsplit("/", 1)[1] + "_cli2")
-    yield url
-    drop_database(database_url, url)
+    yield from _scratch_database(database_url, "_cli2")
 
 
 def test_a_bundle_restores_onto_a_new_machine_and_keeps_later_erasures(

@@ -25,6 +25,7 @@ from commands.application import Principal, Request
 from crm.cli import app as cli
 from events.chain import LinkMeta, checkpoint_message, link_hash
 from replay.state import Replayer
+from tests.integration.test_audit_chain import _cli_env
 from replay.timeline import TimelineQuery, timeline
 
 pytestmark = pytest.mark.postgres
@@ -254,16 +255,6 @@ CASES = {c.tamper.__name__: c for c in [
 def _timeline(log: Log, customer: uuid.UUID) -> list[dict[str, Any]]:
     replayer = Replayer(log.system.app.factory.datastore.get_connection, log.system.app.codec)
     return timeline(replayer, customer, TimelineQuery()).items
-
-
-def _cli_env(system: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = system.settings
-    monkeypatch.setenv("CRM_DATABASE_URL", system.database_url)
-    monkeypatch.setenv("CRM_MASTER_KEY", s.master_key.get_secret_value())
-    monkeypatch.setenv("CRM_JWT_SECRET", s.jwt_secret.get_secret_value())
-    monkeypatch.setenv("CRM_DATA_DIR", str(s.data_dir))
-    monkeypatch.setenv("CRM_LOG_LEVEL", "error")
-    monkeypatch.setattr("crm.logging.configure", lambda *args, **kwargs: None)
 
 
 def _verify(*args: str) -> tuple[int, str]:
