@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from readapi.access import READABLE, REACH, RECORD_TYPES, VIEW_RULES
-from readapi.auth import WRITE_SCOPES
+from readapi.auth import ROLES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def test_the_web_ui_reads_what_the_api_lets_each_role_read() -> None:
 
 
 def test_every_role_is_declared() -> None:
-    assert set(REACH) == set(WRITE_SCOPES)
+    assert set(REACH) == set(ROLES)
 
 
 def test_every_rule_is_of_a_known_kind() -> None:
