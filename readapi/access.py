@@ -13,15 +13,7 @@ reach, or ``EVERY`` record. Each term is written once as an SQL condition over t
 tables and once as a test of a record rebuilt from its events, side by side, so a list and
 a single record can not disagree. "People" are the caller, and for a role whose reach is
 its team (``TEAM``: the manager) every member of their team as the ``users`` read table
-has it. Today:
-
-* **manager, sales rep.** customer: owned by or shared with one of the people;
-  opportunity: owned by or shared with one of the people, or of a customer in reach;
-  interaction: of a customer in reach; service request, task: assigned to one of the
-  people, or of a customer in reach.
-* **marketing** reads customers only: the ones that granted consent to at least one channel.
-* **service agent** reads every customer, interaction, service request and task.
-* Every other role reads every record of every type.
+has it.
 
 The activity feed (``activity``) lists the events of the readable types under their
 customer; it is declared like a record type but is not one (it answers 403 unless the role
@@ -201,14 +193,17 @@ class Reach:
 
     # -- records rebuilt from their events ---------------------------------------------
     def reaches(self, app: CrmApplication, aggregate: Aggregate) -> bool:
-        return rule_test(self.principal.role, aggregate.type_name, aggregate, frozenset(self.people),
-                         lambda customer_id: self.reaches_customer_id(app, customer_id))
+        ok = rule_test(self.principal.role, aggregate.type_name, aggregate, frozenset(self.people),
+                       lambda customer_id: self.reaches_customer_id(app, customer_id))
+        if aggregate.type_name == "customer":
+            self._customers[aggregate.id] = ok
+        return ok
 
     def reaches_customer_id(self, app: CrmApplication, customer_id: UUID) -> bool:
         known = self._customers.get(customer_id)
         if known is None:
             try:
-                known = self.reaches(app, app.load(AGGREGATE_TYPES["customer"], customer_id))
+                return self.reaches(app, app.load(AGGREGATE_TYPES["customer"], customer_id))
             except NotFound:
                 known = False
             self._customers[customer_id] = known
