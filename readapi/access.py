@@ -1,28 +1,28 @@
 """Record-level access: which records a caller may reach.
 
-Two layers, both decided here for every route:
+Two layers, both decided here for every route, from one declaration (``REACH``):
 
-* **By type.** ``READABLE`` names the record types each role may read at all. A list or
-  record of another type answers 403: it says nothing about any one record.
+* **By type.** A role may read the record types ``REACH`` names for it (``READABLE``). A
+  list or record of another type answers 403: it says nothing about any one record.
 * **By record.** Within a readable type, a record outside the caller's reach answers 404,
   exactly like a record that does not exist, on every route (lists and search, records,
   events, history, time travel, timelines, commands, analytics that name customers).
 
-Reach of the limited roles ("people" are the caller, and for a manager every member of
-their team as the ``users`` read table has it):
+``REACH`` gives, per role and record type, the ways (``Term``) a record can be within
+reach, or ``EVERY`` record. Each term is written once as an SQL condition over the read
+tables and once as a test of a record rebuilt from its events, side by side, so a list and
+a single record can not disagree. "People" are the caller, and for a role whose reach is
+its team (``TEAM``: the manager) every member of their team as the ``users`` read table
+has it.
 
-* **customer:** owned by one of the people, or shared with one of them;
-* **opportunity:** owned by or shared with one of the people, or of a customer in reach;
-* **interaction:** of a customer in reach;
-* **service request, task:** assigned to one of the people, or of a customer in reach;
-* **marketing** reaches the customers that granted consent to at least one channel.
-
-Every other role reaches every record of the types it may read.
+The activity feed (``activity``) lists the events of the readable types under their
+customer; it is declared like a record type but is not one (it answers 403 unless the role
+reads customers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,31 +40,124 @@ RECORD_TYPES = ("customer", "opportunity", "interaction", "service_request", "ta
 #: The record type of each read view (the activity feed is read with the customers).
 VIEW_TYPES = {"customers": "customer", "opportunities": "opportunity", "interactions": "interaction",
               "service_requests": "service_request", "tasks": "task", "activities": "customer"}
-_ALL = frozenset(RECORD_TYPES)
-#: The record types each role may read at all (others: 403).
-READABLE: dict[str, frozenset[str]] = {
-    "admin": _ALL,
-    "manager": _ALL,
-    "sales_rep": _ALL,
-    "service_agent": frozenset({"customer", "interaction", "service_request", "task"}),
-    "marketing": frozenset({"customer"}),
-    "analyst": _ALL,
-    "auditor": _ALL,
-    "data_admin": _ALL,
-    "integration": _ALL,
-}
+#: The entry of ``REACH`` each read view is filtered by.
+VIEW_RULES = {**VIEW_TYPES, "activities": "activity"}
 #: Each record type in words, many of them.
 PLURALS = {"customer": "customers", "opportunity": "opportunities", "interaction": "interactions",
            "service_request": "service requests", "task": "tasks"}
-#: Roles whose reach is their own (and their team's, or shared) records.
-LIMITED = frozenset({"sales_rep", "manager"})
-#: Roles whose reach among customers is the ones that gave consent.
-CONSENTED_ONLY = frozenset({"marketing"})
 
 _CUSTOMERS = f'"{READ_SCHEMA}"."customers"'
 _USERS = f'"{READ_SCHEMA}"."users"'
-#: A customer row that granted consent to at least one channel.
-_CONSENTED = "jsonb_path_exists(\"consents\", '$.* ? (@ == true)')"
+
+SQL = tuple[str, list[Any]]
+#: Whether the customer with this id is within reach (for ``OF_CUSTOMER``).
+CustomerTest = Callable[[UUID], bool]
+
+
+# -- the terms: one way each a record can be within reach ---------------------------------
+@dataclass(frozen=True)
+class Term:
+    """One way a record is within reach: its SQL over a read table's row and its test of a
+    record (an aggregate, or any object with the same attributes), side by side."""
+
+    name: str
+    #: (people, the SQL of the customers in reach) -> condition and its parameters
+    sql: Callable[[list[str], SQL], SQL]
+    #: (record, people, is this customer in reach) -> bool
+    test: Callable[[Any, frozenset[str], CustomerTest], bool]
+
+
+OWNED = Term("owned", lambda people, _: ('"owner_id" = ANY(%s)', [people]),
+             lambda r, people, _: getattr(r, "owner_id", None) in people)
+SHARED = Term("shared", lambda people, _: ('"shared_with" && %s::text[]', [people]),
+              lambda r, people, _: bool(people & set(getattr(r, "shared_with", None) or ())))
+ASSIGNED = Term("assigned", lambda people, _: ('"assignee_id" = ANY(%s)', [people]),
+                lambda r, people, _: getattr(r, "assignee_id", None) in people)
+#: a customer that granted consent to at least one channel
+CONSENTED = Term("consented", lambda people, _: ("jsonb_path_exists(\"consents\", '$.* ? (@ == true)')", []),
+                 lambda r, people, _: any(v is True for v in (getattr(r, "consents", None) or {}).values()))
+#: of a customer within reach (by the customer rule of the same role; ``rule_sql`` gives
+#: the term the condition ``"customer_id" IN (the customers in reach)``)
+OF_CUSTOMER = Term("of_customer", lambda people, customers: customers,
+                   lambda r, people, customer_reached: getattr(r, "customer_id", None) is not None
+                   and customer_reached(r.customer_id))
+
+#: A rule: the terms any of which puts a record in reach; ``EVERY``: no record-level limit.
+Rule = tuple[Term, ...] | None
+EVERY: Rule = None
+
+SELF, TEAM = "self", "team"
+
+
+@dataclass(frozen=True)
+class RoleReach:
+    """One role's reach: whose records are "the people's", and the rule of each record
+    type it may read (a type not named answers 403)."""
+
+    rules: Mapping[str, Rule]
+    people: str = SELF
+
+
+def _everything(*types: str) -> RoleReach:
+    return RoleReach({t: EVERY for t in (*types, "activity")})
+
+
+_ALL = RECORD_TYPES
+_OWN_OR_TEAM: Mapping[str, Rule] = {
+    "customer": (OWNED, SHARED),
+    "opportunity": (OWNED, SHARED, OF_CUSTOMER),
+    "interaction": (OF_CUSTOMER,),
+    "service_request": (ASSIGNED, OF_CUSTOMER),
+    "task": (ASSIGNED, OF_CUSTOMER),
+    "activity": (OF_CUSTOMER,),
+}
+
+#: THE declaration: per role, the record types it may read and which of them it reaches.
+REACH: dict[str, RoleReach] = {
+    "admin": _everything(*_ALL),
+    "manager": RoleReach(_OWN_OR_TEAM, people=TEAM),
+    "sales_rep": RoleReach(_OWN_OR_TEAM, people=SELF),
+    "service_agent": _everything("customer", "interaction", "service_request", "task"),
+    "marketing": RoleReach({"customer": (CONSENTED,), "activity": ()}),  # reads no feed
+    "analyst": _everything(*_ALL),
+    "auditor": _everything(*_ALL),
+    "data_admin": _everything(*_ALL),
+    "integration": _everything(*_ALL),
+}
+_NOTHING = RoleReach({})
+for _role, _reach in REACH.items():  # a customer's reach is its own (no loop through OF_CUSTOMER)
+    if OF_CUSTOMER in (_reach.rules.get("customer") or ()):
+        raise ValueError(f"the {_role} role reaches customers through their customer")
+
+#: The record types each role may read at all (others: 403); web/src/roles.ts mirrors it.
+READABLE: dict[str, frozenset[str]] = {
+    role: frozenset(t for t in r.rules if t in RECORD_TYPES) for role, r in REACH.items()}
+
+
+def rule_sql(role: str, kind: str, people: list[str], customers_table: str = _CUSTOMERS) -> SQL | None:
+    """The WHERE condition that keeps rows of ``kind`` (a record type, or ``activity``)
+    within the role's reach; None: every row."""
+    rules = REACH.get(role, _NOTHING).rules
+    rule = rules.get(kind, ())
+    if rule is None:  # EVERY
+        return None
+    if not rule:
+        return "false", []
+    customers: SQL = ("true", [])
+    if OF_CUSTOMER in rule:
+        inner = rule_sql(role, "customer", people, customers_table) or ("true", [])
+        customers = f'"customer_id" IN (SELECT id FROM {customers_table} WHERE {inner[0]})', inner[1]
+    parts = [term.sql(people, customers) for term in rule]
+    return "(" + " OR ".join(p[0] for p in parts) + ")", [v for p in parts for v in p[1]]
+
+
+def rule_test(role: str, kind: str, record: Any, people: frozenset[str],
+              customer_reached: CustomerTest) -> bool:
+    """Whether the role reaches ``record`` of ``kind``: the same rule as ``rule_sql``."""
+    rule = REACH.get(role, _NOTHING).rules.get(kind, ())
+    if rule is None:  # EVERY
+        return True
+    return any(term.test(record, people, customer_reached) for term in rule)
 
 
 def readable(principal: Principal, aggregate_type: str) -> None:
@@ -78,88 +171,43 @@ class Reach:
     """What one caller reaches; built once per request (``reach_of``)."""
 
     principal: Principal
-    #: the caller, and for a manager their team's members; None: no record-level limit
-    people: list[str] | None
-    consented_only: bool = False
+    #: the caller, and for a team's reach their team's members
+    people: list[str]
     _customers: dict[UUID, bool] = field(default_factory=dict)
 
     @property
     def unlimited(self) -> bool:
-        return self.people is None and not self.consented_only
+        """Every record of every type the role reads (no record-level check)."""
+        return all(rule is EVERY for rule in REACH.get(self.principal.role, _NOTHING).rules.values())
 
     # -- SQL over the read tables ------------------------------------------------------
-    def _customer_sql(self) -> tuple[str, list[Any]]:
-        if self.consented_only:
-            return _CONSENTED, []
-        assert self.people is not None
-        return '("owner_id" = ANY(%s) OR "shared_with" && %s::text[])', [self.people, self.people]
-
-    def _of_customer_sql(self) -> tuple[str, list[Any]]:
-        inner, params = self._customer_sql()
-        return f'"customer_id" IN (SELECT id FROM {_CUSTOMERS} WHERE {inner})', params
-
-    def condition(self, view: str) -> tuple[str, list[Any]] | None:
+    def condition(self, view: str) -> SQL | None:
         """The WHERE condition that keeps a list of ``view`` within reach (None: all)."""
         readable(self.principal, VIEW_TYPES[view])
+        own = rule_sql(self.principal.role, VIEW_RULES[view], self.people)
         types = READABLE[self.principal.role]
-        if view == "activities" and types != _ALL:
-            own, params = self.condition_of_records(view) or ("true", [])
-            return f'("aggregate_type" = ANY(%s) AND {own})', [sorted(types), *params]
-        return self.condition_of_records(view)
-
-    def condition_of_records(self, view: str) -> tuple[str, list[Any]] | None:
-        if self.unlimited:
-            return None
-        if view == "customers":
-            return self._customer_sql()
-        of_customer, params = self._of_customer_sql()
-        if self.consented_only:  # marketing reads customers only; a stray view is empty
-            return "false", []
-        if view == "opportunities":
-            return (f'("owner_id" = ANY(%s) OR "shared_with" && %s::text[] OR {of_customer})',
-                    [self.people, self.people, *params])
-        if view in ("service_requests", "tasks"):
-            return f'("assignee_id" = ANY(%s) OR {of_customer})', [self.people, *params]
-        if view in ("interactions", "activities"):
-            return of_customer, params
-        raise ValueError(f"no reach rule for the view {view!r}")
+        if view == "activities" and len(types) < len(RECORD_TYPES):
+            own = own or ("true", [])
+            return f'("aggregate_type" = ANY(%s) AND {own[0]})', [sorted(types), *own[1]]
+        return own
 
     # -- records rebuilt from their events ---------------------------------------------
     def reaches(self, app: CrmApplication, aggregate: Aggregate) -> bool:
-        if self.unlimited:
-            return True
-        kind = aggregate.type_name
-        if kind == "customer":
-            return self._reaches_customer(aggregate)
-        if self.consented_only:
-            return False
-        people = set(self.people or ())
-        if kind == "opportunity":
-            if getattr(aggregate, "owner_id", None) in people or people & set(aggregate.shared_with):  # type: ignore[attr-defined]
-                return True
-        elif kind in ("service_request", "task"):
-            if getattr(aggregate, "assignee_id", None) in people:
-                return True
-        customer_id = getattr(aggregate, "customer_id", None)
-        return customer_id is not None and self.reaches_customer_id(app, customer_id)
+        ok = rule_test(self.principal.role, aggregate.type_name, aggregate, frozenset(self.people),
+                       lambda customer_id: self.reaches_customer_id(app, customer_id))
+        if aggregate.type_name == "customer":
+            self._customers[aggregate.id] = ok
+        return ok
 
     def reaches_customer_id(self, app: CrmApplication, customer_id: UUID) -> bool:
         known = self._customers.get(customer_id)
         if known is None:
             try:
-                known = self._reaches_customer(app.load(AGGREGATE_TYPES["customer"], customer_id))
+                return self.reaches(app, app.load(AGGREGATE_TYPES["customer"], customer_id))
             except NotFound:
                 known = False
             self._customers[customer_id] = known
         return known
-
-    def _reaches_customer(self, customer: Any) -> bool:
-        if self.consented_only:
-            return any(customer.consents.values())
-        people = set(self.people or ())
-        ok = customer.owner_id in people or bool(people & set(customer.shared_with))
-        self._customers[customer.id] = ok
-        return ok
 
     def require(self, app: CrmApplication, aggregate: Aggregate) -> None:
         """404 (as if it did not exist) unless the record is within reach."""
@@ -171,7 +219,7 @@ class Reach:
         """The check a command runs on every record it loads, and on what it creates."""
 
         def check(aggregate: Aggregate, created: bool) -> None:
-            if aggregate.type_name not in _ALL:  # users, teams, keys: their routes decide
+            if aggregate.type_name not in RECORD_TYPES:  # users, teams, keys: their routes decide
                 return
             if not created:
                 self.require(app, aggregate)
@@ -195,8 +243,8 @@ def team_members(conn: psycopg.Connection[Any], team_id: str) -> list[str]:
 
 
 def reach_reads_database(principal: Principal) -> bool:
-    """Whether ``reach_of`` may ask the database (a manager's team); else it is quick."""
-    return principal.role == "manager" and bool(principal.team_id)
+    """Whether ``reach_of`` may ask the database (a team's reach); else it is quick."""
+    return REACH.get(principal.role, _NOTHING).people == TEAM and bool(principal.team_id)
 
 
 def reach_of(request: Request, principal: Principal, conn: psycopg.Connection[Any] | None = None) -> Reach:
@@ -206,13 +254,12 @@ def reach_of(request: Request, principal: Principal, conn: psycopg.Connection[An
     cached: Reach | None = getattr(request.state, "reach", None)
     if cached is not None and cached.principal == principal:
         return cached
-    people: list[str] | None = None
-    if principal.role in LIMITED:
-        people = [principal.id]
-        read = request.app.state.services.read
-        if principal.role == "manager" and principal.team_id and (conn is not None or read is not None):
-            with nullcontext(conn) if conn is not None else read.pool.connection() as c:
-                people += [m for m in team_members(c, principal.team_id) if m != principal.id]
-    reach = Reach(principal, people, consented_only=principal.role in CONSENTED_ONLY)
+    people = [principal.id]
+    read = request.app.state.services.read
+    if reach_reads_database(principal) and (conn is not None or read is not None):
+        assert principal.team_id is not None
+        with nullcontext(conn) if conn is not None else read.pool.connection() as c:
+            people += [m for m in team_members(c, principal.team_id) if m != principal.id]
+    reach = Reach(principal, people)
     request.state.reach = reach
     return reach
