@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from typing import Any
-from uuid import UUID
 
 import pytest
 
@@ -178,7 +177,3 @@ def test_duckdb_reads_nothing_personal(cls: type[CrmEvent]) -> None:
     assert "sealed" not in structure and set(structure) <= set(doc) - {"sealed"}
     assert not _holds_mark({k: doc[k] for k in structure if k in doc})
     assert not set(cls.personal_fields) & set(doc["data"])
-
-
-def test_sample_ids_are_uuids() -> None:
-    assert all(isinstance(i, UUID) for _, i, *_ in SAMPLES)
