@@ -7,13 +7,33 @@ back in bulk with the batch's tracking position, in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from events.base import CrmEvent
 
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class From:
+    """An event field a read-model column is filled from (directly or by derivation).
+
+    A column filled from a field the event type marks personal (``personal_fields``) is
+    one of its table's ``personal`` columns: masked by the API, reset by an erasure."""
+
+    event: type[CrmEvent]
+    field: str
+
+    def __post_init__(self) -> None:
+        if self.field not in {f.name for f in dataclasses.fields(self.event)}:
+            raise TypeError(f"{self.event.__name__} has no field {self.field!r}")
+
+    @property
+    def personal(self) -> bool:
+        return self.field in self.event.personal_fields
 
 
 @dataclass(frozen=True)
@@ -28,10 +48,24 @@ class Table:
     indexes: tuple[str, ...] = ()
     #: rows are only ever inserted (feeds); no prefetch, no update
     append_only: bool = False
-    #: the column naming the customer (data subject) a row is about, and the columns that
-    #: hold their personal data: an erasure resets those columns to their defaults
+    #: the column naming the customer (data subject) a row is about
     subject: str | None = None
-    personal: tuple[str, ...] = ()
+    #: per column, the event fields it is filled from (see ``From``); ``personal`` is
+    #: derived from them
+    sources: Mapping[str, tuple[From, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.sources if c not in self.columns]
+        if unknown:
+            raise TypeError(f"table {self.name}: sources name unknown columns {unknown}")
+
+    @property
+    def personal(self) -> tuple[str, ...]:
+        """The columns filled from a personal event field, in column order: the API masks
+        them for roles that may not read personal data; an erasure of the row's
+        ``subject`` resets them to their defaults."""
+        return tuple(c for c in self.columns
+                     if any(s.personal for s in self.sources.get(c, ())))
 
     def create_statements(self, schema: str) -> list[str]:
         cols = ", ".join(f'"{c}" {t}' for c, t in self.columns.items())

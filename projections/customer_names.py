@@ -12,7 +12,10 @@ from typing import Any
 from uuid import UUID
 
 from events import customer as ce
-from projections.base import BatchView, Projection, Table
+from projections.base import BatchView, From, Projection, Table
+
+#: The event fields a customer's name comes from.
+NAME_SOURCES = (From(ce.CustomerRegistered, "name"), From(ce.CustomerDetailsChanged, "personal_changes"))
 
 
 def names_table(name: str) -> Table:
@@ -27,7 +30,7 @@ def names_table(name: str) -> Table:
         },
         key="id",
         subject="id",
-        personal=("name",),
+        sources={"name": NAME_SOURCES},
     )
 
 

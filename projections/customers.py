@@ -11,7 +11,11 @@ from events import interaction as ie
 from events import opportunity as oe
 from events import service_request as se
 from events.base import CrmEvent
-from projections.base import BatchView, Projection, Row, Table, shared_with_after
+from projections.base import BatchView, From, Projection, Row, Table, shared_with_after
+
+#: The event fields the customer's name and contact points come from.
+NAME_SOURCES = (From(ce.CustomerRegistered, "name"), From(ce.CustomerDetailsChanged, "personal_changes"))
+CONTACT_SOURCES = (From(ce.CustomerRegistered, "contacts"), From(ce.ContactAdded, "contact"))
 
 CUSTOMERS = Table(
     "customers",
@@ -48,7 +52,8 @@ CUSTOMERS = Table(
     },
     key="id",
     subject="id",
-    personal=("name", "emails", "phones", "contacts", "search_text"),
+    sources={"name": NAME_SOURCES, "emails": CONTACT_SOURCES, "phones": CONTACT_SOURCES,
+             "contacts": CONTACT_SOURCES, "search_text": NAME_SOURCES + CONTACT_SOURCES},
     indexes=(
         "owner_id, id",
         "CREATE INDEX {name} ON {table} USING gin (shared_with)",

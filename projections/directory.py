@@ -12,7 +12,7 @@ from typing import Any
 from events import api_key as ke
 from events import team as te
 from events import user as ue
-from projections.base import BatchView, Projection, Table
+from projections.base import BatchView, From, Projection, Table
 
 USERS = Table(
     "users",
@@ -30,6 +30,8 @@ USERS = Table(
     },
     key="id",
     indexes=("team_id", "CREATE UNIQUE INDEX {name} ON {table} (username)"),
+    # a staff member's own data: no customer is its subject, so no erasure resets it
+    sources={c: (From(ue.UserCreated, c),) for c in ("display_name", "email")},
 )
 TEAMS = Table(
     "teams",

@@ -100,7 +100,7 @@ def erase_read_models(conninfo: str, projections: Iterable[type[Projection]],
     out: list[Cleaned] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         for projection in projections:
-            if not any(t.personal for t in projection.tables):
+            if not any(t.personal and t.subject for t in projection.tables):
                 continue
             schemas = [r[0] for r in conn.execute(
                 "SELECT schema_name FROM crm_projection_tracking WHERE projection = %s ORDER BY 1",
@@ -111,7 +111,7 @@ def erase_read_models(conninfo: str, projections: Iterable[type[Projection]],
                     conn.execute("SELECT 1 FROM crm_projection_tracking WHERE schema_name = %s FOR UPDATE",
                                  (schema,))
                     for table in projection.tables:
-                        if table.personal:
+                        if table.personal and table.subject:
                             rows = erase_table_rows(conn, schema, table, customer_id)
                             out.append(Cleaned("postgresql", f"{schema}.{table.name}", "anonymised", rows))
                     conn.execute("UPDATE crm_projection_tracking SET erasures = erasures + 1"

@@ -4,7 +4,7 @@ chat, newest first per customer (by when it happened, not when it was logged).""
 from __future__ import annotations
 
 from events import interaction as ie
-from projections.base import BatchView, Projection, Table
+from projections.base import BatchView, From, Projection, Table
 
 INTERACTIONS = Table(
     "interactions",
@@ -27,7 +27,7 @@ INTERACTIONS = Table(
     key="id",
     indexes=("customer_id, occurred_at DESC",),
     subject="customer_id",
-    personal=("subject", "body", "participants"),
+    sources={c: (From(ie.InteractionLogged, c),) for c in ("subject", "body", "participants")},
 )
 
 

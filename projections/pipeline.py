@@ -7,8 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 from events import opportunity as oe
-from projections.base import BatchView, Projection, Table, shared_with_after
-from projections.customer_names import attach, keep_customer_names, names_table
+from projections.base import BatchView, From, Projection, Table, shared_with_after
+from projections.customer_names import NAME_SOURCES, attach, keep_customer_names, names_table
 
 OPPORTUNITIES = Table(
     "opportunities",
@@ -37,7 +37,7 @@ OPPORTUNITIES = Table(
     key="id",
     indexes=("pipeline, stage", "owner_id", "customer_id", "status"),
     subject="customer_id",
-    personal=("customer_name", "title"),
+    sources={"customer_name": NAME_SOURCES, "title": (From(oe.OpportunityOpened, "title"),)},
 )
 CUSTOMER_NAMES = names_table("opportunity_customers")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from events import service_request as se
-from projections.base import BatchView, Projection, Row, Table
-from projections.customer_names import attach, keep_customer_names, names_table
+from projections.base import BatchView, From, Projection, Row, Table
+from projections.customer_names import NAME_SOURCES, attach, keep_customer_names, names_table
 
 SERVICE_REQUESTS = Table(
     "service_requests",
@@ -37,7 +37,7 @@ SERVICE_REQUESTS = Table(
     key="id",
     indexes=("status, priority", "assignee_id, status", "customer_id"),
     subject="customer_id",
-    personal=("customer_name", "subject"),
+    sources={"customer_name": NAME_SOURCES, "subject": (From(se.ServiceRequestOpened, "subject"),)},
 )
 CUSTOMER_NAMES = names_table("service_request_customers")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from events import task as te
-from projections.base import BatchView, Projection, Table
+from projections.base import BatchView, From, Projection, Table
 
 TASKS = Table(
     "tasks",
@@ -29,7 +29,7 @@ TASKS = Table(
     key="id",
     indexes=("assignee_id, status, due_at", "customer_id", "related_id"),
     subject="customer_id",
-    personal=("title", "description"),
+    sources={c: (From(te.TaskCreated, c),) for c in ("title", "description")},
 )
 
 

@@ -25,7 +25,13 @@ from readapi.encoding import JSONResponse
 
 from commands import PIPELINES
 from commands.application import Principal
+from projections.base import Table
+from projections.customers import CUSTOMERS as CUSTOMER_ROWS
+from projections.interactions import INTERACTIONS as INTERACTION_ROWS
+from projections.pipeline import OPPORTUNITIES as OPPORTUNITY_ROWS
 from projections.service import ReadSide
+from projections.service_queue import SERVICE_REQUESTS as SERVICE_REQUEST_ROWS
+from projections.tasks import TASKS as TASK_ROWS
 from readapi.access import reach_of
 from readapi.consistency import OPENAPI_PARAMETERS, ReadAfter, ensure, invalid, read_after, require_read
 from readapi.listing import (
@@ -42,6 +48,14 @@ from readapi.listing import (
 from readapi.problems import Problem
 from readapi.replay_routes import AS_OF_PARAMETERS, as_of_record
 from readapi.routes import Caller, services
+
+
+
+def masked(table: Table, hidden: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The columns a list masks: its table's personal columns (those filled from a
+    personal event field), less the ones it never returns."""
+    return tuple(c for c in table.personal if c not in hidden)
+
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _RANGE = "inclusive"
@@ -70,7 +84,7 @@ CUSTOMERS = ListSpec(
         Sort("last_activity_at", (col("last_activity_at", "timestamptz"),)),
     ),
     default_sort="-last_activity_at",
-    personal=("name", "emails", "phones", "contacts"),
+    personal=masked(CUSTOMER_ROWS, hidden=("search_text",)),
     hidden=("search_text",),
 )
 
@@ -90,7 +104,7 @@ OPPORTUNITIES = ListSpec(
         Sort("expected_close", (col("expected_close", "date", nullable=True),)),
     ),
     default_sort="-updated_at",
-    personal=("title", "customer_name"),
+    personal=masked(OPPORTUNITY_ROWS),
 )
 
 INTERACTIONS = ListSpec(
@@ -104,7 +118,7 @@ INTERACTIONS = ListSpec(
     ),
     sorts=(Sort("occurred_at", (col("occurred_at", "timestamptz"),)),),
     default_sort="-occurred_at",
-    personal=("subject", "body", "participants"),
+    personal=masked(INTERACTION_ROWS),
 )
 
 #: Most urgent first; an unknown priority after the known ones.
@@ -129,7 +143,7 @@ SERVICE_REQUESTS = ListSpec(
         Sort("updated_at", (col("updated_at", "timestamptz"),)),
     ),
     default_sort="priority",
-    personal=("subject", "customer_name"),
+    personal=masked(SERVICE_REQUEST_ROWS),
 )
 
 TASKS = ListSpec(
@@ -149,7 +163,7 @@ TASKS = ListSpec(
         Sort("updated_at", (col("updated_at", "timestamptz"),)),
     ),
     default_sort="due_at",
-    personal=("title", "description"),
+    personal=masked(TASK_ROWS),
 )
 
 ACTIVITY = ListSpec(

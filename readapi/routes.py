@@ -34,7 +34,7 @@ from readapi.auth import PERSONAL_DATA_ROLES, Authenticator, TokenIssuer, authen
 from readapi.consistency import OPENAPI_PARAMETERS, read_after
 from readapi.encoding import MASK, jsonable, mask_value
 from readapi.problems import Problem
-from replay.timeline import event_entry
+from replay.timeline import event_entry, personal_state
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ETAG = re.compile(r'^"?(\d{1,18})"?$')
@@ -252,13 +252,9 @@ def add_command(
 
 
 # -- JSON views of records and events ------------------------------------------
-PERSONAL_STATE: dict[str, tuple[str, ...]] = {
-    "customer": ("name", "contacts"),
-    "opportunity": ("title",),
-    "interaction": ("subject", "body", "participants"),
-    "service_request": ("subject", "description", "resolution", "rating_comment", "comments"),
-    "task": ("title", "description", "comments"),
-}
+#: Per record type, the fields masked for roles that may not read personal data: derived
+#: from the events' ``personal_fields`` (``replay.timeline.personal_state``).
+PERSONAL_STATE: dict[str, tuple[str, ...]] = {t: personal_state(t) for t in AGGREGATE_TYPES}
 
 
 def record_view(aggregate: Aggregate, principal: Principal) -> dict[str, Any]:

@@ -20,6 +20,9 @@ from uuid import UUID
 
 from psycopg.rows import tuple_row
 
+from events import customer as ce
+from events import service_request as se
+from events import task as te
 from events.base import CrmEvent, all_event_types
 from events.codec import dump_fields
 from replay.audit import CHAIN_TABLE, EVENTS_TABLE
@@ -31,6 +34,27 @@ MAX_PAGE = 1000
 def personal_fields(type_name: str) -> tuple[str, ...]:
     """The personal fields of an event type (masked for roles that may not read them)."""
     return all_event_types()[type_name].personal_fields
+
+
+#: Personal event fields a record (its aggregate's state) keeps under another name; the
+#: others it keeps under their own.
+RECORD_FIELD: dict[tuple[type[CrmEvent], str], str] = {
+    (ce.ContactAdded, "contact"): "contacts",
+    # its keys are the customer's personal details: the name
+    (ce.CustomerDetailsChanged, "personal_changes"): "name",
+    (se.ServiceRequestCommented, "body"): "comments",
+    (se.SatisfactionRated, "comment"): "rating_comment",
+    (te.TaskCommented, "body"): "comments",
+}
+
+
+def personal_state(aggregate_type: str) -> tuple[str, ...]:
+    """The fields of a record that hold personal data (masked for roles that may not read
+    them): every personal field of the aggregate's event types, under the record's name."""
+    names = [RECORD_FIELD.get((cls, name), name)
+             for cls in all_event_types().values() if cls.aggregate_type == aggregate_type
+             for name in cls.personal_fields]
+    return tuple(dict.fromkeys(names))
 
 
 def known_type(type_name: str) -> bool:
