@@ -370,9 +370,7 @@ _KIND_TYPES: dict[str, Any] = {"text": str, "uuid": UUID, "datetime": datetime, 
                                "int": int, "bool": bool}
 
 
-def _checked(parse: Callable[[str], Any]) -> BeforeValidator:
-    """A validator that reads the raw text with ``parse`` and reports its refusal with
-    the same words, so a declared parameter answers the 422 ``parse_query`` would."""
+def _reading(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not isinstance(value, str):
             return value
@@ -381,6 +379,21 @@ def _checked(parse: Callable[[str], Any]) -> BeforeValidator:
         except RequestValidationError as e:
             reason = str(e.errors()[0]["msg"])
             raise PydanticCustomError("value_error", "{reason}", {"reason": reason}) from None
+    return check
+
+
+def _checked(parse: Callable[[str], Any]) -> BeforeValidator:
+    """A validator that reads the raw text with ``parse`` and reports its refusal with
+    the same words, so a declared parameter answers the 422 ``parse_query`` would."""
+    return BeforeValidator(_reading(parse))
+
+
+def _checked_each(parse: Callable[[str], Any]) -> BeforeValidator:
+    """``_checked`` for the values of a repeated parameter, given as one list."""
+    one = _reading(parse)
+
+    def check(values: Any) -> Any:
+        return [one(v) for v in values] if isinstance(values, list) else values
     return BeforeValidator(check)
 
 
@@ -418,9 +431,10 @@ def _sort_check(spec: ListSpec) -> Callable[[str], str]:
 def filter_parameter(f: Filter) -> Any:
     """The declared type of a filter: its value's type, checked by ``_parse_value``;
     a list of them when it may be repeated."""
-    value: Any = Annotated[_KIND_TYPES[f.kind], _checked(lambda raw: _parse_value(f, raw))]
-    if f.repeatable:
-        value = list[value]
+    kind: Any = _KIND_TYPES[f.kind]
+    value: Any = Annotated[kind, _checked(lambda raw: _parse_value(f, raw))]
+    if f.repeatable:  # checked as a whole: a refusal names the parameter, not an item of it
+        value = Annotated[list[kind], _checked_each(lambda raw: _parse_value(f, raw))]
     text = f.kind == "text" and not f.repeatable
     query = Query(alias=f.param, description=f.description or f.column,
                   min_length=1 if text else None, max_length=MAX_TEXT if text else None)

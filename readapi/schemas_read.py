@@ -58,6 +58,9 @@ class Contact(BaseModel):
 #: JSON columns whose items have a shape of their own; other jsonb columns are objects.
 _JSON_COLUMNS: dict[tuple[str, str], Any] = {
     ("customers", "contacts"): list[Contact],
+    ("customers", "consents"): dict[str, bool],  # channel -> granted
+    ("customers", "open_pipeline"): dict[str, str],  # currency -> amount as decimal text
+    ("customers", "lifetime_purchases"): dict[str, str],  # currency -> amount as decimal text
 }
 
 

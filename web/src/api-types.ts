@@ -2116,7 +2116,7 @@ export interface components {
         Customer: {
             /** Consents */
             consents: {
-                [key: string]: unknown;
+                [key: string]: boolean;
             };
             /**
              * Contacts
@@ -2155,7 +2155,7 @@ export interface components {
             lifecycle_stage: string;
             /** Lifetime Purchases */
             lifetime_purchases: {
-                [key: string]: unknown;
+                [key: string]: string;
             };
             /**
              * Name
@@ -2166,7 +2166,7 @@ export interface components {
             open_opportunities: number;
             /** Open Pipeline */
             open_pipeline: {
-                [key: string]: unknown;
+                [key: string]: string;
             };
             /** Open Requests */
             open_requests: number;

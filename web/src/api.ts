@@ -6,6 +6,8 @@
 // on start-up (a reload, a new tab) the page asks /auth/session/refresh for a token, with
 // the CSRF token of the readable crm_csrf cookie in X-CSRF-Token.
 
+import type { components } from "./api-types";
+
 export const BASE = "/api/v1";
 
 export interface User {
@@ -41,19 +43,14 @@ export class ApiError extends Error {
   }
 }
 
-export interface WriteResult {
-  id: string;
-  type: string;
-  version: number;
-  position: number | null;
-  result: Record<string, unknown>;
-}
+/** The API's shapes, generated from its OpenAPI document (web/openapi.json, `npm run types`). */
+export type Schemas = components["schemas"];
 
-export interface Page<T> {
-  items: T[];
-  next_cursor: string | null;
-  total: number | null;
-}
+/** What a command route answers. */
+export type WriteResult = Schemas["WriteResponse"];
+
+/** One page of a list: its rows, the cursor of the next page and the total (when asked). */
+export type Page<T> = Omit<Schemas["CustomerPage"], "items"> & { items: T[] };
 
 const SESSION_PATH = "/auth/session";
 const CSRF_COOKIE = "crm_csrf";

@@ -1,7 +1,7 @@
 // The pipeline board: opportunities by stage with totals; drag a card to another column
 // (pointer events: mouse, pen and touch) or use its menu to change the stage, win or lose it.
 import { useRef, useState } from "preact/hooks";
-import { get, write, type Page, type Session } from "../api";
+import { get, write, type Page, type Schemas, type Session } from "../api";
 import { compactMoney, date, locale, money, t, v } from "../i18n";
 import { can } from "../roles";
 import { useSignal } from "../signal";
@@ -23,20 +23,8 @@ interface Board {
   open: { count: number; totals: Record<string, string>; weighted_totals: Record<string, string> };
 }
 
-export interface Opportunity {
-  id: string;
-  version: number;
-  customer_id: string;
-  customer_name: string;
-  title: string;
-  pipeline: string;
-  stage: string;
-  status: string;
-  amount: string;
-  currency: string;
-  expected_close: string | null;
-  owner_id: string | null;
-}
+/** A row of GET /opportunities (masked values are "***"). */
+export type Opportunity = Schemas["Opportunity"];
 
 const LOSS_REASONS = ["price", "competitor", "no_budget", "no_decision", "timing", "product_fit", "other"];
 

@@ -1,5 +1,5 @@
 // My open tasks (soonest due first) and my notifications.
-import { get, write, type Page, type Session } from "../api";
+import { get, write, type Page, type Schemas, type Session } from "../api";
 import { dateTime, locale, relative, t, v } from "../i18n";
 import { can } from "../roles";
 import { useSignal } from "../signal";
@@ -7,16 +7,8 @@ import { useRoute } from "../router";
 import { Link, Show, toast, txt, useAction, useLoad } from "../ui";
 import { withLocalTimes } from "./timeline";
 
-interface Task {
-  id: string;
-  version: number;
-  title: string;
-  description: string;
-  status: string;
-  due_at: string | null;
-  customer_id: string | null;
-  related_type: string | null;
-}
+/** A row of GET /tasks (masked values are "***"). */
+type Task = Schemas["Task"];
 
 interface Notification {
   id: string;
