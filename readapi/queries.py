@@ -41,7 +41,7 @@ from readapi.listing import (
 from readapi.problems import Problem
 from readapi.replay_routes import AS_OF_PARAMETERS, as_of_record
 from readapi.routes import Caller, services
-from readapi.schemas_read import RecordAsOf, page_of, row_of
+from readapi.schemas_read import PipelineBoard, RecordAsOf, page_of, row_of
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _RANGE = "inclusive"
@@ -346,6 +346,7 @@ def build_read_router() -> APIRouter:
     r = APIRouter(prefix="/api/v1", tags=["read"])
     # Fixed paths before /{collection}/{id}, or "board" would be taken for an id.
     r.add_api_route("/opportunities/board", _board, methods=["GET"], operation_id="pipeline_board",
+                    response_model=PipelineBoard,
                     summary="The pipeline board: count, totals and weighted totals per stage",
                     openapi_extra={"parameters": [
                         {"name": "pipeline", "in": "query", "required": False,

@@ -152,3 +152,31 @@ def page_of(spec: ListSpec) -> type[BaseModel]:
         title, _ = TABLES[spec.view]
         _PAGES[spec.view] = page_model(f"{title}Page", row_of(spec))
     return _PAGES[spec.view]
+
+
+class BoardStage(BaseModel):
+    """One column of the pipeline board: a stage of the pipeline, or won or lost."""
+
+    stage: str
+    probability: int
+    closed: bool = Field(description="won or lost")
+    count: int
+    totals: dict[str, str] = Field(description="Currency -> sum of the amounts, as decimal text.")
+    weighted_totals: dict[str, str] = Field(description="Currency -> sum of amount x probability, as decimal text.")
+
+
+class BoardOpen(BaseModel):
+    """The open deals of the board together."""
+
+    count: int
+    totals: dict[str, str]
+    weighted_totals: dict[str, str]
+
+
+class PipelineBoard(BaseModel):
+    """``GET /opportunities/board``: every stage of the pipeline in order, then won and lost."""
+
+    pipeline: str
+    owner_id: str | None
+    stages: list[BoardStage]
+    open: BoardOpen

@@ -1748,6 +1748,53 @@ export interface components {
              */
             reason?: string | null;
         };
+        /**
+         * BoardOpen
+         * @description The open deals of the board together.
+         */
+        BoardOpen: {
+            /** Count */
+            count: number;
+            /** Totals */
+            totals: {
+                [key: string]: string;
+            };
+            /** Weighted Totals */
+            weighted_totals: {
+                [key: string]: string;
+            };
+        };
+        /**
+         * BoardStage
+         * @description One column of the pipeline board: a stage of the pipeline, or won or lost.
+         */
+        BoardStage: {
+            /**
+             * Closed
+             * @description won or lost
+             */
+            closed: boolean;
+            /** Count */
+            count: number;
+            /** Probability */
+            probability: number;
+            /** Stage */
+            stage: string;
+            /**
+             * Totals
+             * @description Currency -> sum of the amounts, as decimal text.
+             */
+            totals: {
+                [key: string]: string;
+            };
+            /**
+             * Weighted Totals
+             * @description Currency -> sum of amount x probability, as decimal text.
+             */
+            weighted_totals: {
+                [key: string]: string;
+            };
+        };
         /** CancelTask */
         CancelTask: {
             /**
@@ -2759,6 +2806,19 @@ export interface components {
             id: string;
             /** Role */
             role: string;
+        };
+        /**
+         * PipelineBoard
+         * @description ``GET /opportunities/board``: every stage of the pipeline in order, then won and lost.
+         */
+        PipelineBoard: {
+            open: components["schemas"]["BoardOpen"];
+            /** Owner Id */
+            owner_id: string | null;
+            /** Pipeline */
+            pipeline: string;
+            /** Stages */
+            stages: components["schemas"]["BoardStage"][];
         };
         /** PurchaseLineIn */
         PurchaseLineIn: {
@@ -6472,7 +6532,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["PipelineBoard"];
                 };
             };
             /** @description No or bad token */

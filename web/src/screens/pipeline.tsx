@@ -8,20 +8,9 @@ import { useSignal } from "../signal";
 import { useRoute } from "../router";
 import { count, Dialog, Link, plain, Show, toast, txt, useAction, useLoad } from "../ui";
 
-interface Column {
-  stage: string;
-  probability: number;
-  closed: boolean;
-  count: number;
-  totals: Record<string, string>;
-  weighted_totals: Record<string, string>;
-}
-
-interface Board {
-  pipeline: string;
-  stages: Column[];
-  open: { count: number; totals: Record<string, string>; weighted_totals: Record<string, string> };
-}
+/** GET /opportunities/board and one of its columns. */
+type Board = Schemas["PipelineBoard"];
+type Column = Schemas["BoardStage"];
 
 /** A row of GET /opportunities (masked values are "***"). */
 export type Opportunity = Schemas["Opportunity"];
