@@ -10,13 +10,8 @@ import type { components } from "./api-types";
 
 export const BASE = "/api/v1";
 
-export interface User {
-  id: string;
-  username: string;
-  display_name: string;
-  role: string;
-  team_id: string | null;
-}
+/** The signed-in user, as the sign-in answers name them. */
+export type User = Schemas["UserOut"];
 
 export interface Session {
   token: string;
@@ -360,12 +355,8 @@ export async function getRecord<T extends { version: number }>(path: string): Pr
 }
 
 // -- sign-in ------------------------------------------------------------------------
-interface TokenAnswer {
-  access_token: string;
-  token_type: string;
-  expires_in: number;
-  user: User;
-}
+/** What POST /auth/session and /auth/session/refresh answer. */
+type TokenAnswer = Schemas["TokenOut"];
 
 /** Sign in: the token (kept in memory) and the session's cookies (set by the server). */
 export async function signIn(username: string, password: string): Promise<Session> {

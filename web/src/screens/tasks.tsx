@@ -10,15 +10,8 @@ import { withLocalTimes } from "./timeline";
 /** A row of GET /tasks (masked values are "***"). */
 type Task = Schemas["Task"];
 
-interface Notification {
-  id: string;
-  kind: string;
-  message: string;
-  related_type: string | null;
-  related_id: string | null;
-  link: string | null;
-  created_at: string;
-}
+/** An item of GET /notifications. */
+type Notification = Schemas["NotificationOut"];
 
 export function TasksScreen({ session }: { session: Session }) {
   useSignal(locale);
