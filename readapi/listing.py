@@ -21,7 +21,7 @@ import binascii
 import inspect
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Annotated, Any, Literal
@@ -441,7 +441,7 @@ def filter_parameter(f: Filter) -> Any:
     return Annotated[value | None, query]
 
 
-def list_parameters(spec: ListSpec) -> Callable[..., None]:
+def list_parameters(spec: ListSpec) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency that declares every query parameter of ``spec`` with its type
     (for the OpenAPI document and the first check of each value, in ``parse_query``'s
     words). ``parse_query`` still reads the whole query string: it refuses unknown and
@@ -464,7 +464,7 @@ def list_parameters(spec: ListSpec) -> Callable[..., None]:
             Query(description="true: the page also counts every row matching the filters.")]),
     ]
 
-    def declared(**_: Any) -> None:
+    async def declared(**_: Any) -> None:  # on the event loop: nothing to wait for
         return None
 
     declared.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
