@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import psycopg
+from annotated_types import Ge, Le
+from fastapi import Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from commands.application import Principal
 from commands.base import check_date, check_datetime
@@ -351,18 +357,119 @@ def parse_query(spec: ListSpec, items: Sequence[tuple[str, str]], principal: Pri
                       code="personal-data", field="sort")
 
     if "limit" in given:
-        text = given["limit"][0].strip()
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-            raise invalid("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
-        q.limit = int(text)
+        q.limit = _limit(given["limit"][0])
     if "include_total" in given:
-        flag = given["include_total"][0].strip().lower()
-        if flag not in _TRUE | _FALSE:
-            raise invalid("include_total", "must be true or false")
-        q.include_total = flag in _TRUE
+        q.include_total = _flag("include_total")(given["include_total"][0])
     if "cursor" in given:
         q.after = decode_cursor(given["cursor"][0].strip(), q.sort_param, len(q.sort.keys))
     return q
+
+
+# -- the declared parameters -------------------------------------------------------------
+_KIND_TYPES: dict[str, Any] = {"text": str, "uuid": UUID, "datetime": datetime, "date": date,
+                               "int": int, "bool": bool}
+
+
+def _reading(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse(value)
+        except RequestValidationError as e:
+            reason = str(e.errors()[0]["msg"])
+            raise PydanticCustomError("value_error", "{reason}", {"reason": reason}) from None
+    return check
+
+
+def _checked(parse: Callable[[str], Any]) -> BeforeValidator:
+    """A validator that reads the raw text with ``parse`` and reports its refusal with
+    the same words, so a declared parameter answers the 422 ``parse_query`` would."""
+    return BeforeValidator(_reading(parse))
+
+
+def _checked_each(parse: Callable[[str], Any]) -> BeforeValidator:
+    """``_checked`` for the values of a repeated parameter, given as one list."""
+    one = _reading(parse)
+
+    def check(values: Any) -> Any:
+        return [one(v) for v in values] if isinstance(values, list) else values
+    return BeforeValidator(check)
+
+
+def _limit(raw: str) -> int:
+    text = raw.strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        raise invalid("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def _flag(param: str) -> Callable[[str], bool]:
+    def parse(raw: str) -> bool:
+        flag = raw.strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise invalid(param, "must be true or false")
+        return flag in _TRUE
+    return parse
+
+
+def _sort_names(spec: ListSpec) -> list[str]:
+    return [n for s in spec.sorts for n in (s.name, "-" + s.name)]
+
+
+def _sort_check(spec: ListSpec) -> Callable[[str], str]:
+    names = _sort_names(spec)
+
+    def parse(raw: str) -> str:
+        name = raw.strip()
+        if name not in names:
+            raise invalid("sort", "must be one of " + ", ".join(names))
+        return name
+    return parse
+
+
+def filter_parameter(f: Filter) -> Any:
+    """The declared type of a filter: its value's type, checked by ``_parse_value``;
+    a list of them when it may be repeated."""
+    kind: Any = _KIND_TYPES[f.kind]
+    value: Any = Annotated[kind, _checked(lambda raw: _parse_value(f, raw))]
+    if f.repeatable:  # checked as a whole: a refusal names the parameter, not an item of it
+        value = Annotated[list[kind], _checked_each(lambda raw: _parse_value(f, raw))]
+    text = f.kind == "text" and not f.repeatable
+    query = Query(alias=f.param, description=f.description or f.column,
+                  min_length=1 if text else None, max_length=MAX_TEXT if text else None)
+    return Annotated[value | None, query]
+
+
+def list_parameters(spec: ListSpec) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency that declares every query parameter of ``spec`` with its type
+    (for the OpenAPI document and the first check of each value, in ``parse_query``'s
+    words). ``parse_query`` still reads the whole query string: it refuses unknown and
+    repeated parameters and what a role may not search or sort by."""
+    sort_type = Literal[tuple(_sort_names(spec))]  # type: ignore[valid-type]
+    params = [
+        inspect.Parameter(f"f_{i}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=filter_parameter(f))
+        for i, f in enumerate(spec.filters)
+    ]
+    params += [
+        inspect.Parameter("sort", inspect.Parameter.KEYWORD_ONLY, default=spec.default_sort, annotation=Annotated[
+            sort_type, _checked(_sort_check(spec)),
+            Query(description="The order: a name ascending, -name descending.")]),
+        inspect.Parameter("limit", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_LIMIT, annotation=Annotated[
+            Annotated[int, Ge(1), Le(MAX_LIMIT)], _checked(_limit), Query(description="Rows per page.")]),
+        inspect.Parameter("cursor", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            str | None, Query(description="The next_cursor of the previous page.")]),
+        inspect.Parameter("include_total", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, _checked(_flag("include_total")),
+            Query(description="true: the page also counts every row matching the filters.")]),
+    ]
+
+    async def declared(**_: Any) -> None:  # on the event loop: nothing to wait for
+        return None
+
+    declared.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    declared.__name__ = f"{spec.view}_parameters"
+    return declared
 
 
 # -- running ------------------------------------------------------------------------------

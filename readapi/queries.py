@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from readapi.encoding import JSONResponse
 
 from commands import PIPELINES
@@ -35,19 +35,19 @@ from projections.tasks import TASKS as TASK_ROWS
 from readapi.access import reach_of
 from readapi.consistency import OPENAPI_PARAMETERS, ReadAfter, ensure, invalid, read_after, require_read
 from readapi.listing import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
     Filter,
     ListSpec,
     Sort,
     SortKey,
     col,
+    list_parameters,
     parse_query,
     run_query,
 )
 from readapi.problems import Problem
 from readapi.replay_routes import AS_OF_PARAMETERS, as_of_record
 from readapi.routes import Caller, services
+from readapi.schemas_read import PipelineBoard, RecordAsOf, page_of, row_of
 
 
 
@@ -218,35 +218,6 @@ def reading(read: ReadSide | None, after: ReadAfter) -> Iterator[psycopg.Connect
                       code="read-model-missing", headers={"Retry-After": "5"}) from None
 
 
-def _openapi(spec: ListSpec) -> dict[str, Any]:
-    params: list[dict[str, Any]] = []
-    for f in spec.filters:
-        schema: dict[str, Any] = {"type": "string"}
-        if f.kind == "uuid":
-            schema = {"type": "string", "format": "uuid"}
-        elif f.kind == "datetime":
-            schema = {"type": "string", "format": "date-time"}
-        elif f.kind == "bool":
-            schema = {"type": "boolean"}
-        if f.repeatable:
-            schema = {"type": "array", "items": schema}
-        params.append({"name": f.param, "in": "query", "required": False, "schema": schema,
-                       "description": f.description or f.column})
-    sorts = [n for s in spec.sorts for n in (s.name, "-" + s.name)]
-    params += [
-        {"name": "sort", "in": "query", "required": False,
-         "schema": {"type": "string", "enum": sorts, "default": spec.default_sort}},
-        {"name": "limit", "in": "query", "required": False,
-         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
-        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
-         "description": "The next_cursor of the previous page."},
-        {"name": "include_total", "in": "query", "required": False,
-         "schema": {"type": "boolean", "default": False}},
-        *OPENAPI_PARAMETERS,
-    ]
-    return {"parameters": params}
-
-
 _PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "No or bad token"},
     403: {"description": "The role may not search or sort by personal data"},
@@ -272,7 +243,8 @@ def add_list_route(router: APIRouter, path: str, spec: ListSpec, summary: str) -
 
     endpoint.__name__ = "list_" + spec.view
     router.add_api_route(path, endpoint, methods=["GET"], summary=summary, operation_id=endpoint.__name__,
-                         openapi_extra=_openapi(spec), responses=_PAGE_RESPONSES)
+                         dependencies=[Depends(list_parameters(spec))], response_model=page_of(spec),
+                         openapi_extra={"parameters": OPENAPI_PARAMETERS}, responses=_PAGE_RESPONSES)
 
 
 def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_type: str) -> None:
@@ -293,6 +265,7 @@ def add_record_route(router: APIRouter, path: str, spec: ListSpec, aggregate_typ
     get_row.__name__ = f"get_{aggregate_type}"
     router.add_api_route(
         f"{path}/{{id}}", get_row, methods=["GET"], operation_id=get_row.__name__,
+        response_model=row_of(spec) | RecordAsOf,  # the row; rebuilt from events with as_of / as_known_at
         summary=f"The {label} as the read model has it (ETag: its version); "
                 f"{path}/{{id}}/current rebuilds it from its events",
         openapi_extra={"parameters": [*OPENAPI_PARAMETERS, *AS_OF_PARAMETERS]},
@@ -387,6 +360,7 @@ def build_read_router() -> APIRouter:
     r = APIRouter(prefix="/api/v1", tags=["read"])
     # Fixed paths before /{collection}/{id}, or "board" would be taken for an id.
     r.add_api_route("/opportunities/board", _board, methods=["GET"], operation_id="pipeline_board",
+                    response_model=PipelineBoard,
                     summary="The pipeline board: count, totals and weighted totals per stage",
                     openapi_extra={"parameters": [
                         {"name": "pipeline", "in": "query", "required": False,
@@ -402,5 +376,7 @@ def build_read_router() -> APIRouter:
     r.add_api_route("/customers/{id}/activity", _customer_activity, methods=["GET"],
                     operation_id="list_customer_activity",
                     summary="What happened around one customer, newest first",
-                    openapi_extra=_openapi(CUSTOMER_ACTIVITY), responses=_PAGE_RESPONSES)
+                    dependencies=[Depends(list_parameters(CUSTOMER_ACTIVITY))],
+                    response_model=page_of(CUSTOMER_ACTIVITY),
+                    openapi_extra={"parameters": OPENAPI_PARAMETERS}, responses=_PAGE_RESPONSES)
     return r

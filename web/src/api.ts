@@ -6,15 +6,12 @@
 // on start-up (a reload, a new tab) the page asks /auth/session/refresh for a token, with
 // the CSRF token of the readable crm_csrf cookie in X-CSRF-Token.
 
+import type { components } from "./api-types";
+
 export const BASE = "/api/v1";
 
-export interface User {
-  id: string;
-  username: string;
-  display_name: string;
-  role: string;
-  team_id: string | null;
-}
+/** The signed-in user, as the sign-in answers name them. */
+export type User = Schemas["UserOut"];
 
 export interface Session {
   token: string;
@@ -41,19 +38,14 @@ export class ApiError extends Error {
   }
 }
 
-export interface WriteResult {
-  id: string;
-  type: string;
-  version: number;
-  position: number | null;
-  result: Record<string, unknown>;
-}
+/** The API's shapes, generated from its OpenAPI document (web/openapi.json, `npm run types`). */
+export type Schemas = components["schemas"];
 
-export interface Page<T> {
-  items: T[];
-  next_cursor: string | null;
-  total: number | null;
-}
+/** What a command route answers. */
+export type WriteResult = Schemas["WriteResponse"];
+
+/** One page of a list: its rows, the cursor of the next page and the total (when asked). */
+export type Page<T> = Omit<Schemas["CustomerPage"], "items"> & { items: T[] };
 
 const SESSION_PATH = "/auth/session";
 const CSRF_COOKIE = "crm_csrf";
@@ -363,12 +355,8 @@ export async function getRecord<T extends { version: number }>(path: string): Pr
 }
 
 // -- sign-in ------------------------------------------------------------------------
-interface TokenAnswer {
-  access_token: string;
-  token_type: string;
-  expires_in: number;
-  user: User;
-}
+/** What POST /auth/session and /auth/session/refresh answer. */
+type TokenAnswer = Schemas["TokenOut"];
 
 /** Sign in: the token (kept in memory) and the session's cookies (set by the server). */
 export async function signIn(username: string, password: string): Promise<Session> {

@@ -1,7 +1,7 @@
 // The audit view: a customer's history with field diffs, the record as of any date
 // (``as_of``, rebuilt from the events), and the signed audit export.
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, download, get, type Page, type Session } from "../api";
+import { ApiError, download, get, type Page, type Schemas, type Session } from "../api";
 import { dateTime, locale, t, v } from "../i18n";
 import { person } from "../people";
 import { canAuditExport, masked } from "../roles";
@@ -11,10 +11,8 @@ import { ErrorBox, Link, Loading, Show, toast, txt, useAction, useDebounced, use
 import type { CustomerRow } from "./customers";
 import { Diff, TimelineEntries, fieldLabel, showField, type Change, type TimelineEntry } from "./timeline";
 
-interface RecordView {
-  version: number;
-  data: Record<string, unknown>;
-}
+/** GET /customers/{id}/current, or rebuilt as of a time. */
+type RecordView = Schemas["RecordOut"];
 
 const HIDDEN = new Set(["created_on", "modified_on", "personal_data_erased"]);
 

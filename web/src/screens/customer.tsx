@@ -2,7 +2,7 @@
 // segment, opportunities, service requests, tasks, purchases and the activity timeline.
 import type { ComponentChildren } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, get, write, type Page, type Session } from "../api";
+import { ApiError, get, write, type Page, type Schemas, type Session } from "../api";
 import { date, dateTime, locale, money, moneyMap, relative, t, v } from "../i18n";
 import { person } from "../people";
 import { can, canRead, screensFor, type Screen } from "../roles";
@@ -12,33 +12,11 @@ import type { CustomerRow } from "./customers";
 import { LIFECYCLE, SEGMENTS } from "./customers";
 import { Timeline, show } from "./timeline";
 
-interface Contact {
-  contact_id: string;
-  kind: string;
-  value: string;
-  label: string;
-  primary: boolean;
-  person_name: string | null;
-}
+/** GET /customers/{id}: the read model's row. */
+export type Customer = CustomerRow;
 
-export interface Customer extends CustomerRow {
-  contacts: Contact[];
-  industry: string | null;
-  country: string | null;
-  preferred_language: string | null;
-  source: string | null;
-  consents: Record<string, boolean>;
-  purchases: number;
-}
-
-interface EventItem {
-  aggregate_version: number;
-  type: string;
-  actor_id: string;
-  actor_role: string;
-  reason: string | null;
-  occurred_at: string;
-}
+/** An item of GET /customers/{id}/events. */
+type EventItem = Schemas["StoredEventOut"];
 
 const DETAIL_FIELDS = ["name", "industry", "country", "preferred_language", "source"] as const;
 type DetailField = (typeof DETAIL_FIELDS)[number];
@@ -350,9 +328,9 @@ function Classification({ customer, session, onSaved }: { customer: Customer; se
   );
 }
 
-type Opp = { id: string; title: string; stage: string; status: string; amount: string; currency: string; expected_close: string | null };
-type Req = { id: string; subject: string; priority: string; status: string; opened_at: string };
-type TaskRow = { id: string; title: string; status: string; due_at: string | null; assignee_id: string | null };
+type Opp = Schemas["Opportunity"];
+type Req = Schemas["ServiceRequest"];
+type TaskRow = Schemas["Task"];
 type Purchase = { amount: string; currency: string; purchased_at: string; lines: number };
 
 /** One related list: it loads, and fails, on its own; a short message if it cannot load. */

@@ -1,6 +1,6 @@
 // The customer list: search as you type, filters, sort, endless scrolling on the API's cursors.
 import { useEffect, useRef, useState } from "preact/hooks";
-import { get, type Page, type Session } from "../api";
+import { get, type Page, type Schemas, type Session } from "../api";
 import { locale, moneyMap, relative, t, v } from "../i18n";
 import { knownPeople, peopleVersion, person } from "../people";
 import { masked } from "../roles";
@@ -8,23 +8,8 @@ import { navigate, useRoute } from "../router";
 import { useSignal } from "../signal";
 import { count, ErrorBox, Link, Loading, txt, useDebounced } from "../ui";
 
-export interface CustomerRow {
-  id: string;
-  version: number;
-  kind: string;
-  name: string;
-  emails: string[];
-  phones: string[];
-  owner_id: string | null;
-  lifecycle_stage: string;
-  segment: string | null;
-  tags: string[];
-  last_activity_at: string | null;
-  created_at: string;
-  open_pipeline: Record<string, string>;
-  lifetime_purchases: Record<string, string>;
-  open_requests: number;
-}
+/** A row of GET /customers (masked values are "***"). */
+export type CustomerRow = Schemas["Customer"];
 
 export const LIFECYCLE = ["lead", "prospect", "customer", "churned"];
 export const SEGMENTS = ["high_value", "potential", "at_risk", "standard"];

@@ -1,42 +1,19 @@
 // The pipeline board: opportunities by stage with totals; drag a card to another column
 // (pointer events: mouse, pen and touch) or use its menu to change the stage, win or lose it.
 import { useRef, useState } from "preact/hooks";
-import { get, write, type Page, type Session } from "../api";
+import { get, write, type Page, type Schemas, type Session } from "../api";
 import { compactMoney, date, locale, money, t, v } from "../i18n";
 import { can } from "../roles";
 import { useSignal } from "../signal";
 import { useRoute } from "../router";
 import { count, Dialog, Link, plain, Show, toast, txt, useAction, useLoad } from "../ui";
 
-interface Column {
-  stage: string;
-  probability: number;
-  closed: boolean;
-  count: number;
-  totals: Record<string, string>;
-  weighted_totals: Record<string, string>;
-}
+/** GET /opportunities/board and one of its columns. */
+type Board = Schemas["PipelineBoard"];
+type Column = Schemas["BoardStage"];
 
-interface Board {
-  pipeline: string;
-  stages: Column[];
-  open: { count: number; totals: Record<string, string>; weighted_totals: Record<string, string> };
-}
-
-export interface Opportunity {
-  id: string;
-  version: number;
-  customer_id: string;
-  customer_name: string;
-  title: string;
-  pipeline: string;
-  stage: string;
-  status: string;
-  amount: string;
-  currency: string;
-  expected_close: string | null;
-  owner_id: string | null;
-}
+/** A row of GET /opportunities (masked values are "***"). */
+export type Opportunity = Schemas["Opportunity"];
 
 const LOSS_REASONS = ["price", "competitor", "no_budget", "no_decision", "timing", "product_fit", "other"];
 

@@ -1,7 +1,7 @@
 // The service queue: open requests by priority with SLA time left; open one to assign,
 // comment, change its status or resolve it.
 import { useEffect, useState } from "preact/hooks";
-import { get, write, type Page, type Session } from "../api";
+import { get, write, type Page, type Schemas, type Session } from "../api";
 import { dateTime, duration, locale, t, v } from "../i18n";
 import { person } from "../people";
 import { can, rolesWith } from "../roles";
@@ -9,24 +9,8 @@ import { useSignal } from "../signal";
 import { useRoute } from "../router";
 import { Dialog, ErrorBox, FieldError, Link, Loading, PersonPicker, plain, Show, toast, txt, useAction, useLoad, useNow } from "../ui";
 
-interface RequestRow {
-  id: string;
-  version: number;
-  customer_id: string;
-  customer_name: string;
-  channel: string;
-  request_type: string;
-  priority: string;
-  status: string;
-  subject: string;
-  assignee_id: string | null;
-  opened_at: string;
-  sla_due_at: string | null;
-  first_response_due_at?: string | null;
-  resolution_due_at?: string | null;
-  first_response_at?: string | null;
-  resolved_at: string | null;
-}
+/** A row of GET /service-requests (masked values are "***"). */
+type RequestRow = Schemas["ServiceRequest"];
 
 interface RequestRecord {
   version: number;

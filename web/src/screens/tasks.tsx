@@ -1,5 +1,5 @@
 // My open tasks (soonest due first) and my notifications.
-import { get, write, type Page, type Session } from "../api";
+import { get, write, type Page, type Schemas, type Session } from "../api";
 import { dateTime, locale, relative, t, v } from "../i18n";
 import { can } from "../roles";
 import { useSignal } from "../signal";
@@ -7,26 +7,11 @@ import { useRoute } from "../router";
 import { Link, Show, toast, txt, useAction, useLoad } from "../ui";
 import { withLocalTimes } from "./timeline";
 
-interface Task {
-  id: string;
-  version: number;
-  title: string;
-  description: string;
-  status: string;
-  due_at: string | null;
-  customer_id: string | null;
-  related_type: string | null;
-}
+/** A row of GET /tasks (masked values are "***"). */
+type Task = Schemas["Task"];
 
-interface Notification {
-  id: string;
-  kind: string;
-  message: string;
-  related_type: string | null;
-  related_id: string | null;
-  link: string | null;
-  created_at: string;
-}
+/** An item of GET /notifications. */
+type Notification = Schemas["NotificationOut"];
 
 export function TasksScreen({ session }: { session: Session }) {
   useSignal(locale);
