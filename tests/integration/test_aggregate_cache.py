@@ -163,7 +163,8 @@ def _probing(system: Any, target: UUID, failures: dict[bool, Exception]) -> list
         decisions.append(bool(uow.cached))
         raise failures[bool(uow.cached)]
 
-    system.commands.handlers[_Probe] = handler
+    # this system's own map: the command map is shared by every system of the process
+    system.commands.handlers = {**system.commands.handlers, _Probe: handler}
     return decisions
 
 
