@@ -20,6 +20,17 @@ Errors of the code or the schema (PostgreSQL ``ProgrammingError`` such as a drop
 table, ``InternalError``) are the moment's too: splitting cannot help and parking would
 lose events.
 
+``LogFollower`` is the frame every follower runs in: it leads (or waits to lead), is
+woken by LISTEN/NOTIFY on the events table's channel (polling every ``poll_seconds`` in
+case a notification is missed), goes on at once while behind, pauses after an error of
+the moment (``Backoff``), counts what it did (``FollowerStats``, for /metrics and the
+status commands) and shuts down cleanly. A follower supplies only ``try_lead``, ``advance``
+(one batch, and what its transaction commits with the position) and ``close``.
+``TrackedFollower`` adds what a plain PostgreSQL follower needs besides: its position and
+parked events in ``crm_follower_tracking``/``crm_follower_parked``, each batch applied in
+one transaction with its position and split down to the event at fault when its data
+fails; it leaves only ``apply`` (what the follower does with a batch).
+
 ``clean`` is the rule for values a store cannot hold: PostgreSQL text cannot hold NUL
 (U+0000) and UTF-8 cannot encode a lone surrogate (U+D800..U+DFFF, which JSON escapes
 such as ``\\ud800`` can produce); both are replaced by U+FFFD. Followers apply it only to
@@ -31,11 +42,15 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import orjson
+import psycopg
+import structlog
 
 Kind = Literal["event", "moment"]
 EVENT: Kind = "event"
@@ -203,3 +218,138 @@ def recorded_at(state: bytes | memoryview | None) -> datetime | None:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+# -- the frame --------------------------------------------------------------------------------
+log = structlog.get_logger("crm.projections")
+
+
+def listen(conninfo: str, events_table: str) -> psycopg.Connection[Any]:
+    """A connection notified of every append to the events table."""
+    listener = psycopg.connect(conninfo, autocommit=True)
+    listener.execute(f'LISTEN "{events_table}"')
+    return listener
+
+
+def wait_for_events(listener: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
+    """Until an append is notified on ``listener``, ``stop`` is set or ``seconds`` pass
+    (the poll that covers a missed notification)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
+            return
+
+
+@dataclass
+class FollowerStats:
+    """What this process's follower did (for /metrics and the status commands)."""
+
+    batches: int = 0
+    events: int = 0
+    parked: int = 0
+    last_batch_size: int = 0
+    last_batch_seconds: float = 0.0
+    position: int = 0
+    is_leader: bool = False
+    #: attempts that failed on the connection or the server (tried again, nothing parked)
+    retries: int = 0
+
+
+class LogFollower:
+    """The frame of a log follower: leadership, wake-up, backoff, stats and shutdown.
+
+    A follower sets ``name``, ``conninfo``, ``events_table``, ``poll_seconds``,
+    ``backoff`` and ``stats`` and implements ``try_lead``, ``advance`` and ``close``.
+    """
+
+    name: str = "follower"
+    conninfo: str
+    events_table: str = "crm_events"
+    poll_seconds: float = 1.0
+    backoff: Backoff
+    stats: FollowerStats
+    _stop: threading.Event | None = None
+    _thread: threading.Thread | None = None
+
+    # -- what a follower supplies --------------------------------------------------------
+    def try_lead(self) -> bool:
+        """Take the follower's leadership if free (held until ``close``)."""
+        raise NotImplementedError
+
+    def advance(self, stop: threading.Event) -> bool:
+        """Follow the log one step (a batch, or a catch-up); True when there is more to
+        do at once (a backlog), False to wait for the next append."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Give up the connections (and so the leadership)."""
+
+    def prepare(self) -> None:
+        """Before each attempt to lead (e.g. follow a blue/green switch)."""
+
+    def recover(self, error: Exception) -> None:
+        """After an error of the moment, before the pause: by default start afresh."""
+        self.close()
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Lead (or wait to lead), then follow the log until ``stop`` is set. Woken by
+        LISTEN/NOTIFY on the events table's channel, polling every ``poll_seconds`` in
+        case a notification is missed; after an error (of the moment: the data's are
+        parked) it tries again after a pause of ``poll_seconds``, doubling up to the
+        backoff's cap."""
+        listener: psycopg.Connection[Any] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    self.prepare()
+                    if not self.try_lead():
+                        stop.wait(self.poll_seconds)
+                        continue
+                    if listener is None or listener.closed:
+                        listener = listen(self.conninfo, self.events_table)
+                    behind = self.advance(stop)
+                    self.backoff.reset()
+                    if behind:
+                        continue
+                    wait_for_events(listener, stop, self.poll_seconds)
+                except Exception as e:  # noqa: BLE001 -- logged; the follower must not die
+                    delay = self.backoff.next_delay()
+                    self.stats.retries += 1
+                    log.error(f"{self.name} failed; retrying", follower=self.name,
+                              error=clean_text(f"{type(e).__name__}: {e}"), retry_in_seconds=delay,
+                              exc_info=True)
+                    self.recover(e)
+                    if listener is not None:
+                        listener.close()
+                        listener = None
+                    stop.wait(delay)
+        finally:
+            if listener is not None:
+                listener.close()
+            self.close()
+
+    def start(self) -> None:
+        """Follow the log in a thread of this process (until ``stop``)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, args=(self._stop,), name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread ``start`` began (it finishes its batch) and close."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.close()
+
+    def note_batch(self, events: int, parked: int, position: int, started: float) -> None:
+        """Count a committed batch (``started``: its ``time.perf_counter()``)."""
+        self.stats.batches += 1
+        self.stats.events += events
+        self.stats.parked += parked
+        self.stats.last_batch_size = events
+        self.stats.last_batch_seconds = time.perf_counter() - started
+        if position:
+            self.stats.position = position
