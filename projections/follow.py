@@ -353,3 +353,172 @@ class LogFollower:
         self.stats.last_batch_seconds = time.perf_counter() - started
         if position:
             self.stats.position = position
+
+
+# -- a plain PostgreSQL follower --------------------------------------------------------------
+FOLLOWER_DDL = (
+    "CREATE TABLE IF NOT EXISTS crm_follower_tracking (name text PRIMARY KEY,"
+    " position bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS crm_follower_parked (name text NOT NULL, position bigint NOT NULL,"
+    " topic text NOT NULL, error text NOT NULL, parked_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (name, position))",
+)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One stored event as the log holds it (``state``: the codec's document)."""
+
+    position: int
+    originator_id: str
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+@dataclass(frozen=True)
+class FollowerStatus:
+    """A tracked follower's position, the log's head and its parked events."""
+
+    name: str
+    position: int
+    head: int
+    lag_events: int
+    parked: int
+
+
+class TrackedFollower(LogFollower):
+    """A follower whose position and parked events live in PostgreSQL: it implements
+    only ``apply`` (what it does with a batch, in the transaction that records the
+    batch's position) and, if it has tables of its own, ``setup``.
+
+    Each batch (up to ``batch_size`` stored events, those of ``topics`` handed to
+    ``apply``) commits with its position. A batch that fails on its data is split until
+    the event at fault is isolated and parked (``crm_follower_parked``); an error of the
+    moment is retried by the frame after a growing pause.
+    """
+
+    def __init__(self, name: str, conninfo: str, *, events_table: str = "crm_events",
+                 batch_size: int = 1000, poll_seconds: float = 1.0, retry_max_seconds: float = 30.0,
+                 topics: frozenset[str] | None = None):
+        self.name = name
+        self.conninfo = conninfo
+        self.events_table = events_table
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.topics = topics
+        self.backoff = Backoff(poll_seconds, retry_max_seconds)
+        self.stats = FollowerStats()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # -- what the follower does ----------------------------------------------------------
+    def setup(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the follower's own tables (in a transaction; idempotent)."""
+
+    def apply(self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent]) -> None:
+        """Apply ``events`` in ``conn``'s open transaction (committed with the position)."""
+        raise NotImplementedError
+
+    # -- the frame's part ----------------------------------------------------------------
+    def connect(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(self.conninfo, autocommit=True)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('crm_projection_setup'))")
+                for ddl in FOLLOWER_DDL:
+                    conn.execute(ddl)
+                conn.execute("INSERT INTO crm_follower_tracking (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                             (self.name,))
+                self.setup(conn)
+            self._conn = conn
+            self.stats.is_leader = False
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+        self.stats.is_leader = False
+
+    def try_lead(self) -> bool:
+        if self.stats.is_leader and self._conn is not None and not self._conn.closed:
+            return True
+        row = self.connect().execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                     ("crm_follower:" + self.name,)).fetchone()
+        self.stats.is_leader = bool(row and row[0])
+        return self.stats.is_leader
+
+    def position(self) -> int:
+        row = self.connect().execute("SELECT position FROM crm_follower_tracking WHERE name = %s",
+                                     (self.name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def advance(self, stop: threading.Event) -> bool:
+        return self.run_batch() >= self.batch_size
+
+    def run_batch(self) -> int:
+        """Apply the next batch; how many stored events it covered (0: at the log's end)."""
+        if not self.try_lead():
+            raise Moment(f"another follower leads {self.name}")
+        conn = self.connect()
+        started = time.perf_counter()
+        rows = conn.execute(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state"
+            f' FROM "{self.events_table}" WHERE notification_id > %s ORDER BY notification_id LIMIT %s',
+            (self.position(), self.batch_size), binary=True).fetchall()
+        if not rows:
+            return 0
+        last = int(rows[-1][0])
+        events = [StoredEvent(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows
+                  if self.topics is None or r[3] in self.topics]
+        parked = 0
+        try:
+            with conn.transaction():
+                self.apply(conn, events)
+                self._track(conn, last)
+        except Exception as e:
+            if conn.closed or classify(e) == MOMENT:
+                raise
+            log.warning(f"{self.name}: batch failed on its data; splitting it", follower=self.name,
+                        last=last, error=clean_text(f"{type(e).__name__}: {e}"))
+            parked = apply_splitting(events, self._commit, self._park, failed=e)
+            self._track(conn, last)  # the events after the last handled one
+        self.note_batch(len(rows), parked, last, started)
+        return len(rows)
+
+    def _commit(self, part: Sequence[StoredEvent]) -> None:
+        conn = self.connect()
+        with conn.transaction():
+            self.apply(conn, part)
+            self._track(conn, part[-1].position)
+
+    def _park(self, event: StoredEvent, error: BaseException) -> None:
+        text = clean_text(f"{type(error).__name__}: {error}"[:2000])
+        log.error(f"{self.name} parked an event", follower=self.name, position=event.position,
+                  topic=clean_text(event.topic), error=text)
+        conn = self.connect()
+        with conn.transaction():
+            conn.execute("INSERT INTO crm_follower_parked (name, position, topic, error) VALUES (%s, %s, %s, %s)"
+                         " ON CONFLICT DO NOTHING", (self.name, event.position, clean_text(event.topic), text))
+            self._track(conn, event.position)
+
+    def _track(self, conn: psycopg.Connection[Any], position: int) -> None:
+        conn.execute("UPDATE crm_follower_tracking SET position = GREATEST(position, %s), updated_at = now()"
+                     " WHERE name = %s", (position, self.name), prepare=True)
+
+
+def follower_statuses(conn: psycopg.Connection[Any], events_table: str = "crm_events") -> list[FollowerStatus]:
+    """Every tracked follower's status, read on ``conn`` (none before the first ran)."""
+    exists = conn.execute("SELECT to_regclass('crm_follower_tracking') IS NOT NULL"
+                          " AND to_regclass('crm_follower_parked') IS NOT NULL").fetchone()
+    if not (exists and list(exists)[0]):
+        return []
+    head_row = conn.execute(f'SELECT coalesce(max(notification_id), 0) FROM "{events_table}"').fetchone()
+    head = int(list(head_row)[0]) if head_row else 0
+    rows = conn.execute("SELECT t.name, t.position, (SELECT count(*) FROM crm_follower_parked p"
+                        " WHERE p.name = t.name) FROM crm_follower_tracking t ORDER BY t.name").fetchall()
+    out = []
+    for r in rows:
+        name, position, parked = list(r.values()) if isinstance(r, dict) else list(r)
+        out.append(FollowerStatus(str(name), int(position), head, max(0, head - int(position)), int(parked)))
+    return out
