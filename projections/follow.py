@@ -508,17 +508,18 @@ class TrackedFollower(LogFollower):
 
 
 def follower_statuses(conn: psycopg.Connection[Any], events_table: str = "crm_events") -> list[FollowerStatus]:
-    """Every tracked follower's status, read on ``conn`` (none before the first ran)."""
-    exists = conn.execute("SELECT to_regclass('crm_follower_tracking') IS NOT NULL"
-                          " AND to_regclass('crm_follower_parked') IS NOT NULL").fetchone()
-    if not (exists and list(exists)[0]):
-        return []
-    head_row = conn.execute(f'SELECT coalesce(max(notification_id), 0) FROM "{events_table}"').fetchone()
-    head = int(list(head_row)[0]) if head_row else 0
-    rows = conn.execute("SELECT t.name, t.position, (SELECT count(*) FROM crm_follower_parked p"
-                        " WHERE p.name = t.name) FROM crm_follower_tracking t ORDER BY t.name").fetchall()
-    out = []
-    for r in rows:
-        name, position, parked = list(r.values()) if isinstance(r, dict) else list(r)
-        out.append(FollowerStatus(str(name), int(position), head, max(0, head - int(position)), int(parked)))
-    return out
+    """Every tracked follower's status, read on ``conn`` (any row factory; none before
+    the first follower ran)."""
+    from psycopg.rows import tuple_row
+
+    with conn.cursor(row_factory=tuple_row) as cur:
+        exists = cur.execute("SELECT to_regclass('crm_follower_tracking') IS NOT NULL"
+                             " AND to_regclass('crm_follower_parked') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            return []
+        head_row = cur.execute(f'SELECT coalesce(max(notification_id), 0) FROM "{events_table}"').fetchone()
+        head = int(head_row[0]) if head_row else 0
+        rows = cur.execute("SELECT t.name, t.position, (SELECT count(*) FROM crm_follower_parked p"
+                           " WHERE p.name = t.name) FROM crm_follower_tracking t ORDER BY t.name").fetchall()
+    return [FollowerStatus(str(name), int(position), head, max(0, head - int(position)), int(parked))
+            for name, position, parked in rows]

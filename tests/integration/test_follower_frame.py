@@ -19,6 +19,7 @@ import pytest
 from commands import customer as cc
 from commands.application import Principal, Request
 from projections.follow import StoredEvent, TrackedFollower, follower_statuses
+from tests.conftest import METRICS_AUTH
 
 pytestmark = pytest.mark.postgres
 
@@ -68,7 +69,9 @@ def counts(database_url: str, name: str) -> dict[str, int]:
 
 
 def test_the_position_moves_with_the_rows_and_a_bad_event_is_parked_alone(
-        database_url: str, follower_name: str) -> None:
+        database_url: str, follower_name: str, system: Any) -> None:
+    from tests.asgi_client import Client
+
     bad = "t." + "x" * 300  # longer than the table's check allows
     positions = append(database_url, "t.A", "t.B", "t.A", bad, "t.B", "t.A", "t.C")
     follower = CountByType(follower_name, database_url, batch_size=100)
@@ -86,6 +89,16 @@ def test_the_position_moves_with_the_rows_and_a_bad_event_is_parked_alone(
         mine = statuses[follower_name]
         assert (mine.position, mine.parked, mine.lag_events) == (positions[-1], 1, 0)
         assert follower.run_batch() == 0
+        # /ready and /metrics show it like every follower: the parked event is a reason.
+        client = Client(system.http_app())
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert f"{follower_name}: 1 parked event(s)" in ready.json()["reasons"]
+        assert {"name": follower_name, "position": positions[-1], "lag_events": 0,
+                "parked": 1} in ready.json()["followers"]
+        body = client.get("/metrics", headers=METRICS_AUTH).text
+        assert f'crm_follower_parked_events{{follower="{follower_name}"}} 1' in body
+        assert f'crm_follower_position{{follower="{follower_name}"}} {positions[-1]}' in body
     finally:
         follower.close()
 
