@@ -329,11 +329,18 @@ class LogFollower:
                 listener.close()
             self.close()
 
-    def start(self) -> None:
+    def start(self, thread_name: str | None = None) -> None:
         """Follow the log in a thread of this process (until ``stop``)."""
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.run, args=(self._stop,), name=self.name, daemon=True)
+        self._thread = threading.Thread(target=self.run, args=(self._stop,), name=thread_name or self.name,
+                                        daemon=True)
         self._thread.start()
+
+    def signal_stop(self) -> None:
+        """Ask the thread ``start`` began to stop (without waiting: several followers
+        stop at once)."""
+        if self._stop is not None:
+            self._stop.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the thread ``start`` began (it finishes its batch) and close."""

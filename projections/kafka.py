@@ -752,21 +752,13 @@ class KafkaFeed:
     its status, for `crm serve`, /metrics and `crm projections status`."""
 
     publisher: KafkaPublisher
-    _thread: threading.Thread | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.publisher.run, args=(self._stop,),
-                                        name="kafka-publisher", daemon=True)
-        self._thread.start()
+        self.publisher.start("kafka-publisher")
         log.info("kafka publisher started", topics=self.publisher.config.all_topics())
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
-        self.publisher.close()  # also when this process only used it directly
+        self.publisher.stop(30)  # closes it also when this process only used it directly
 
     def status(self, conn: psycopg.Connection[Any] | None = None) -> FeedStatus:
         if conn is None:
