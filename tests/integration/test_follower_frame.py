@@ -6,10 +6,12 @@ waiting for the poll."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -69,8 +71,9 @@ def counts(database_url: str, name: str) -> dict[str, int]:
 
 
 def test_the_position_moves_with_the_rows_and_a_bad_event_is_parked_alone(
-        database_url: str, follower_name: str, system: Any) -> None:
+        database_url: str, follower_name: str, system: Any, tmp_path: Path) -> None:
     from tests.asgi_client import Client
+    from tests.integration.test_projection_ops import ROOT, crm_command, crm_env
 
     bad = "t." + "x" * 300  # longer than the table's check allows
     positions = append(database_url, "t.A", "t.B", "t.A", bad, "t.B", "t.A", "t.C")
@@ -99,6 +102,14 @@ def test_the_position_moves_with_the_rows_and_a_bad_event_is_parked_alone(
         body = client.get("/metrics", headers=METRICS_AUTH).text
         assert f'crm_follower_parked_events{{follower="{follower_name}"}} 1' in body
         assert f'crm_follower_position{{follower="{follower_name}"}} {positions[-1]}' in body
+        # and so does `crm projections status` (exit 1: a parked event)
+        status = subprocess.run(crm_command("projections", "status"), env=crm_env(database_url, tmp_path / "data"),
+                                cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        assert status.returncode == 1, status.stdout + status.stderr
+        mine_row = next(line for line in status.stdout[status.stdout.index("Followers"):].splitlines()
+                        if follower_name in line)
+        assert [c.strip() for c in mine_row.strip().strip("│").split("│")] == [
+            follower_name, str(positions[-1]), str(positions[-1]), "0", "1"]
     finally:
         follower.close()
 
