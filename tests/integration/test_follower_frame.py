@@ -147,3 +147,29 @@ def test_one_leader_and_an_append_wakes_it(database_url: str, follower_name: str
     assert not follower.stats.is_leader
     assert isinstance(follower._thread, type(None)) and not any(
         t.name == follower_name for t in threading.enumerate())
+
+
+def test_the_automation_is_woken_by_an_append(make_system: Any, database_url: str) -> None:
+    """In the frame the automation listens too: with a poll far longer than the test, an
+    append is handled at once."""
+    from projections.automation.runner import automation_status
+
+    system = make_system(automation_poll_seconds=60.0)
+    runner = system.automation()
+    system.start_automation()
+    try:
+        deadline = time.monotonic() + 10
+        while not runner.stats.is_leader and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # its first step is done: it waits for an append now
+        system.commands.execute(cc.RegisterCustomer.model_validate({"kind": "company", "name": "Late AG"}),
+                                Request(Principal("rep-1", "sales_rep"), correlation_id="corr-wake"))
+        head = system.read.store.head()
+        deadline = time.monotonic() + 10
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            while automation_status(conn).position < head and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert automation_status(conn).position == head
+    finally:
+        runner.stop()
+    assert not any(t.name == "crm-automation" and t.is_alive() for t in threading.enumerate())
