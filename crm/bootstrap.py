@@ -429,9 +429,7 @@ class System:
     _stop_checkpoints: threading.Event = field(default_factory=threading.Event, repr=False)
     _checkpoint_wake: threading.Event = field(default_factory=threading.Event, repr=False)
     _checkpoint_thread: threading.Thread | None = field(default=None, repr=False)
-    _stop_automation: threading.Event = field(default_factory=threading.Event, repr=False)
     _automation: AutomationRunner | None = field(default=None, repr=False)
-    _automation_thread: threading.Thread | None = field(default=None, repr=False)
 
     def automation(self) -> AutomationRunner:
         """The automation runner of this process (its rules from settings)."""
@@ -445,9 +443,7 @@ class System:
 
     def start_automation(self) -> None:
         """Run the automation runner as a thread of this process."""
-        self._automation_thread = threading.Thread(
-            target=self.automation().run, args=(self._stop_automation,), name="crm-automation", daemon=True)
-        self._automation_thread.start()
+        self.automation().start("crm-automation")
 
     def http_app(self) -> FastAPI:
         app = create_app(Services(self.app, self.commands, self.tokens, self.read, self.kafka,
@@ -548,13 +544,15 @@ class System:
         self._checkpoint_wake.set()
         if self._checkpoint_thread is not None:
             self._checkpoint_thread.join(10)
-        self._stop_automation.set()
-        if self.read is not None:
-            self.read.signal_stop()  # every runner stops at once, not one after the other
-        if self._automation_thread is not None:
-            self._automation_thread.join(left())
+        # every follower stops at once, not one after the other
         if self._automation is not None:
-            self._automation.close()
+            self._automation.signal_stop()
+        if self.analytics is not None:
+            self.analytics.signal_stop()
+        if self.read is not None:
+            self.read.signal_stop()
+        if self._automation is not None:
+            self._automation.stop(left())
         if self.analytics is not None:
             self.analytics.stop(left())
         if self.read is not None:

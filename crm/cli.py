@@ -412,14 +412,15 @@ def projections_run(
 
 @projections_app.command("status")
 def projections_status() -> None:
-    """Each read model's generation, position, lag and parked events, the Kafka publisher's
-    and the automation's (exit 1 if any is parked)."""
+    """Each read model's generation, position, lag and parked events, the Kafka publisher's,
+    the automation's and every other follower's (exit 1 if any is parked)."""
     from rich.console import Console
     from rich.table import Table
 
     import projections
 
     from projections.automation.runner import automation_status
+    from projections.follow import follower_statuses
 
     system = _system()
     try:
@@ -428,6 +429,7 @@ def projections_status() -> None:
         kafka = system.kafka.status() if system.kafka is not None else None
         with system.read.pool.connection() as conn:
             automation = automation_status(conn)
+            followers = follower_statuses(conn)
     finally:
         system.close()
     table = Table(title="Read models")
@@ -448,7 +450,16 @@ def projections_status() -> None:
                  f"{automation.lag_seconds:.1f}", str(automation.parked),
                  style="red" if automation.parked else None)
     Console(width=160).print(auto)
-    if any(s.parked for s in rows) or (kafka is not None and kafka.parked) or automation.parked:
+    if followers:
+        others = Table(title="Followers")
+        for column in ("name", "position", "head", "lag events", "parked"):
+            others.add_column(column, justify="left" if column == "name" else "right")
+        for f in followers:
+            others.add_row(f.name, str(f.position), str(f.head), str(f.lag_events), str(f.parked),
+                           style="red" if f.parked else None)
+        Console(width=160).print(others)
+    if (any(s.parked for s in rows) or (kafka is not None and kafka.parked) or automation.parked
+            or any(f.parked for f in followers)):
         raise typer.Exit(1)
 
 

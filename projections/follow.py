@@ -20,6 +20,17 @@ Errors of the code or the schema (PostgreSQL ``ProgrammingError`` such as a drop
 table, ``InternalError``) are the moment's too: splitting cannot help and parking would
 lose events.
 
+``LogFollower`` is the frame every follower runs in: it leads (or waits to lead), is
+woken by LISTEN/NOTIFY on the events table's channel (polling every ``poll_seconds`` in
+case a notification is missed), goes on at once while behind, pauses after an error of
+the moment (``Backoff``), counts what it did (``FollowerStats``, for /metrics and the
+status commands) and shuts down cleanly. A follower supplies only ``try_lead``, ``advance``
+(one batch, and what its transaction commits with the position) and ``close``.
+``TrackedFollower`` adds what a plain PostgreSQL follower needs besides: its position and
+parked events in ``crm_follower_tracking``/``crm_follower_parked``, each batch applied in
+one transaction with its position and split down to the event at fault when its data
+fails; it leaves only ``apply`` (what the follower does with a batch).
+
 ``clean`` is the rule for values a store cannot hold: PostgreSQL text cannot hold NUL
 (U+0000) and UTF-8 cannot encode a lone surrogate (U+D800..U+DFFF, which JSON escapes
 such as ``\\ud800`` can produce); both are replaced by U+FFFD. Followers apply it only to
@@ -31,11 +42,15 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import orjson
+import psycopg
+import structlog
 
 Kind = Literal["event", "moment"]
 EVENT: Kind = "event"
@@ -203,3 +218,315 @@ def recorded_at(state: bytes | memoryview | None) -> datetime | None:
         return datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+# -- the frame --------------------------------------------------------------------------------
+log = structlog.get_logger("crm.projections")
+
+
+def listen(conninfo: str, events_table: str) -> psycopg.Connection[Any]:
+    """A connection notified of every append to the events table."""
+    listener = psycopg.connect(conninfo, autocommit=True)
+    listener.execute(f'LISTEN "{events_table}"')
+    return listener
+
+
+def wait_for_events(listener: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
+    """Until an append is notified on ``listener``, ``stop`` is set or ``seconds`` pass
+    (the poll that covers a missed notification)."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
+            return
+
+
+@dataclass
+class FollowerStats:
+    """What this process's follower did (for /metrics and the status commands)."""
+
+    batches: int = 0
+    events: int = 0
+    parked: int = 0
+    last_batch_size: int = 0
+    last_batch_seconds: float = 0.0
+    position: int = 0
+    is_leader: bool = False
+    #: attempts that failed on the connection or the server (tried again, nothing parked)
+    retries: int = 0
+
+
+class LogFollower:
+    """The frame of a log follower: leadership, wake-up, backoff, stats and shutdown.
+
+    A follower sets ``name``, ``conninfo``, ``events_table``, ``poll_seconds``,
+    ``backoff`` and ``stats`` and implements ``try_lead``, ``advance`` and ``close``.
+    """
+
+    name: str = "follower"
+    conninfo: str
+    events_table: str = "crm_events"
+    poll_seconds: float = 1.0
+    backoff: Backoff
+    stats: FollowerStats
+    _stop: threading.Event | None = None
+    _thread: threading.Thread | None = None
+
+    # -- what a follower supplies --------------------------------------------------------
+    def try_lead(self) -> bool:
+        """Take the follower's leadership if free (held until ``close``)."""
+        raise NotImplementedError
+
+    def advance(self, stop: threading.Event) -> bool:
+        """Follow the log one step (a batch, or a catch-up); True when there is more to
+        do at once (a backlog), False to wait for the next append."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Give up the connections (and so the leadership)."""
+
+    def prepare(self) -> None:
+        """Before each attempt to lead (e.g. follow a blue/green switch)."""
+
+    def recover(self, error: Exception) -> None:
+        """After an error of the moment, before the pause: by default start afresh."""
+        self.close()
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Lead (or wait to lead), then follow the log until ``stop`` is set. Woken by
+        LISTEN/NOTIFY on the events table's channel, polling every ``poll_seconds`` in
+        case a notification is missed; after an error (of the moment: the data's are
+        parked) it tries again after a pause of ``poll_seconds``, doubling up to the
+        backoff's cap."""
+        listener: psycopg.Connection[Any] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    self.prepare()
+                    if not self.try_lead():
+                        stop.wait(self.poll_seconds)
+                        continue
+                    if listener is None or listener.closed:
+                        listener = listen(self.conninfo, self.events_table)
+                    behind = self.advance(stop)
+                    self.backoff.reset()
+                    if behind:
+                        continue
+                    wait_for_events(listener, stop, self.poll_seconds)
+                except Exception as e:  # noqa: BLE001 -- logged; the follower must not die
+                    delay = self.backoff.next_delay()
+                    self.stats.retries += 1
+                    log.error(f"{self.name} failed; retrying", follower=self.name,
+                              error=clean_text(f"{type(e).__name__}: {e}"), retry_in_seconds=delay,
+                              exc_info=True)
+                    self.recover(e)
+                    if listener is not None:
+                        listener.close()
+                        listener = None
+                    stop.wait(delay)
+        finally:
+            if listener is not None:
+                listener.close()
+            self.close()
+
+    def start(self, thread_name: str | None = None) -> None:
+        """Follow the log in a thread of this process (until ``stop``)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, args=(self._stop,), name=thread_name or self.name,
+                                        daemon=True)
+        self._thread.start()
+
+    def signal_stop(self) -> None:
+        """Ask the thread ``start`` began to stop (without waiting: several followers
+        stop at once)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread ``start`` began (it finishes its batch) and close."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.close()
+
+    def note_batch(self, events: int, parked: int, position: int, started: float) -> None:
+        """Count a committed batch (``started``: its ``time.perf_counter()``)."""
+        self.stats.batches += 1
+        self.stats.events += events
+        self.stats.parked += parked
+        self.stats.last_batch_size = events
+        self.stats.last_batch_seconds = time.perf_counter() - started
+        if position:
+            self.stats.position = position
+
+
+# -- a plain PostgreSQL follower --------------------------------------------------------------
+FOLLOWER_DDL = (
+    "CREATE TABLE IF NOT EXISTS crm_follower_tracking (name text PRIMARY KEY,"
+    " position bigint NOT NULL DEFAULT 0, updated_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS crm_follower_parked (name text NOT NULL, position bigint NOT NULL,"
+    " topic text NOT NULL, error text NOT NULL, parked_at timestamptz NOT NULL DEFAULT now(),"
+    " PRIMARY KEY (name, position))",
+)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One stored event as the log holds it (``state``: the codec's document)."""
+
+    position: int
+    originator_id: str
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+@dataclass(frozen=True)
+class FollowerStatus:
+    """A tracked follower's position, the log's head and its parked events."""
+
+    name: str
+    position: int
+    head: int
+    lag_events: int
+    parked: int
+
+
+class TrackedFollower(LogFollower):
+    """A follower whose position and parked events live in PostgreSQL: it implements
+    only ``apply`` (what it does with a batch, in the transaction that records the
+    batch's position) and, if it has tables of its own, ``setup``.
+
+    Each batch (up to ``batch_size`` stored events, those of ``topics`` handed to
+    ``apply``) commits with its position. A batch that fails on its data is split until
+    the event at fault is isolated and parked (``crm_follower_parked``); an error of the
+    moment is retried by the frame after a growing pause.
+    """
+
+    def __init__(self, name: str, conninfo: str, *, events_table: str = "crm_events",
+                 batch_size: int = 1000, poll_seconds: float = 1.0, retry_max_seconds: float = 30.0,
+                 topics: frozenset[str] | None = None):
+        self.name = name
+        self.conninfo = conninfo
+        self.events_table = events_table
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.topics = topics
+        self.backoff = Backoff(poll_seconds, retry_max_seconds)
+        self.stats = FollowerStats()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # -- what the follower does ----------------------------------------------------------
+    def setup(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the follower's own tables (in a transaction; idempotent)."""
+
+    def apply(self, conn: psycopg.Connection[Any], events: Sequence[StoredEvent]) -> None:
+        """Apply ``events`` in ``conn``'s open transaction (committed with the position)."""
+        raise NotImplementedError
+
+    # -- the frame's part ----------------------------------------------------------------
+    def connect(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(self.conninfo, autocommit=True)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('crm_projection_setup'))")
+                for ddl in FOLLOWER_DDL:
+                    conn.execute(ddl)
+                conn.execute("INSERT INTO crm_follower_tracking (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                             (self.name,))
+                self.setup(conn)
+            self._conn = conn
+            self.stats.is_leader = False
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+        self.stats.is_leader = False
+
+    def try_lead(self) -> bool:
+        if self.stats.is_leader and self._conn is not None and not self._conn.closed:
+            return True
+        row = self.connect().execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                     ("crm_follower:" + self.name,)).fetchone()
+        self.stats.is_leader = bool(row and row[0])
+        return self.stats.is_leader
+
+    def position(self) -> int:
+        row = self.connect().execute("SELECT position FROM crm_follower_tracking WHERE name = %s",
+                                     (self.name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def advance(self, stop: threading.Event) -> bool:
+        return self.run_batch() >= self.batch_size
+
+    def run_batch(self) -> int:
+        """Apply the next batch; how many stored events it covered (0: at the log's end)."""
+        if not self.try_lead():
+            raise Moment(f"another follower leads {self.name}")
+        conn = self.connect()
+        started = time.perf_counter()
+        rows = conn.execute(
+            "SELECT notification_id, originator_id::text, originator_version, topic, state"
+            f' FROM "{self.events_table}" WHERE notification_id > %s ORDER BY notification_id LIMIT %s',
+            (self.position(), self.batch_size), binary=True).fetchall()
+        if not rows:
+            return 0
+        last = int(rows[-1][0])
+        events = [StoredEvent(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4])) for r in rows
+                  if self.topics is None or r[3] in self.topics]
+        parked = 0
+        try:
+            with conn.transaction():
+                self.apply(conn, events)
+                self._track(conn, last)
+        except Exception as e:
+            if conn.closed or classify(e) == MOMENT:
+                raise
+            log.warning(f"{self.name}: batch failed on its data; splitting it", follower=self.name,
+                        last=last, error=clean_text(f"{type(e).__name__}: {e}"))
+            parked = apply_splitting(events, self._commit, self._park, failed=e)
+            self._track(conn, last)  # the events after the last handled one
+        self.note_batch(len(rows), parked, last, started)
+        return len(rows)
+
+    def _commit(self, part: Sequence[StoredEvent]) -> None:
+        conn = self.connect()
+        with conn.transaction():
+            self.apply(conn, part)
+            self._track(conn, part[-1].position)
+
+    def _park(self, event: StoredEvent, error: BaseException) -> None:
+        text = clean_text(f"{type(error).__name__}: {error}"[:2000])
+        log.error(f"{self.name} parked an event", follower=self.name, position=event.position,
+                  topic=clean_text(event.topic), error=text)
+        conn = self.connect()
+        with conn.transaction():
+            conn.execute("INSERT INTO crm_follower_parked (name, position, topic, error) VALUES (%s, %s, %s, %s)"
+                         " ON CONFLICT DO NOTHING", (self.name, event.position, clean_text(event.topic), text))
+            self._track(conn, event.position)
+
+    def _track(self, conn: psycopg.Connection[Any], position: int) -> None:
+        conn.execute("UPDATE crm_follower_tracking SET position = GREATEST(position, %s), updated_at = now()"
+                     " WHERE name = %s", (position, self.name), prepare=True)
+
+
+def follower_statuses(conn: psycopg.Connection[Any], events_table: str = "crm_events") -> list[FollowerStatus]:
+    """Every tracked follower's status, read on ``conn`` (any row factory; none before
+    the first follower ran)."""
+    from psycopg.rows import tuple_row
+
+    with conn.cursor(row_factory=tuple_row) as cur:
+        exists = cur.execute("SELECT to_regclass('crm_follower_tracking') IS NOT NULL"
+                             " AND to_regclass('crm_follower_parked') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            return []
+        head_row = cur.execute(f'SELECT coalesce(max(notification_id), 0) FROM "{events_table}"').fetchone()
+        head = int(head_row[0]) if head_row else 0
+        rows = cur.execute("SELECT t.name, t.position, (SELECT count(*) FROM crm_follower_parked p"
+                           " WHERE p.name = t.name) FROM crm_follower_tracking t ORDER BY t.name").fetchall()
+    return [FollowerStatus(str(name), int(position), head, max(0, head - int(position)), int(parked))
+            for name, position, parked in rows]

@@ -46,8 +46,8 @@ from psycopg.rows import dict_row
 from events.base import all_event_types
 from events.codec import EventCodec, dump_fields
 from events.public import CONTENT_TYPE, EnvelopeWriter
-from projections.follow import EVENT, MOMENT, Backoff, Moment, apply_splitting, classify, clean, clean_text
-from projections.runner import RunnerStats, listen, wait_for_events
+from projections.follow import (EVENT, MOMENT, Backoff, FollowerStats, LogFollower, Moment, apply_splitting, classify,
+                                clean, clean_text)
 from projections.store import lag_seconds
 
 log = structlog.get_logger("crm.kafka")
@@ -160,7 +160,7 @@ class PublishFailed(Moment):
 
 
 @dataclass
-class PublisherStats(RunnerStats):
+class PublisherStats(FollowerStats):
     """The runner's counters, and the batches the broker did not acknowledge."""
 
     failures: int = 0
@@ -442,8 +442,9 @@ def read_events(conn: psycopg.Connection[Any], after: int, limit: int,
     ).fetchall())
 
 
-class KafkaPublisher:
-    """Publishes the event log to Kafka from its tracked position, batch by batch."""
+class KafkaPublisher(LogFollower):
+    """Publishes the event log to Kafka from its tracked position, batch by batch (in the
+    ``LogFollower`` frame)."""
 
     def __init__(self, conninfo: str, codec: EventCodec, config: FeedConfig, *,
                  name: str = "kafka", batch_size: int = 5000, poll_seconds: float = 1.0,
@@ -457,7 +458,7 @@ class KafkaPublisher:
         self.poll_seconds = poll_seconds
         self.events_table = events_table
         self.envelopes = Envelopes(config, codec)
-        self.stats = PublisherStats()
+        self.stats: PublisherStats = PublisherStats()
         self._producer_factory = producer_factory
         self._producer: Any = None
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
@@ -668,38 +669,14 @@ class KafkaPublisher:
             pass
         return self.position()
 
-    def run(self, stop: threading.Event) -> None:
-        """Lead (or wait to lead), then follow the log until ``stop`` is set; woken by
-        LISTEN/NOTIFY, polling every ``poll_seconds`` as a fallback."""
-        listener: psycopg.Connection[Any] | None = None
-        try:
-            while not stop.is_set():
-                try:
-                    if not self.try_lead():
-                        stop.wait(self.poll_seconds)
-                        continue
-                    if listener is None or listener.closed:
-                        listener = listen(self.conninfo, self.events_table)
-                    sent = self.run_batch()
-                    self.backoff.reset()
-                    if sent >= self.batch_size:
-                        continue
-                    wait_for_events(listener, stop, self.poll_seconds)
-                except Exception as e:  # noqa: BLE001 -- logged; the publisher must not die
-                    delay = self.backoff.next_delay()
-                    self.stats.retries += 1
-                    log.error("kafka publisher failed; retrying", name=self.name,
-                              error=clean_text(f"{type(e).__name__}: {e}"), retry_in_seconds=delay)
-                    if self._conn is not None and self._conn.closed:
-                        self.stats.is_leader = False
-                    if listener is not None:
-                        listener.close()
-                        listener = None
-                    stop.wait(delay)
-        finally:
-            if listener is not None:
-                listener.close()
-            self.close()
+    def advance(self, stop: threading.Event) -> bool:
+        return self.run_batch() >= self.batch_size
+
+    def recover(self, error: Exception) -> None:
+        """What was sent and not recorded is already dropped (``_abandon``); the
+        connection is kept unless it was lost (and the leadership with it)."""
+        if self._conn is not None and self._conn.closed:
+            self.stats.is_leader = False
 
 
 # -- republish ---------------------------------------------------------------------------
@@ -775,21 +752,13 @@ class KafkaFeed:
     its status, for `crm serve`, /metrics and `crm projections status`."""
 
     publisher: KafkaPublisher
-    _thread: threading.Thread | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.publisher.run, args=(self._stop,),
-                                        name="kafka-publisher", daemon=True)
-        self._thread.start()
+        self.publisher.start("kafka-publisher")
         log.info("kafka publisher started", topics=self.publisher.config.all_topics())
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
-        self.publisher.close()  # also when this process only used it directly
+        self.publisher.stop(30)  # closes it also when this process only used it directly
 
     def status(self, conn: psycopg.Connection[Any] | None = None) -> FeedStatus:
         if conn is None:

@@ -44,7 +44,8 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from events.codec import EventCodec
-from projections.follow import MOMENT, Backoff, Moment, apply_splitting, classify, clean, clean_text
+from projections.follow import (MOMENT, Backoff, FollowerStats, LogFollower, Moment, apply_splitting, classify,
+                                clean, clean_text)
 from projections.memory import relaxed_gc
 from projections.base import BatchResult, BatchView, ParkedEvent, Projection, Row, Table
 
@@ -52,22 +53,6 @@ log = structlog.get_logger("crm.projections")
 
 _SELECT_AFTER = ("SELECT notification_id, originator_id, originator_version, topic, state"
                  ' FROM "{table}" WHERE notification_id > %s ORDER BY notification_id LIMIT %s')
-
-
-def listen(conninfo: str, events_table: str) -> psycopg.Connection[Any]:
-    """A connection notified of every append to the events table."""
-    listener = psycopg.connect(conninfo, autocommit=True)
-    listener.execute(f'LISTEN "{events_table}"')
-    return listener
-
-
-def wait_for_events(listener: psycopg.Connection[Any], stop: threading.Event, seconds: float) -> None:
-    """Until an append is notified on ``listener``, ``stop`` is set or ``seconds`` pass
-    (the poll that covers a missed notification)."""
-    deadline = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < deadline:
-        if any(True for _ in listener.notifies(timeout=0.1, stop_after=1)):
-            return
 
 
 def _json_dumps(obj: Any) -> bytes:
@@ -148,23 +133,13 @@ class _ReadAhead:
         self.thread.join()
 
 
-@dataclass
-class RunnerStats:
-    """Counters for /metrics and `crm projections status`."""
-
-    batches: int = 0
-    events: int = 0
-    parked: int = 0
-    last_batch_size: int = 0
-    last_batch_seconds: float = 0.0
-    position: int = 0
-    is_leader: bool = False
-    #: attempts that failed on the connection or the server (tried again, nothing parked)
-    retries: int = 0
+#: the name the read models' callers know the frame's stats by
+RunnerStats = FollowerStats
 
 
-class BatchRunner:
-    """Applies the event log to one schema (generation) of one projection."""
+class BatchRunner(LogFollower):
+    """Applies the event log to one schema (generation) of one projection (in the
+    ``LogFollower`` frame)."""
 
     def __init__(
         self,
@@ -182,6 +157,8 @@ class BatchRunner:
         retry_max_seconds: float = 30.0,
     ):
         self.projection = projection
+        self.name = f"projection {projection.name}"
+        self._follow_active: Callable[[], str | None] | None = None
         self._schema = schema
         self.conninfo = conninfo
         self.codec = codec
@@ -339,12 +316,7 @@ class BatchRunner:
                 self._limit = max(50, self._limit // 2)
             elif elapsed < self.max_batch_seconds / 4 and self._limit < self.batch_size:
                 self._limit = min(self.batch_size, self._limit * 2)
-        self.stats.batches += 1
-        self.stats.events += result.events
-        self.stats.parked += len(result.parked)
-        self.stats.last_batch_size = result.events
-        self.stats.last_batch_seconds = time.perf_counter() - started
-        self.stats.position = result.position or self.stats.position
+        self.note_batch(result.events, len(result.parked), result.position or 0, started)
         if result.parked:
             for p in result.parked:
                 log.error("event parked", projection=self.projection.name, schema=self.schema,
@@ -622,49 +594,27 @@ class BatchRunner:
             return result.position or 0
 
     def run(self, stop: threading.Event, *, follow_active: Callable[[], str | None] | None = None) -> None:
-        """Lead (or wait to lead), then follow the log until ``stop`` is set.
+        """Lead (or wait to lead), then follow the log until ``stop`` is set (the
+        ``LogFollower`` loop). ``follow_active`` lets the runner move to a new generation
+        after a blue/green switch."""
+        self._follow_active = follow_active
+        super().run(stop)
 
-        Woken by LISTEN/NOTIFY on the events table's channel, and polls every
-        ``poll_seconds`` in case a notification is missed. ``follow_active`` lets the
-        runner move to a new generation after a blue/green switch.
-        """
-        listener: psycopg.Connection[Any] | None = None
-        try:
-            while not stop.is_set():
-                try:
-                    if follow_active is not None:
-                        active = follow_active()
-                        if active and active != self.schema:
-                            log.info("following the switch", projection=self.projection.name,
-                                     old=self.schema, new=active)
-                            self.close()
-                            self.schema = active
-                    if not self.try_lead():
-                        stop.wait(self.poll_seconds)
-                        continue
-                    if listener is None or listener.closed:
-                        listener = listen(self.conninfo, self.events_table)
-                    result = self.run_batch()
-                    self.backoff.reset()
-                    if result.events >= self._limit:
-                        self.catch_up(stop=stop)  # a long way behind: read ahead
-                        continue
-                    wait_for_events(listener, stop, self.poll_seconds)
-                except Exception as e:  # noqa: BLE001 -- logged; the runner must not die
-                    delay = self.backoff.next_delay()
-                    self.stats.retries += 1
-                    log.exception("projection runner failed; retrying",
-                                  projection=self.projection.name, schema=self.schema,
-                                  error=clean_text(str(e)), retry_in_seconds=delay)
-                    self.close()
-                    if listener is not None:
-                        listener.close()
-                        listener = None
-                    stop.wait(delay)
-        finally:
-            if listener is not None:
-                listener.close()
-            self.close()
+    def prepare(self) -> None:
+        if self._follow_active is not None:
+            active = self._follow_active()
+            if active and active != self.schema:
+                log.info("following the switch", projection=self.projection.name,
+                         old=self.schema, new=active)
+                self.close()
+                self.schema = active
+
+    def advance(self, stop: threading.Event) -> bool:
+        result = self.run_batch()
+        if result.events >= self._limit:
+            self.catch_up(stop=stop)  # a long way behind: read ahead
+            return True
+        return False
 
 
 def _clean_view(view: BatchView) -> None:

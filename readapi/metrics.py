@@ -25,6 +25,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from projections.automation.runner import automation_status
+from projections.follow import follower_statuses
 from readapi.encoding import JSONResponse
 from readapi.problems import Problem, problem
 
@@ -214,6 +215,8 @@ def _kafka_metrics(kafka: Any) -> list[str]:
         ("send_failures_total", "counter", "Batches this process's publisher had to send again.",
          st.failures),
         ("leader", "gauge", "1 when this process's publisher leads.", st.is_leader),
+        ("retries_total", "counter", "Attempts this process's publisher tried again after a failure of the"
+         " broker or the database (nothing parked).", st.retries),
     ]
     lines: list[str] = []
     for metric, kind, help_text, value in values:
@@ -241,6 +244,50 @@ def _automation_metrics(s: Any) -> list[str]:
     for metric, help_text, value in values:
         name = f"crm_automation_{metric}"
         lines += family(name, "gauge", help_text, [sample(name, value)])
+    return lines
+
+
+def _analytics_metrics(analytics: Any) -> list[str]:
+    """This process's analytics follower (its counters; the file is read only by the leader)."""
+    st = analytics.stats
+    values: list[tuple[str, str, str, float | int | bool]] = [
+        ("position", "gauge", "Event-log position this process's analytics projection has applied"
+         " (0 when it does not lead).", st.position),
+        ("leader", "gauge", "1 when this process's analytics projection leads (owns the file).", st.is_leader),
+        ("events_applied_total", "counter", "Events this process's analytics projection applied.", st.events),
+        ("batches_total", "counter", "Batches this process's analytics projection committed.", st.batches),
+        ("parked_total", "counter", "Events this process's analytics projection parked.", st.parked),
+        ("retries_total", "counter", "Attempts this process's analytics projection tried again after a"
+         " failure of the file or the database (nothing parked).", st.retries),
+    ]
+    lines: list[str] = []
+    for metric, kind, help_text, value in values:
+        name = f"crm_analytics_{metric}"
+        lines += family(name, kind, help_text, [sample(name, value)])
+    return lines
+
+
+def _followers(svc: Any) -> list[Any]:
+    """The tracked followers' statuses (``projections.follow.TrackedFollower``)."""
+    if svc.read is None:
+        return []
+    with svc.read.pool.connection() as conn:
+        return follower_statuses(conn)
+
+
+def _follower_metrics(statuses: list[Any]) -> list[str]:
+    described = {
+        "position": "Event-log position the follower has applied.",
+        "lag_events": "Events in the log the follower has not applied yet.",
+        "parked_events": "Events the follower parked (its batch failed on their data).",
+    }
+    values = {s.name: {"position": s.position, "lag_events": s.lag_events, "parked_events": s.parked}
+              for s in statuses}
+    lines: list[str] = []
+    for metric, help_text in described.items():
+        name = f"crm_follower_{metric}"
+        lines += family(name, "gauge", help_text,
+                        (sample(name, v[metric], follower=f) for f, v in sorted(values.items())))
     return lines
 
 
@@ -290,6 +337,34 @@ def _readiness(svc: Any) -> Readiness:
                 reasons.append(f"automation: {a.lag_seconds:.1f} s behind (at most {MAX_LAG_SECONDS:g} s)")
             if a.parked:
                 reasons.append(f"automation: {a.parked} parked event(s)")
+        # The Kafka feed (when publishing is on) and the tracked followers: reported, and
+        # not ready only for a parked event (a lag is the broker's, not this service's).
+        kafka = getattr(svc, "kafka", None)
+        if kafka is not None:
+            try:
+                k = kafka.status()
+                extra["kafka"] = {"position": k.position, "lag_events": k.lag_events,
+                                  "lag_seconds": round(k.lag_seconds, 3), "parked": k.parked}
+                if k.parked:
+                    reasons.append(f"kafka: {k.parked} parked event(s)")
+            except Exception as e:  # noqa: BLE001
+                reasons.append(f"kafka publisher status unavailable: {type(e).__name__}: {e}")
+        try:
+            followers = _followers(svc)
+        except Exception as e:  # noqa: BLE001
+            reasons.append(f"follower status unavailable: {type(e).__name__}: {e}")
+            followers = []
+        if followers:
+            extra["followers"] = [{"name": f.name, "position": f.position, "lag_events": f.lag_events,
+                                   "parked": f.parked} for f in followers]
+            reasons += [f"{f.name}: {f.parked} parked event(s)" for f in followers if f.parked]
+    # The analytics projection: this process's follower, reported only (its queries answer
+    # for themselves when the file is not current).
+    analytics = getattr(svc, "analytics", None)
+    if analytics is not None and analytics.stats.is_leader:
+        st = analytics.stats
+        extra["analytics"] = {"leader": True, "position": st.position, "parked": st.parked,
+                              "retries": st.retries}
     return reasons, position, projections, extra
 
 
@@ -391,6 +466,16 @@ def build_ops_router(metrics: HttpMetrics, metrics_token: str | None = None) -> 
                     lines += _automation_metrics(a)
             except Exception as e:  # noqa: BLE001
                 log.warning("metrics: automation status unavailable", error=str(e))
+        if up:
+            try:
+                statuses = _followers(svc)
+                if statuses:
+                    lines += _follower_metrics(statuses)
+            except Exception as e:  # noqa: BLE001
+                log.warning("metrics: follower status unavailable", error=str(e))
+        analytics = getattr(svc, "analytics", None)
+        if analytics is not None:
+            lines += _analytics_metrics(analytics)
         kafka = getattr(svc, "kafka", None)
         if kafka is not None and up:
             try:

@@ -130,7 +130,8 @@ def truncate_crm_tables(database_url: str) -> None:
         ).fetchall()]
         for schema in schemas:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.execute("DROP TABLE IF EXISTS crm_projections, crm_projection_tracking, crm_parked_events")
+        conn.execute("DROP TABLE IF EXISTS crm_projections, crm_projection_tracking, crm_parked_events,"
+                     " crm_follower_tracking, crm_follower_parked")
 
 
 @pytest.fixture

@@ -51,8 +51,8 @@ import structlog
 
 from events.base import all_event_types
 from projections.analytics import schema
-from projections.follow import MOMENT, Backoff, apply_splitting, classify, clean_json, clean_text
-from projections.runner import RunnerStats, listen, wait_for_events
+from projections.follow import (MOMENT, Backoff, FollowerStats, LogFollower, apply_splitting, classify, clean_json,
+                                clean_text)
 
 log = structlog.get_logger("crm.analytics")
 
@@ -109,7 +109,7 @@ class Busy(RuntimeError):
 
 
 #: Counters for status and /metrics: those of the read models' runners.
-AnalyticsStats = RunnerStats
+AnalyticsStats = FollowerStats
 
 
 @dataclass
@@ -174,18 +174,22 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class AnalyticsProjection:
-    """Owns the analytics DuckDB file while it leads; applies the log to it."""
+class AnalyticsProjection(LogFollower):
+    """Owns the analytics DuckDB file while it leads; applies the log to it (in the
+    ``LogFollower`` frame)."""
 
     def __init__(self, config: AnalyticsConfig):
         self.config = config
+        self.name = "analytics-projection"
+        self.conninfo = config.conninfo
+        self.events_table = config.events_table
+        self.poll_seconds = config.poll_seconds
+        self.backoff = Backoff(config.poll_seconds, config.retry_max_seconds)
         self.stats = AnalyticsStats()
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._pg: psycopg.Connection[Any] | None = None
         self.db: duckdb.DuckDBPyConnection | None = None
         self._db_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._query_slots = threading.BoundedSemaphore(config.max_concurrent_queries)
 
     # -- leadership and the file ---------------------------------------------------
@@ -292,11 +296,7 @@ class AnalyticsProjection:
                         first=int(batch.column("position")[0].as_py()), last=last,
                         error=clean_text(f"{type(e).__name__}: {e}"))
             parked = self._split(db, batch, derive=derive)
-        self.stats.batches += 1
-        self.stats.events += batch.num_rows
-        self.stats.parked += parked
-        self.stats.position = last
-        self.stats.last_batch_seconds = time.perf_counter() - started
+        self.note_batch(batch.num_rows, parked, last, started)
         return int(batch.num_rows)
 
     def _split(self, db: duckdb.DuckDBPyConnection, batch: pa.Table, *, derive: bool) -> int:
@@ -371,54 +371,12 @@ class AnalyticsProjection:
         return position
 
     # -- following the log ---------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
-        """Lead (or wait to lead), then follow the log until ``stop`` is set. After an
-        error (of the file or the connection: the data's are parked) it tries again after
-        a pause of ``poll_seconds``, doubling up to ``retry_max_seconds``."""
-        listener: psycopg.Connection[Any] | None = None
-        backoff = Backoff(self.config.poll_seconds, self.config.retry_max_seconds)
-        try:
-            while not stop.is_set():
-                try:
-                    if not self.try_lead():
-                        stop.wait(self.config.poll_seconds)
-                        continue
-                    if listener is None or listener.closed:
-                        listener = listen(self.config.conninfo, self.config.events_table)
-                    applied = self.run_batch()
-                    backoff.reset()
-                    if applied >= self.config.batch_size:
-                        self.catch_up(stop=stop)  # a backlog: the catch-up path is faster
-                        continue
-                    wait_for_events(listener, stop, self.config.poll_seconds)
-                except Exception as e:  # noqa: BLE001 -- logged; the projection must not die
-                    delay = backoff.next_delay()
-                    self.stats.retries += 1
-                    log.exception("analytics projection failed; retrying", error=clean_text(str(e)),
-                                  retry_in_seconds=delay)
-                    self.close()
-                    if listener is not None:
-                        listener.close()
-                        listener = None
-                    stop.wait(delay)
-        finally:
-            if listener is not None:
-                listener.close()
-            self.close()
-
-    def start(self) -> None:
-        """Follow the log in a thread of this process."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run, args=(self._stop,),
-                                        name="analytics-projection", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self.close()
+    def advance(self, stop: threading.Event) -> bool:
+        """One batch; after a full one (a backlog) the catch-up path, which is faster."""
+        if self.run_batch() >= self.config.batch_size:
+            self.catch_up(stop=stop)
+            return True
+        return False
 
     # -- rebuild -------------------------------------------------------------------------
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:

@@ -22,6 +22,7 @@ Leadership: one runner at a time holds a session advisory lock; another waits.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,7 +47,7 @@ from events import service_request as se
 from events import task as te
 from events.base import CrmEvent
 from projections.automation import survey
-from projections.follow import MOMENT, Backoff, classify, clean_text
+from projections.follow import MOMENT, Backoff, FollowerStats, LogFollower, classify, clean_text
 from projections.automation.mail import Mailer
 from projections.automation.config import AutomationConfig, Team, add_working_days, raised
 
@@ -108,15 +109,20 @@ def notifications_for(conn: psycopg.Connection[Any], recipient: str, limit: int 
             " ORDER BY created_at DESC, id LIMIT %s", (recipient, limit)).fetchall()
 
 
-class AutomationRunner:
-    """Runs the rules of ``config`` over the log, issuing commands through ``commands``."""
+class AutomationRunner(LogFollower):
+    """Runs the rules of ``config`` over the log, issuing commands through ``commands``
+    (in the ``LogFollower`` frame: woken by an append, and every ``poll_seconds`` for the
+    timers that fall due)."""
 
     def __init__(self, conninfo: str, app: CrmApplication, commands: CommandService,
                  config: AutomationConfig, clock: Clock, *, batch_size: int = 500,
                  poll_seconds: float = 1.0, survey_key: bytes | None = None,
                  survey_ttl: timedelta = timedelta(days=14), mailer: Mailer | None = None,
-                 retry_max_seconds: float = 30.0):
+                 retry_max_seconds: float = 30.0, events_table: str = "crm_events"):
+        self.name = "automation"
         self.conninfo = conninfo
+        self.events_table = events_table
+        self.stats = FollowerStats()
         self.app = app
         self.commands = commands
         self.config = config
@@ -131,8 +137,16 @@ class AutomationRunner:
         self.issued = 0  # commands issued by this runner (not skipped as already issued)
         #: pauses after a failure of the moment: poll_seconds, doubling up to retry_max_seconds
         self.backoff = Backoff(poll_seconds, retry_max_seconds)
-        self.retries = 0  # steps that failed on the database or a concurrent change
-        self.parked = 0  # events this runner parked
+
+    @property
+    def retries(self) -> int:
+        """Steps that failed on the database or a concurrent change."""
+        return self.stats.retries
+
+    @property
+    def parked(self) -> int:
+        """Events this runner parked."""
+        return self.stats.parked
 
     # -- leadership ------------------------------------------------------------
     def try_lead(self) -> bool:
@@ -144,12 +158,14 @@ class AutomationRunner:
             conn.close()
             return False
         self._lock_conn = conn
+        self.stats.is_leader = True
         return True
 
     def close(self) -> None:
         if self._lock_conn is not None:
             self._lock_conn.close()
             self._lock_conn = None
+        self.stats.is_leader = False
 
     # -- loop --------------------------------------------------------------------
     def step(self, stop: threading.Event | None = None) -> int:
@@ -172,25 +188,13 @@ class AutomationRunner:
             self.send_mail()
         return done
 
-    def run(self, stop: threading.Event) -> None:
-        try:
-            while not stop.is_set():
-                try:
-                    self.step(stop)
-                    self.backoff.reset()
-                    delay = self.poll_seconds
-                except Exception as e:  # noqa: BLE001 -- logged; the runner must not die
-                    delay = self.backoff.next_delay()
-                    self.retries += 1
-                    log.exception("automation step failed; retrying", error=clean_text(str(e)),
-                                  retry_in_seconds=delay)
-                    self.close()
-                stop.wait(delay)
-        finally:
-            self.close()
+    def advance(self, stop: threading.Event) -> bool:
+        self.step(stop)  # to the log's end, then the timers
+        return False
 
     # -- events --------------------------------------------------------------------
     def process_events(self) -> int:
+        started = time.perf_counter()
         with psycopg.connect(self.conninfo) as conn:
             row = conn.execute("SELECT position FROM crm_automation_tracking WHERE name = %s",
                                (NAME,)).fetchone()
@@ -211,6 +215,7 @@ class AutomationRunner:
             if notes:
                 with conn.transaction():
                     self._track(conn, notes[-1].id)
+                self.note_batch(len(notes), 0, notes[-1].id, started)
             return len(notes)
 
     def _park(self, conn: psycopg.Connection[Any], position: int, topic: str, error: Exception) -> None:
@@ -222,7 +227,7 @@ class AutomationRunner:
             conn.execute("INSERT INTO crm_automation_parked (position, event_type, error) VALUES (%s, %s, %s)"
                          " ON CONFLICT (position) DO NOTHING", (position, clean_text(topic), text))
             self._track(conn, position)
-        self.parked += 1
+        self.stats.parked += 1
 
     @staticmethod
     def _track(conn: psycopg.Connection[Any], position: int) -> None:

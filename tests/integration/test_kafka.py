@@ -237,6 +237,12 @@ def test_an_event_that_cannot_be_published_is_parked_and_the_feed_goes_on(
     assert publisher.catch_up() == 3
     status = system.kafka.status()
     assert (status.position, status.lag_events, status.parked) == (3, 0, 1)
+    from tests.asgi_client import Client
+
+    ready = Client(system.http_app()).get("/ready")  # a parked event: reported, and not ready
+    assert ready.status_code == 503
+    assert "kafka: 1 parked event(s)" in ready.json()["reasons"]
+    assert ready.json()["kafka"] == {"position": 3, "lag_events": 0, "lag_seconds": 0.0, "parked": 1}
     records = read_all(broker.address, TOPICS)
     assert sorted(r.envelope["logposition"] for r in records) == [1, 3]
 
