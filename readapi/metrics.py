@@ -155,6 +155,18 @@ def family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
 
 
+Described = tuple[str, str, str, float | int | bool]
+
+
+def families(prefix: str, values: Iterable[Described], **labels: str) -> list[str]:
+    """One single-sample family per (metric, kind, help, value), named ``prefix + metric``."""
+    lines: list[str] = []
+    for metric, kind, help_text, value in values:
+        name = f"{prefix}{metric}"
+        lines += family(name, kind, help_text, [sample(name, value, **labels)])
+    return lines
+
+
 # -- the routes ----------------------------------------------------------------------------
 def _services(request: Request) -> Any:
     return request.app.state.services
@@ -202,7 +214,7 @@ def _projection_metrics(read: Any) -> list[str]:
 def _kafka_metrics(kafka: Any) -> list[str]:
     s = kafka.status()
     st = kafka.publisher.stats
-    values: list[tuple[str, str, str, float | int | bool]] = [
+    values: list[Described] = [
         ("position", "gauge", "Event-log position the Kafka publisher has published and recorded.",
          s.position),
         ("lag_events", "gauge", "Events in the log not yet published to Kafka.", s.lag_events),
@@ -218,11 +230,7 @@ def _kafka_metrics(kafka: Any) -> list[str]:
         ("retries_total", "counter", "Attempts this process's publisher tried again after a failure of the"
          " broker or the database (nothing parked).", st.retries),
     ]
-    lines: list[str] = []
-    for metric, kind, help_text, value in values:
-        name = f"crm_kafka_publisher_{metric}"
-        lines += family(name, kind, help_text, [sample(name, value, publisher=s.name)])
-    return lines
+    return families("crm_kafka_publisher_", values, publisher=s.name)
 
 
 def _automation(svc: Any) -> Any:
@@ -234,23 +242,18 @@ def _automation(svc: Any) -> Any:
 
 
 def _automation_metrics(s: Any) -> list[str]:
-    values: list[tuple[str, str, float | int]] = [
-        ("position", "Event-log position the automation has handled.", s.position),
-        ("lag_events", "Events in the log the automation has not handled yet.", s.lag_events),
-        ("lag_seconds", "How long the oldest unhandled event has waited, in seconds.", s.lag_seconds),
-        ("parked_events", "Events the automation parked (its rules failed on their data).", s.parked),
-    ]
-    lines: list[str] = []
-    for metric, help_text, value in values:
-        name = f"crm_automation_{metric}"
-        lines += family(name, "gauge", help_text, [sample(name, value)])
-    return lines
+    return families("crm_automation_", [
+        ("position", "gauge", "Event-log position the automation has handled.", s.position),
+        ("lag_events", "gauge", "Events in the log the automation has not handled yet.", s.lag_events),
+        ("lag_seconds", "gauge", "How long the oldest unhandled event has waited, in seconds.", s.lag_seconds),
+        ("parked_events", "gauge", "Events the automation parked (its rules failed on their data).", s.parked),
+    ])
 
 
 def _analytics_metrics(analytics: Any) -> list[str]:
     """This process's analytics follower (its counters; the file is read only by the leader)."""
     st = analytics.stats
-    values: list[tuple[str, str, str, float | int | bool]] = [
+    values: list[Described] = [
         ("position", "gauge", "Event-log position this process's analytics projection has applied"
          " (0 when it does not lead).", st.position),
         ("leader", "gauge", "1 when this process's analytics projection leads (owns the file).", st.is_leader),
@@ -260,11 +263,7 @@ def _analytics_metrics(analytics: Any) -> list[str]:
         ("retries_total", "counter", "Attempts this process's analytics projection tried again after a"
          " failure of the file or the database (nothing parked).", st.retries),
     ]
-    lines: list[str] = []
-    for metric, kind, help_text, value in values:
-        name = f"crm_analytics_{metric}"
-        lines += family(name, kind, help_text, [sample(name, value)])
-    return lines
+    return families("crm_analytics_", values)
 
 
 def _followers(svc: Any) -> list[Any]:
