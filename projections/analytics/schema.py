@@ -89,6 +89,25 @@ _TOUCHED_REQUESTS = (
     " WHERE event_type = 'InteractionLogged' AND payload->>'service_request_id' IS NOT NULL"
 )
 
+
+def _days_and_bought(source: str) -> str:
+    """The purchase days (a day's orders summed) and, per customer and currency, orders,
+    purchase days, money, first and last purchase and the mean repeat-day value, of the
+    purchases in ``source``: two CTEs shared by the customer value table and its macro."""
+    return f"""days AS (
+          SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day,
+                 sum(amount) AS amount, count(*) AS orders, min(purchased_at) AS first_at,
+                 max(purchased_at) AS last_at
+          FROM {source} GROUP BY ALL),
+        bought AS (
+          SELECT customer_key, currency, CAST(sum(orders) AS INTEGER) AS orders,
+                 CAST(count(*) AS INTEGER) AS purchase_days, sum(amount) AS monetary,
+                 min(first_at) AS first_at, max(last_at) AS last_at,
+                 CASE WHEN count(*) > 1 THEN CAST((sum(amount) - arg_min(amount, day))
+                                                  / (count(*) - 1) AS DOUBLE) END AS repeat_mean
+          FROM days GROUP BY ALL)"""
+
+
 TABLES: tuple[DerivedTable, ...] = (
     DerivedTable(
         "stage_transitions",
@@ -328,19 +347,7 @@ TABLES: tuple[DerivedTable, ...] = (
         " interaction, opportunity opened) and current lifecycle stage, as of the latest"
         " event; the macro customer_value_at gives the same as of any cut-off (the base of"
         " RFM and lifetime value).",
-        """
-        WITH days AS (
-          SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day,
-                 sum(amount) AS amount, count(*) AS orders, min(purchased_at) AS first_at,
-                 max(purchased_at) AS last_at
-          FROM purchases WHERE customer_key IN (SELECT k FROM touched) GROUP BY ALL),
-        bought AS (
-          SELECT customer_key, currency, CAST(sum(orders) AS INTEGER) AS orders,
-                 CAST(count(*) AS INTEGER) AS purchase_days, sum(amount) AS monetary,
-                 min(first_at) AS first_at, max(last_at) AS last_at,
-                 CASE WHEN count(*) > 1 THEN CAST((sum(amount) - arg_min(amount, day))
-                                                  / (count(*) - 1) AS DOUBLE) END AS repeat_mean
-          FROM days GROUP BY ALL),
+        "\n        WITH " + _days_and_bought("purchases WHERE customer_key IN (SELECT k FROM touched)") + """,
         active AS (
           SELECT customer_key, max(active_at) AS last_activity_at FROM (
             SELECT customer_key, occurred_at AS active_at FROM interactions
@@ -391,18 +398,7 @@ MACROS: dict[str, tuple[str, str, str]] = {
         WITH p AS (
           SELECT customer_key, currency, purchased_at, amount FROM purchases
           WHERE purchased_at <= as_of_time AND (since_time IS NULL OR purchased_at > since_time)),
-        days AS (
-          SELECT customer_key, currency, CAST(purchased_at AS DATE) AS day,
-                 sum(amount) AS amount, count(*) AS orders, min(purchased_at) AS first_at,
-                 max(purchased_at) AS last_at
-          FROM p GROUP BY ALL),
-        bought AS (
-          SELECT customer_key, currency, CAST(sum(orders) AS INTEGER) AS orders,
-                 CAST(count(*) AS INTEGER) AS purchase_days, sum(amount) AS monetary,
-                 min(first_at) AS first_at, max(last_at) AS last_at,
-                 CASE WHEN count(*) > 1 THEN CAST((sum(amount) - arg_min(amount, day))
-                                                  / (count(*) - 1) AS DOUBLE) END AS repeat_mean
-          FROM days GROUP BY ALL),
+        """ + _days_and_bought("p") + """,
         attrs AS (
           SELECT customer_key, min(valid_from) AS registered_at,
                  coalesce(
