@@ -70,15 +70,23 @@ class Watchdog:
         return self._armed.is_set()
 
     def arm(self, why: str) -> None:
-        """Start the countdown (again: no effect)."""
-        with self._lock:
+        """Start the countdown (again: no effect).
+
+        Called from signal handlers, which run in the main thread between any two of its
+        bytecodes -- possibly while it holds the log's lock or this one -- so it neither
+        logs nor waits for a lock here: the countdown's thread says why it is stopping."""
+        if not self._lock.acquire(blocking=False):
+            return  # being armed just now
+        try:
             if self._armed.is_set():
                 return
             self._armed.set()
-        log.info("stopping", reason=why, within_seconds=self.seconds)
-        threading.Thread(target=self._countdown, name="crm-stop-watchdog", daemon=True).start()
+        finally:
+            self._lock.release()
+        threading.Thread(target=self._countdown, args=(why,), name="crm-stop-watchdog", daemon=True).start()
 
-    def _countdown(self) -> None:
+    def _countdown(self, why: str) -> None:
+        log.info("stopping", reason=why, within_seconds=self.seconds)
         time.sleep(self.seconds)
         log.error("stop took too long: exiting now", seconds=self.seconds)
         for handler in list(_last_words):
