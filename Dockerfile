@@ -11,8 +11,14 @@ COPY pyproject.toml README.md ./
 COPY events events
 COPY aggregates aggregates
 COPY commands commands
+COPY eventstore eventstore
 COPY projections projections
+COPY analytics analytics
+COPY automation automation
+COPY feeds feeds
+COPY api api
 COPY readapi readapi
+COPY writeapi writeapi
 COPY replay replay
 COPY crm crm
 RUN pip install --no-cache-dir .

@@ -22,7 +22,7 @@ from events.user import (
     UserRoleChanged,
 )
 
-#: Every role a user or system may act in (the permissions of each live in readapi/auth.py).
+#: Every role a user or system may act in (the permissions of each live in api/auth.py).
 ROLES = (
     "admin",
     "manager",

@@ -39,8 +39,8 @@ from bench.write_throughput import environment, log, throwaway_database
 from commands import PIPELINES
 from commands.application import CrmApplication
 from crm.bootstrap import postgres_env
-from projections.analytics import sandbox, schema
-from projections.analytics.store import AnalyticsConfig, AnalyticsProjection, open_database
+from analytics import sandbox, schema
+from analytics.store import AnalyticsConfig, AnalyticsProjection, open_database
 from projections.customers import CustomerList
 from projections.store import ProjectionStore
 

@@ -41,7 +41,7 @@ from bench.write_throughput import environment, log, throwaway_database
 from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
 from crm.bootstrap import postgres_env
-from projections.kafka import (
+from feeds.kafka import (
     Envelopes,
     FeedConfig,
     KafkaFeed,

@@ -28,10 +28,10 @@ from aggregates import AGGREGATE_TYPES
 from aggregates.base import Aggregate, CommandContext
 from aggregates.customer import normalise_email
 from aggregates.errors import DomainError, Duplicate, InvalidValue, NotFound, PersonalDataErased, no_record, record_label
-from commands.admission import EmailTaken, IdempotencyKeyTaken
+from eventstore.admission import EmailTaken, IdempotencyKeyTaken
 from commands.clock import Clock, SystemClock, random_ids
 from commands.errors import ConcurrencyConflict, IdempotencyKeyReused, PreconditionRequired
-from commands.eventstore import (
+from eventstore.recorder import (
     CrmMemoryRecorder,
     CrmPostgresRecorder,
     IdempotencyRecord,

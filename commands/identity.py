@@ -24,7 +24,7 @@ from aggregates.user import ROLES, User, normalise_username, user_id
 from commands import passwords
 from commands.application import CommandService, CrmApplication, Principal, Request, UnitOfWork, WriteResult
 from commands.base import Command, Email, When
-from commands.eventstore import ApiKeySecret
+from eventstore.recorder import ApiKeySecret
 
 __all__ = ["ROLES", "ApiKey", "ApiKeyCheck", "Role", "NotFound", "SignedIn", "Team", "User", "check_api_key",
            "check_password", "issue_api_key", "sign_in", "user_id"]

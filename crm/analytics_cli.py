@@ -51,7 +51,7 @@ def _open_local(settings: Any) -> Any:
     """The analytics file opened read-only and locked down, if no process owns it."""
     import duckdb
 
-    from projections.analytics.store import connect, lock_down
+    from analytics.store import connect, lock_down
 
     config = _config(settings)
     path = Path(config.path)
@@ -73,7 +73,7 @@ def _call(settings: Any, method: str, path: str, body: dict[str, Any] | None = N
           role: str = "analyst") -> tuple[bytes, dict[str, str]]:
     """Call the owning process's API (token signed here); the body and headers."""
     from crm.bootstrap import jwt_settings
-    from readapi.auth import TokenIssuer
+    from api.auth import TokenIssuer
 
     base = settings.analytics_url or f"http://{settings.host}:{settings.port}"
     token = TokenIssuer(jwt_settings(settings)).issue("crm-cli", role, ttl=timedelta(minutes=10))
@@ -112,7 +112,7 @@ def sql(
     max_rows: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
 ) -> None:
     """Query the analytics database (read-only, sandboxed); the process that owns it runs it."""
-    from projections.analytics import sandbox
+    from analytics import sandbox
 
     if format not in sandbox.FORMATS:
         typer.echo(f"error: --format must be one of {', '.join(sandbox.FORMATS)}", err=True)
@@ -148,7 +148,7 @@ def export(name: Annotated[str, typer.Argument(
              "directory (CRM_ANALYTICS_EXPORTS_DIR).")]) -> None:
     """Write every table of the star as Parquet from one snapshot, with manifest.json giving
     the log position it reflects, into the exports directory under NAME."""
-    from projections.analytics import sandbox
+    from analytics import sandbox
 
     settings = _settings()
     try:
@@ -204,7 +204,7 @@ def report_command(out: Annotated[Path, typer.Argument(help="The HTML file to wr
                    as_of: AsOfOption = None, horizon_weeks: HorizonOption = 52.0) -> None:
     """Write the analytics report (KPIs and charts) as one self-contained HTML file; the
     customer classes and lifetime value as of --as-of (default now)."""
-    from projections.analytics import report
+    from analytics import report
 
     cutoff = _as_of(as_of)
     settings = _settings()
@@ -231,9 +231,9 @@ def clv_command(
     """Customer lifetime value (BG/NBD + Gamma-Gamma) per currency, fitted on the purchases
     up to --as-of (default now), as JSON: the cut-off, time unit, customers fitted, the
     parameters, the total and mean value over the horizon and the top customers."""
-    from projections.analytics import sandbox
-    from projections.analytics.clv import lifetime_value_answer
-    from projections.analytics.schema import macro_call
+    from analytics import sandbox
+    from analytics.clv import lifetime_value_answer
+    from analytics.schema import macro_call
 
     cutoff = _as_of(as_of)
     settings = _settings()
@@ -283,7 +283,7 @@ def rebuild() -> None:
     """Build the analytics database again from position 0 beside the live file, then
     replace it. Exit 3 if another process owns the analytics projection."""
     from crm import bootstrap
-    from projections.analytics.store import NotLeader
+    from analytics.store import NotLeader
 
     settings = _settings()
     system = bootstrap.build(settings)

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 
-from commands.eventstore import append_only_function
+from eventstore.recorder import append_only_function
 
 #: Tables rebuilt after a restore, never backed up.
 REBUILT = ("crm_projections", "crm_projection_tracking", "crm_parked_events", "crm_snapshots")

@@ -28,17 +28,17 @@ from commands.application import CommandService, CrmApplication
 from commands.clock import Clock, SystemClock
 from crm.settings import Settings
 from projections.erasure import ERASURES_DDL
-from projections.kafka import FeedConfig, KafkaFeed, KafkaPublisher
-from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
-from projections.automation import AutomationRunner, load_config
-from projections.automation.mail import Mailer, SmtpConfig
-from projections.automation.runner import create_tables as create_automation_tables
+from feeds.kafka import FeedConfig, KafkaFeed, KafkaPublisher
+from analytics.store import AnalyticsConfig, AnalyticsProjection
+from automation import AutomationRunner, load_config
+from automation.mail import Mailer, SmtpConfig
+from automation.runner import create_tables as create_automation_tables
 from projections.service import ReadSide
-from readapi.app import create_app
-from readapi.auth import Authenticator, JwtSettings, TokenIssuer
-from readapi.limits import Rate, RateLimits
-from readapi.routes import Services
-from readapi.web import mount_web_ui
+from crm.app import create_app
+from api.auth import Authenticator, JwtSettings, TokenIssuer
+from api.limits import Rate, RateLimits
+from api.services import Services
+from api.web import mount_web_ui
 from replay import audit
 from replay import state as replay_state
 from replay.signing import private_key_from_seed

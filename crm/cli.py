@@ -182,7 +182,7 @@ def token(
     """Print a bearer token signed with the configured secret."""
     from crm.bootstrap import jwt_settings
     from crm.settings import Settings
-    from readapi.auth import TokenIssuer
+    from api.auth import TokenIssuer
 
     issuer = TokenIssuer(jwt_settings(Settings()))
     try:
@@ -419,7 +419,7 @@ def projections_status() -> None:
 
     import projections
 
-    from projections.automation.runner import automation_status
+    from automation.runner import automation_status
     from projections.follow import follower_statuses
 
     system = _system()
@@ -599,7 +599,7 @@ def kafka_republish(
 ) -> None:
     """Publish a range of the log again (to rebuild a downstream system); the live
     publisher's position is not touched. Consumers dedupe by event id."""
-    from projections.kafka import republish
+    from feeds.kafka import republish
 
     system = _kafka_system()
     try:
@@ -643,7 +643,7 @@ def kafka_consume(
     from pathlib import Path
 
     from crm.settings import Settings
-    from projections.kafka_consumer import SeenIds, consume
+    from feeds.kafka_consumer import SeenIds, consume
 
     settings = Settings()
     if not settings.kafka_bootstrap_servers:

@@ -22,7 +22,7 @@ from commands import identity as ids
 from commands import task as ct
 from commands.application import CommandService, CrmApplication, Principal, Request
 from commands.clock import Clock, SequentialIds
-from projections.automation.config import DEFAULT_RULES
+from automation.config import DEFAULT_RULES
 
 FIRST = ["Ada", "Bo", "Chen", "Dana", "Emil", "Fatima", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena",
          "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sven", "Tariq", "Uma", "Vera", "Wei", "Yuki"]

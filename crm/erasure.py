@@ -43,8 +43,8 @@ from aggregates.customer import Customer
 from aggregates.errors import NotFound
 from commands.application import CommandService, CrmApplication, Principal, Request
 from commands.customer import EraseCustomerPersonalData
-from projections.analytics.erasure import erase_from_duckdb, erase_from_exports, needles_of
-from projections.analytics.store import AnalyticsConfig, AnalyticsProjection, NotLeader
+from analytics.erasure import erase_from_duckdb, erase_from_exports, needles_of
+from analytics.store import AnalyticsConfig, AnalyticsProjection, NotLeader
 from projections.erasure import (
     ERASURES_DDL,
     ERASURES_TABLE,

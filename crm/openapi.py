@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from readapi.app import DEFAULT_CALLER_RATE, DEFAULT_LOGIN_RATE, create_app
-from readapi.auth import Authenticator
-from readapi.limits import RateLimits
-from readapi.routes import Services
+from crm.app import DEFAULT_CALLER_RATE, DEFAULT_LOGIN_RATE, create_app
+from api.auth import Authenticator
+from api.limits import RateLimits
+from api.services import Services
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "web" / "openapi.json"
 

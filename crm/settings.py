@@ -180,7 +180,7 @@ class Settings(BaseSettings):
         "models' runners); `crm automation run` runs it as a worker instead.")
     automation_rules_file: Path | None = Field(
         default=None, description="JSON rules: playbooks, teams, routes, SLAs, reminders. "
-        "Unset: projections/automation/default_rules.json")
+        "Unset: automation/default_rules.json")
     automation_poll_seconds: float = Field(default=1.0, gt=0)
     automation_survey_days: float = Field(default=14.0, gt=0, description="How long a survey link works.")
     smtp_host: str = Field(default="", description="SMTP server for notification e-mail; empty: none sent.")

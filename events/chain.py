@@ -3,7 +3,7 @@
 A link is computed over the stored form (topic and state bytes as they sit in the
 table, personal data still sealed), so destroying a customer's key later changes
 nothing the chain covers. It is computed in Python, in the append's transaction
-(``commands.eventstore``), when verifying (``replay.audit``) and when checking an
+(``eventstore.recorder``), when verifying (``replay.audit``) and when checking an
 export offline: one function, the same bytes.
 
 Version 1 (links written before the chain covered its look-up columns)::

@@ -17,15 +17,15 @@ from pydantic import AwareDatetime, ConfigDict, Field, field_validator
 
 from commands.base import CheckedInput
 from commands.application import Principal
-from projections.analytics import report, sandbox
-from projections.analytics.clv import lifetime_value_answer, utc_text
-from projections.analytics.schema import AS_OF_KPIS, KPI_VIEWS, macro_call
-from projections.analytics.store import AnalyticsProjection, Busy, NotLeader
-from readapi.access import reach_of
-from readapi.auth import PERSONAL_DATA_ROLES
-from readapi.consistency import invalid
-from readapi.problems import Problem
-from readapi.routes import Caller, services
+from analytics import report, sandbox
+from analytics.clv import lifetime_value_answer, utc_text
+from analytics.schema import AS_OF_KPIS, KPI_VIEWS, macro_call
+from analytics.store import AnalyticsProjection, Busy, NotLeader
+from api.access import reach_of
+from api.auth import PERSONAL_DATA_ROLES
+from api.consistency import invalid
+from api.problems import Problem
+from api.services import Caller, services
 
 #: Roles that may query the analytics database.
 ANALYTICS_ROLES = frozenset({"analyst", "manager", "admin"})

@@ -14,10 +14,10 @@ from commands import AGGREGATE_TYPES
 from commands import service_request as cs
 from commands.base import CheckedInput
 from commands.application import Principal, Request as CommandRequest
-from projections.automation import survey
-from projections.automation.runner import notifications_for
-from readapi.problems import Problem
-from readapi.routes import Caller, services
+from automation import survey
+from automation.runner import notifications_for
+from api.problems import Problem
+from api.services import Caller, services
 
 #: The actor of ratings given through a survey link.
 SURVEY_PRINCIPAL = Principal(id="survey", role="customer")

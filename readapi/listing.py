@@ -36,11 +36,11 @@ from pydantic_core import PydanticCustomError
 
 from commands.application import Principal
 from commands.base import check_date, check_datetime
-from readapi.auth import PERSONAL_DATA_ROLES
-from readapi.consistency import PARAMS as CONSISTENCY_PARAMS
-from readapi.consistency import invalid
-from readapi.encoding import jsonable, masked_row
-from readapi.problems import Problem
+from api.auth import PERSONAL_DATA_ROLES
+from api.consistency import PARAMS as CONSISTENCY_PARAMS
+from api.consistency import invalid
+from api.encoding import jsonable, masked_row
+from api.problems import Problem
 
 READ_SCHEMA = "crm_read"
 DEFAULT_LIMIT = 50
@@ -138,7 +138,7 @@ class ListSpec:
 
     def view_row(self, row: Mapping[str, Any], principal: Principal) -> dict[str, Any]:
         """``row`` with its values as read (ids, times, amounts not yet text): for a
-        ``readapi.encoding.JSONResponse``, which writes them as ``row`` would (3x faster)."""
+        ``api.encoding.JSONResponse``, which writes them as ``row`` would (3x faster)."""
         return masked_row(row, personal=self.personal, hidden=self.hidden,
                           mask=principal.role not in PERSONAL_DATA_ROLES, as_read=True)
 

@@ -5,7 +5,7 @@ Lists (``GET /customers``, ``/opportunities``, ``/interactions``, ``/service-req
 and served by ``readapi.listing``; records (``GET /{collection}/{id}``) are the read
 model's row with the aggregate's version as ETag; ``GET /opportunities/board`` sums the
 pipeline per stage. Every route takes ``min_position`` / ``X-Min-Position`` and
-``wait_ms`` (``readapi.consistency``). Personal columns are masked for roles outside
+``wait_ms`` (``api.consistency``). Personal columns are masked for roles outside
 ``PERSONAL_DATA_ROLES``; searching or sorting by personal data is refused to them (its
 results, and a name-sorted cursor, would reveal what the mask hides).
 """
@@ -21,7 +21,7 @@ from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Depends, Request
-from readapi.encoding import JSONResponse
+from api.encoding import JSONResponse
 
 from commands import PIPELINES
 from commands.application import Principal
@@ -32,8 +32,8 @@ from projections.pipeline import OPPORTUNITIES as OPPORTUNITY_ROWS
 from projections.service import ReadSide
 from projections.service_queue import SERVICE_REQUESTS as SERVICE_REQUEST_ROWS
 from projections.tasks import TASKS as TASK_ROWS
-from readapi.access import reach_of
-from readapi.consistency import OPENAPI_PARAMETERS, ReadAfter, ensure, invalid, read_after, require_read
+from api.access import reach_of
+from api.consistency import OPENAPI_PARAMETERS, ReadAfter, ensure, invalid, read_after, require_read
 from readapi.listing import (
     Filter,
     ListSpec,
@@ -44,9 +44,9 @@ from readapi.listing import (
     parse_query,
     run_query,
 )
-from readapi.problems import Problem
+from api.problems import Problem
 from readapi.replay_routes import AS_OF_PARAMETERS, as_of_record
-from readapi.routes import Caller, services
+from api.services import Caller, services
 from readapi.schemas_read import PipelineBoard, RecordAsOf, page_of, row_of
 
 

@@ -23,13 +23,14 @@ from commands import AGGREGATE_TYPES, Aggregate, no_record
 from commands.application import Principal
 from commands.base import DATE_RANGE, check_datetime
 from commands.base import When as BoundedTime
-from readapi.encoding import JSONResponse
-from readapi.access import READABLE, reach_of, readable
-from readapi.auth import PERSONAL_DATA_ROLES
-from readapi.consistency import invalid
-from readapi.encoding import mask_value
-from readapi.problems import Problem
-from readapi.routes import PERSONAL_STATE, Caller, record_view, services
+from api.encoding import JSONResponse
+from api.access import READABLE, reach_of, readable
+from api.auth import PERSONAL_DATA_ROLES
+from api.consistency import invalid
+from api.encoding import mask_value
+from api.problems import Problem
+from readapi.records import PERSONAL_STATE, record_view
+from api.services import Caller, services
 from commands.audit import record_export
 from replay.export import ExportRequest, export_customer
 from replay.state import Replayer, field_changes, fields_of, history, positions

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
-from readapi.encoding import JSONResponse
+from api.encoding import JSONResponse
 from pydantic import BaseModel
 
-from projections.kafka import public_schema, public_schemas
-from readapi.routes import Caller
+from feeds.kafka import public_schema, public_schemas
+from api.services import Caller
 
 
 class SchemaRef(BaseModel):

@@ -4,10 +4,10 @@ record as of a time, so that ``/openapi.json`` states every list's and record's 
 A row model is made from its read model's table (``projections``): a column's SQL type
 gives its JSON type, ``NOT NULL`` (or being the key) makes it required and never null,
 and the list's hidden columns are left out. The routes write their rows themselves
-(``readapi.encoding.JSONResponse``); these models describe them and are not used to
+(``api.encoding.JSONResponse``); these models describe them and are not used to
 validate or rewrite an answer.
 
-Masking keeps a value's JSON type (``readapi.encoding.mask_value``): a personal text is
+Masking keeps a value's JSON type (``api.encoding.mask_value``): a personal text is
 ``"***"``, a personal list a list of ``"***"``, a contact the same keys with its values
 ``"***"`` (its id, kind, label and primary flag kept). The models therefore hold for
 masked rows too; each personal column says so in its description.
@@ -28,7 +28,7 @@ from projections.interactions import INTERACTIONS
 from projections.pipeline import OPPORTUNITIES
 from projections.service_queue import SERVICE_REQUESTS
 from projections.tasks import TASKS
-from readapi.encoding import MASK
+from api.encoding import MASK
 from readapi.listing import ListSpec
 
 _SCALARS: dict[str, Any] = {

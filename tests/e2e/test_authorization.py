@@ -28,11 +28,11 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from readapi.access import READABLE
+from api.access import READABLE
 from readapi.analytics import ANALYTICS_ROLES
-from readapi.auth import ROLES, WRITE_SCOPES
+from api.auth import ROLES, WRITE_SCOPES
 from readapi.replay_routes import EXPORT_ROLES
-from readapi.routes import COMMAND_ROUTES
+from writeapi.commands import COMMAND_ROUTES
 from tests.e2e.test_http import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]

@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from commands.clock import FixedClock
-from projections.automation import survey
+from automation import survey
 from tests.conftest import connect, settings_for
 from tests.e2e.test_http import Api, served
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from readapi.auth import ROLES
+from api.auth import ROLES
 from tests.e2e.test_http import C, Api, assert_problem, event_log_position, if_match, served
 
 pytestmark = pytest.mark.postgres

@@ -26,7 +26,7 @@ import uvicorn
 from crm.server import server_options
 from crm.settings import Settings
 
-from readapi.auth import JwtSettings, TokenIssuer
+from api.auth import JwtSettings, TokenIssuer
 from tests.conftest import JWT_SECRET, MASTER_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 import projections
-from readapi.auth import TokenIssuer
+from api.auth import TokenIssuer
 from tests.conftest import METRICS_AUTH
 from tests.e2e.test_http import serving
 

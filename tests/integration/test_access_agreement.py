@@ -1,4 +1,4 @@
-"""The one declaration of reach (readapi/access.py ``REACH``) gives a list its SQL filter
+"""The one declaration of reach (api/access.py ``REACH``) gives a list its SQL filter
 and a single record its check: for every role, record type and a set of sample rows (the
 caller's own, a team-mate's, another team's, shared with the caller or a team-mate,
 unowned, of customers in and out of reach, of a customer that does not exist), the filter
@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from readapi.access import REACH, RECORD_TYPES, TEAM, rule_sql, rule_test
+from api.access import REACH, RECORD_TYPES, TEAM, rule_sql, rule_test
 
 ME, MATE, OTHER = "me", "mate", "other"
 ROLES = [*REACH, "stranger"]  # a role the declaration does not name reaches nothing

@@ -30,8 +30,8 @@ from events import service_request as se
 from events.base import Actor, CrmEvent, EventMeta
 from events.codec import EventCodec
 from events.values import PurchaseLine
-from projections.analytics import report, sandbox
-from projections.analytics.schema import DATA_TABLES
+from analytics import report, sandbox
+from analytics.schema import DATA_TABLES
 from tests.e2e.test_http import serving
 
 pytestmark = pytest.mark.postgres
@@ -372,7 +372,7 @@ def test_crm_sql_opens_the_file_itself_when_no_process_owns_it(
 CHILD = """
 import sys
 from pathlib import Path
-from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
+from analytics.store import AnalyticsConfig, AnalyticsProjection
 p = AnalyticsProjection(AnalyticsConfig(Path(sys.argv[1]), sys.argv[2], b"k" * 32,
                                         batch_size=int(sys.argv[3])))
 while p.run_batch():
@@ -389,7 +389,7 @@ def _table_rows(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 def test_exactly_once_after_sigkill(make_system: Callable[..., Any], database_url: str,
                                     tmp_path: Path) -> None:
-    from projections.analytics.store import AnalyticsConfig, AnalyticsProjection
+    from analytics.store import AnalyticsConfig, AnalyticsProjection
 
     system = make_system()
     log = Log(database_url, system.app.codec)

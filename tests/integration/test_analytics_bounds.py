@@ -20,7 +20,7 @@ import httpx
 import pyarrow.ipc as ipc
 import pytest
 
-from projections.analytics.erasure import recorded_exports
+from analytics.erasure import recorded_exports
 from tests.e2e.test_http import serving
 from tests.integration.test_analytics import ROOT, Log, small_history
 

@@ -24,7 +24,7 @@ import pytest
 
 from events import customer as ce
 from events import interaction as ie
-from projections.analytics.clv import customer_lifetime_values
+from analytics.clv import customer_lifetime_values
 from tests.e2e.test_http import serving
 from tests.integration.test_analytics import ROOT, Log, q
 

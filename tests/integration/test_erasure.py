@@ -33,7 +33,7 @@ from commands import service_request as cs
 from commands import task as ct
 from commands.application import Principal, Request, WriteResult
 from crm.backup import backup, find_tool, libpq_args, rebuild_read_models, restore_archive
-from projections.analytics import sandbox
+from analytics import sandbox
 from replay.audit import verify_chain, write_checkpoint
 from replay.state import Replayer
 from replay.timeline import TimelineQuery, timeline

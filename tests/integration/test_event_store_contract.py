@@ -1,6 +1,6 @@
 """One contract for both event stores: the in-memory one the unit tests use and the
 PostgreSQL one on the test database admit and refuse the same appends, rule by rule
-(``commands.admission``), with the same errors, and a refused append leaves nothing of
+(``eventstore.admission``), with the same errors, and a refused append leaves nothing of
 itself behind (no event, reservation, Idempotency-Key answer or credential)."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from aggregates import Task
 from aggregates.base import CommandContext
-from commands.admission import EmailTaken, IdempotencyKeyTaken
+from eventstore.admission import EmailTaken, IdempotencyKeyTaken
 from commands.application import CrmApplication
-from commands.eventstore import IdempotencyRecord, WriteExtras
+from eventstore.recorder import IdempotencyRecord, WriteExtras
 from events.base import Actor
 from events.keys import SubjectKeyDestroyed
 

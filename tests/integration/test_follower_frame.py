@@ -152,7 +152,7 @@ def test_one_leader_and_an_append_wakes_it(database_url: str, follower_name: str
 def test_the_automation_is_woken_by_an_append(make_system: Any, database_url: str) -> None:
     """In the frame the automation listens too: with a poll far longer than the test, an
     append is handled at once."""
-    from projections.automation.runner import automation_status
+    from automation.runner import automation_status
 
     system = make_system(automation_poll_seconds=60.0)
     runner = system.automation()

@@ -379,7 +379,7 @@ def test_kafka_publishes_unholdable_texts_and_parks_alone_a_record_the_producer_
         broker: Any, make_system: Callable[..., Any], database_url: str) -> None:
     import json
 
-    from projections.kafka import FeedConfig, KafkaPublisher
+    from feeds.kafka import FeedConfig, KafkaPublisher
     from tests.kafka_broker import read_all
 
     system = make_system()
@@ -532,7 +532,7 @@ def test_ready_and_metrics_show_every_follower_past_the_unholdable_events(
 @pytest.mark.usefixtures("no_kafka_tracking")
 def test_kafka_retries_a_lost_database_connection_and_parks_nothing(
         broker: Any, make_system: Callable[..., Any], database_url: str) -> None:
-    from projections.kafka import FeedConfig, KafkaPublisher
+    from feeds.kafka import FeedConfig, KafkaPublisher
     from tests.kafka_broker import read_all
 
     system = make_system()
@@ -572,7 +572,7 @@ def test_kafka_envelopes_of_a_batch_are_split_down_to_the_event_at_fault(
         make_system: Callable[..., Any], database_url: str) -> None:
     """A lone surrogate in the batch sends it through Python; there, a document without
     its data fails: the batch is split, that event parked, every other one built."""
-    from projections.kafka import Envelopes, FeedConfig
+    from feeds.kafka import Envelopes, FeedConfig
 
     system = make_system()
     ids = unholdable_history(system, database_url)

@@ -36,8 +36,8 @@ from crm.bootstrap import email_key
 from crm.demo import DemoLoader
 from events import all_event_types
 from events.public import load_schema
-from projections.kafka import Envelopes, FeedConfig, read_events, republish
-from projections.kafka_consumer import SeenIds, consume
+from feeds.kafka import Envelopes, FeedConfig, read_events, republish
+from feeds.kafka_consumer import SeenIds, consume
 from tests.conftest import JWT_SECRET, MASTER_KEY, METRICS_AUTH
 from tests.kafka_broker import MockBroker, Record, read_all
 

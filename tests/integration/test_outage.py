@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from readapi.auth import JwtSettings, TokenIssuer
+from api.auth import JwtSettings, TokenIssuer
 from tests.conftest import JWT_SECRET
 from tests.integration.test_erasure import drop_database, fresh_database
 from tests.integration.test_projection_ops import ROOT, crm_command, crm_env

@@ -15,7 +15,7 @@ from commands import customer as cc
 from commands import identity as ci
 from commands.base import CheckedInput, Command, check_text, refused_text, text_problem
 from crm.cli import app as cli
-from readapi.auth import JwtSettings, TokenIssuer
+from api.auth import JwtSettings, TokenIssuer
 
 REFUSED = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x0e", "\x1b", "\x1f", "\ud800", "\udbff", "\udc00", "\udfff"]
 ACCEPTED = ["\t", "\n", "\r", " ", "\x7f", "\x85", "\u200e", "\u202e", "🎉", "日本", "\ufeff", "\uffff",

@@ -1,4 +1,4 @@
-"""The reach declaration (readapi/access.py ``REACH``) is whole, and the web UI's copy of
+"""The reach declaration (api/access.py ``REACH``) is whole, and the web UI's copy of
 the readable record types (web/src/roles.ts ``READABLE``) says the same."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from readapi.access import READABLE, REACH, RECORD_TYPES, VIEW_RULES
-from readapi.auth import ROLES
+from api.access import READABLE, REACH, RECORD_TYPES, VIEW_RULES
+from api.auth import ROLES
 
 ROOT = Path(__file__).resolve().parents[2]
 

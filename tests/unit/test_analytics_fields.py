@@ -23,8 +23,8 @@ import pytest
 
 import events  # noqa: F401  (registers every event type)
 from events.base import CrmEvent, all_event_types
-from projections.analytics import schema as analytics_schema
-from projections.analytics import store as analytics_store
+from analytics import schema as analytics_schema
+from analytics import store as analytics_store
 
 MODULES = (analytics_schema, analytics_store)
 TYPES = all_event_types()

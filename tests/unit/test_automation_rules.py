@@ -7,8 +7,8 @@ from uuid import uuid4
 
 import pytest
 
-from projections.automation import load_config, survey
-from projections.automation.config import AutomationConfig, add_working_days, raised
+from automation import load_config, survey
+from automation.config import AutomationConfig, add_working_days, raised
 
 FRIDAY_17 = datetime(2026, 3, 6, 17, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from projections.analytics.clv import (
+from analytics.clv import (
     BgNbd,
     customer_lifetime_values,
     expected_purchases,

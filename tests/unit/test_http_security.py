@@ -11,11 +11,11 @@ import httpx
 
 from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
-from readapi.app import create_app
-from readapi.auth import JwtSettings, TokenIssuer
-from readapi.routes import Services
-from readapi.security import CSP, REDOC_CSP
-from readapi.web import mount_web_ui
+from crm.app import create_app
+from api.auth import JwtSettings, TokenIssuer
+from api.services import Services
+from api.security import CSP, REDOC_CSP
+from api.web import mount_web_ui
 
 METRICS_TOKEN = "metrics-" + "t" * 24
 

@@ -13,9 +13,9 @@ from fastapi import APIRouter, FastAPI, HTTPException
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from tests.asgi_client import Client
-from readapi.auth import JwtSettings, TokenIssuer
-from readapi.encoding import JSONResponse, masked_row
-from readapi.routing import RouteIndex, install_route_index, shape
+from api.auth import JwtSettings, TokenIssuer
+from api.encoding import JSONResponse, masked_row
+from api.routing import RouteIndex, install_route_index, shape
 
 
 def test_shape_names_only_whole_lower_case_uuid_segments() -> None:

@@ -22,7 +22,7 @@ from events.user import (
     UserReactivated,
     UserRoleChanged,
 )
-from readapi.limits import Rate, TokenBuckets
+from api.limits import Rate, TokenBuckets
 from tests.unit.conftest import NOW
 
 TEAM = UUID("00000000-0000-4000-8000-0000000000b1")
@@ -192,8 +192,8 @@ def test_the_commands_accept_exactly_the_roles():
     from typing import get_args
 
     from commands.identity import ROLES, Role
-    from readapi.auth import ROLES as AUTH_ROLES
-    from readapi.auth import WRITE_SCOPES
+    from api.auth import ROLES as AUTH_ROLES
+    from api.auth import WRITE_SCOPES
 
     assert set(get_args(Role)) == set(ROLES) == set(AUTH_ROLES) == set(WRITE_SCOPES)
     assert [r for r, scopes in WRITE_SCOPES.items() if "identity" in scopes] == ["admin"]

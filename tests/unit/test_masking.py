@@ -1,8 +1,8 @@
-"""Masked personal values keep their JSON type (readapi/encoding.py ``mask_value``)."""
+"""Masked personal values keep their JSON type (api/encoding.py ``mask_value``)."""
 
 from __future__ import annotations
 
-from readapi.encoding import MASK, mask_value, masked_row
+from api.encoding import MASK, mask_value, masked_row
 
 
 def test_text_lists_and_objects_are_masked_in_kind() -> None:

@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 from commands.application import Principal
 from crm.openapi import DEFAULT_PATH, document, text
 from readapi.listing import parse_query
-from readapi.encoding import MASK, JSONResponse
+from api.encoding import MASK, JSONResponse
 from readapi.queries import CUSTOMER_ACTIVITY, CUSTOMERS, LISTS, RECORDS
 from readapi.schemas_read import TABLES, RecordAsOf, page_of, row_of
 from tests.unit.test_read_listing import _app, _send

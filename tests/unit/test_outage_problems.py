@@ -11,7 +11,7 @@ from eventsourcing import persistence
 from fastapi import FastAPI
 from psycopg_pool import PoolTimeout
 
-from readapi import problems
+from api import problems
 from tests.asgi_client import Client
 
 

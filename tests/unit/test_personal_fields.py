@@ -22,13 +22,13 @@ from commands import AGGREGATE_TYPES, Aggregate
 from commands.application import Principal
 from events.base import CrmEvent
 from events.codec import EventCodec
-from projections.analytics import store as analytics_store
+from analytics import store as analytics_store
 from projections.base import BatchView, Projection, Row, Table
-from projections.kafka import Envelopes, FeedConfig
-from readapi.auth import PERSONAL_DATA_ROLES, ROLES
-from readapi.encoding import KEPT_KEYS
+from feeds.kafka import Envelopes, FeedConfig
+from api.auth import PERSONAL_DATA_ROLES, ROLES
+from api.encoding import KEPT_KEYS
 from readapi.queries import RECORDS
-from readapi.routes import PERSONAL_STATE, record_view
+from readapi.records import PERSONAL_STATE, record_view
 from tests.fixtures.make_stored_fixtures import SAMPLES, DerivedKeyRing, build, stored_form
 
 MARK = "zqpersonalzq"

@@ -19,7 +19,7 @@ from events.base import all_event_types
 from events.codec import EventCodec
 from events.customer import CustomerTagged
 from events.public import check_schemas, generate_schema, load_schema, schema_text, stored_schemas
-from projections.kafka import Envelopes, FeedConfig
+from feeds.kafka import Envelopes, FeedConfig
 from tests.unit.test_stored_fixtures import FixedKeyRing
 
 STORED = Path(__file__).resolve().parents[1] / "fixtures" / "stored"

@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 
 from commands import HANDLERS
 from commands.application import CommandService, CrmApplication, Principal
-from readapi.app import create_app
-from readapi.auth import JwtSettings, TokenIssuer
+from crm.app import create_app
+from api.auth import JwtSettings, TokenIssuer
 from readapi.listing import (
     SortKey,
     after_condition,
@@ -25,9 +25,9 @@ from readapi.listing import (
     order_by,
     parse_query,
 )
-from readapi.problems import Problem
+from api.problems import Problem
 from readapi.queries import ACTIVITY, CUSTOMERS, SERVICE_REQUESTS, TASKS
-from readapi.routes import Services
+from api.services import Services
 
 REP = Principal("rep-1", "sales_rep")
 ANALYST = Principal("ann", "analyst")

@@ -11,9 +11,9 @@ from structlog.testing import capture_logs
 
 from commands import HANDLERS
 from commands.application import CommandService, CrmApplication
-from readapi.app import create_app
-from readapi.auth import JwtSettings, TokenIssuer
-from readapi.routes import Services
+from crm.app import create_app
+from api.auth import JwtSettings, TokenIssuer
+from api.services import Services
 
 
 def _app() -> tuple[Any, TokenIssuer]:

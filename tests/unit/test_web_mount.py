@@ -9,8 +9,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tests.asgi_client import Client
-from readapi import problems
-from readapi.web import mount_web_ui
+from api import problems
+from api.web import mount_web_ui
 
 
 def _app(directory: Path) -> Client:

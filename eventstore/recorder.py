@@ -27,7 +27,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
-from commands.admission import EmailTaken, IdempotencyKeyTaken, LogState, admit
+from eventstore.admission import EmailTaken, IdempotencyKeyTaken, LogState, admit
 from events.chain import GENESIS, LINK_VERSION, LinkMeta, link_body, link_from_body, link_hash, meta_of
 from events.keys import InMemoryKeyRing, PostgresKeyRing
 
@@ -471,7 +471,7 @@ class CrmPostgresRecorder(PostgresApplicationRecorder):
 
     # The group's transaction, in named steps: what the group concerns is worked out;
     # one round trip reads, under the log's lock, what the admission rules need
-    # (``commands.admission``); each append is admitted or refused on its own; the
+    # (``eventstore.admission``); each append is admitted or refused on its own; the
     # admitted ones get their positions and chain links; everything is written in the
     # same pipeline (the commit sends it, and fails if any of it failed).
     def _append_in(self, conn: Any, pipeline: Any, batch: list[_Append]) -> None:

@@ -24,10 +24,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from projections.automation.runner import automation_status
+from automation.runner import automation_status
 from projections.follow import follower_statuses
-from readapi.encoding import JSONResponse
-from readapi.problems import Problem, problem
+from api.encoding import JSONResponse
+from api.problems import Problem, problem
 
 log = structlog.get_logger("crm.http")
 

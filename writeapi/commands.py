@@ -7,56 +7,29 @@ answer with the record's id, new version (also as ETag) and log position.
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-import structlog
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from readapi.encoding import JSONResponse
+from api.encoding import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from commands import AGGREGATE_TYPES, Aggregate, CrmEvent
 from commands import customer as cc
 from commands import interaction as ci
 from commands import opportunity as co
 from commands import service_request as cs
 from commands import task as ct
-from commands.application import CommandService, CrmApplication, Principal, Request as CommandRequest
+from commands.application import Principal, Request as CommandRequest
 from commands.application import WriteResult
-from projections.kafka import KafkaFeed
-from projections.analytics.store import AnalyticsProjection
-from projections.service import ReadSide
-from readapi.access import Reach, reach_of, reach_reads_database, readable
-from readapi.auth import PERSONAL_DATA_ROLES, Authenticator, TokenIssuer, authenticate, require_scope
-from readapi.consistency import OPENAPI_PARAMETERS, read_after
-from readapi.encoding import MASK, jsonable, mask_value
-from readapi.problems import Problem
-from replay.timeline import event_entry, personal_state
+from api.access import Reach, reach_of, reach_reads_database
+from api.auth import require_scope
+from api.problems import Problem
+from api.services import Caller, Services, services
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _ETAG = re.compile(r'^"?(\d{1,18})"?$')
-__all__ = ["MASK", "Services", "build_router", "jsonable"]
-
-
-@dataclass
-class Services:
-    """What the routes need, built once by the composition root."""
-
-    app: CrmApplication
-    commands: CommandService
-    tokens: TokenIssuer
-    read: ReadSide | None = None
-    #: the Kafka publisher, when publishing is on (for /metrics)
-    kafka: KafkaFeed | None = None
-    audit_key: Any = None  # the Ed25519 key that signs audit exports
-    analytics: AnalyticsProjection | None = None
-    survey_key: bytes | None = None  # signs satisfaction survey links
-    erasure: Any = None  # runs erasures (readapi.erasure_routes.Erasures)
-    #: the automation follows the log (its position, lag and parked events in /ready, /metrics)
-    automation: bool = False
 
 
 class WriteResponse(BaseModel):
@@ -65,60 +38,6 @@ class WriteResponse(BaseModel):
     version: int = Field(description="The record's version after the command (also the ETag).")
     position: int | None = Field(description="Event-log position of the command's last event.")
     result: dict[str, Any] = Field(default_factory=dict)
-
-
-class StoredEventOut(BaseModel):
-    position: int | None
-    event_id: UUID
-    type: str
-    class_version: int
-    aggregate_type: str
-    aggregate_id: UUID
-    aggregate_version: int
-    occurred_at: datetime
-    recorded_at: datetime
-    actor_id: str
-    actor_role: str
-    reason: str | None
-    correlation_id: str
-    causation_id: str
-    command_id: UUID
-    personal_data_erased: bool
-    data: dict[str, Any]
-
-
-class EventPage(BaseModel):
-    items: list[StoredEventOut]
-    next_after_version: int | None
-
-
-class RecordOut(BaseModel):
-    id: UUID
-    type: str
-    version: int
-    data: dict[str, Any]
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-async def principal(
-    request: Request,
-    authorization: Annotated[str | None, Header(description="Bearer <JWT> or Bearer crmk_... (API key)")] = None,
-    x_api_key: Annotated[str | None, Header(description="An API key, crmk_... (systems)")] = None,
-) -> Principal:
-    # On the event loop when no database is asked (most requests: a thread hand-off
-    # less); an API key or a user's sign-in state not yet remembered: in the threadpool.
-    authenticator: Authenticator | None = getattr(request.app.state, "authenticator", None)
-    p = authenticator.authenticate_known(request, authorization, x_api_key) if authenticator else None
-    if p is None:
-        p = await run_in_threadpool(authenticate, request, services(request).tokens, authorization, x_api_key)
-    structlog.contextvars.bind_contextvars(actor_id=p.id, actor_role=p.role)
-    return p
-
-
-Caller = Annotated[Principal, Depends(principal)]
 
 
 @dataclass(frozen=True)
@@ -251,96 +170,6 @@ def add_command(
     )
 
 
-# -- JSON views of records and events ------------------------------------------
-#: Per record type, the fields masked for roles that may not read personal data: derived
-#: from the events' ``personal_fields`` (``replay.timeline.personal_state``).
-PERSONAL_STATE: dict[str, tuple[str, ...]] = {t: personal_state(t) for t in AGGREGATE_TYPES}
-
-
-def record_view(aggregate: Aggregate, principal: Principal) -> dict[str, Any]:
-    state = aggregate.state()
-    state.pop("id", None)
-    state.pop("version", None)
-    if aggregate.type_name == "customer":
-        state["contacts"] = list(state["contacts"].values())
-    data = jsonable(state)
-    if principal.role not in PERSONAL_DATA_ROLES:
-        for name in PERSONAL_STATE[aggregate.type_name]:
-            if data.get(name) is not None:
-                data[name] = mask_value(data[name])
-    return {"id": str(aggregate.id), "type": aggregate.type_name, "version": aggregate.version, "data": data}
-
-
-def event_view(event: CrmEvent, position: int | None, principal: Principal) -> dict[str, Any]:
-    entry = event_entry(event, position or 0, None)
-    entry["position"] = position
-    del entry["changes"]
-    if principal.role not in PERSONAL_DATA_ROLES:
-        data = entry["data"]
-        for name in type(event).personal_fields:
-            if data.get(name) is not None:
-                data[name] = mask_value(data[name])
-    return entry
-
-
-def add_record_routes(router: APIRouter, base: str, aggregate_type: str) -> None:
-    cls = AGGREGATE_TYPES[aggregate_type]
-
-    def get_record(id: UUID, caller: Caller, request: Request) -> Any:
-        read_after(request)  # checked, never waited for: the event store has every position
-        readable(caller, aggregate_type)  # before the load: a role that may not read the type learns nothing
-        app = services(request).app
-        aggregate = app.load(cls, id)
-        reach_of(request, caller).require(app, aggregate)
-        return JSONResponse(record_view(aggregate, caller), headers={"ETag": f'"{aggregate.version}"'})
-
-    get_record.__name__ = f"get_current_{aggregate_type}"
-    router.add_api_route(
-        f"{base}/{{id}}/current",
-        get_record,
-        methods=["GET"],
-        response_model=RecordOut,
-        summary=f"The {aggregate_type.replace('_', ' ')} as it is now, rebuilt from its events",
-        operation_id=f"get_current_{aggregate_type}",
-        openapi_extra={"parameters": OPENAPI_PARAMETERS},
-        responses={404: {"description": "No such record"}},
-    )
-
-    def list_events(
-        id: UUID,
-        caller: Caller,
-        request: Request,
-        after_version: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> Any:
-        read_after(request)  # checked, never waited for: the event store has every position
-        readable(caller, aggregate_type)
-        svc = services(request)
-        aggregate = svc.app.load(cls, id)  # 404 for absent ids and other types
-        reach_of(request, caller).require(svc.app, aggregate)
-        stored = list(svc.app.events.get(id, gt=after_version, limit=limit))
-        positions = svc.app.recorder.positions(id)  # type: ignore[attr-defined]
-        items = [event_view(e, positions.get(e.originator_version), caller) for e in stored]  # type: ignore[arg-type]
-        last = items[-1]["aggregate_version"] if items else None
-        more = last is not None and last < aggregate.version
-        return JSONResponse(
-            {"items": items, "next_after_version": last if more else None},
-            headers={"ETag": f'"{aggregate.version}"'},
-        )
-
-    list_events.__name__ = f"list_{aggregate_type}_events"
-    router.add_api_route(
-        f"{base}/{{id}}/events",
-        list_events,
-        methods=["GET"],
-        response_model=EventPage,
-        summary=f"The stored events of one {aggregate_type.replace('_', ' ')}, with their metadata",
-        operation_id=f"list_{aggregate_type}_events",
-        openapi_extra={"parameters": OPENAPI_PARAMETERS},
-        responses={404: {"description": "No such record"}},
-    )
-
-
 #: Every command route: (method, path under /api/v1, command, write scope, summary).
 #: Paths with ``{id}`` act on an existing record; the others create one.
 COMMAND_ROUTES: tuple[tuple[str, str, type[BaseModel], str, str], ...] = (
@@ -410,12 +239,4 @@ def build_router() -> APIRouter:
         add_command(r, path, command_cls, scope, collection, method=method, summary=summary,
                     targeted="{id}" in path)
 
-    for base, aggregate_type in (
-        ("/customers", "customer"),
-        ("/opportunities", "opportunity"),
-        ("/interactions", "interaction"),
-        ("/service-requests", "service_request"),
-        ("/tasks", "task"),
-    ):
-        add_record_routes(r, base, aggregate_type)
     return r

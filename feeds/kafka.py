@@ -12,7 +12,7 @@ batches before it; up to ``max_pending`` batches are in flight meanwhile, and wh
 catching up the next batch is read on a second connection as the current one is sent.
 A crash or a broker failure before a position is recorded sends those events again:
 delivery is at-least-once, and consumers dedupe by the envelope's ``id`` (the event
-id), see ``projections.kafka_consumer``.
+id), see ``feeds.kafka_consumer``.
 
 An event that cannot be published is parked (``crm_kafka_parked``) and the feed goes
 on: one that cannot be decoded or turned into its envelope (a batch whose envelopes fail

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from readapi.security import REDOC_CSP
+from api.security import REDOC_CSP
 
 ASSETS = "/docs/assets"
 #: The files the pages need, in the assets directory.

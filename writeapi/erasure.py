@@ -11,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from commands.base import CheckedInput
 from commands.application import Principal
-from readapi.encoding import JSONResponse
-from readapi.auth import require_scope
-from readapi.problems import Problem
-from readapi.routes import Call, services
+from api.encoding import JSONResponse
+from api.auth import require_scope
+from api.problems import Problem
+from writeapi.commands import Call
+from api.services import services
 
 
 class ErasureRequest(CheckedInput):

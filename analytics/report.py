@@ -9,10 +9,10 @@ from typing import Any
 
 import duckdb
 
-from projections.analytics.clv import customer_lifetime_values
-from projections.analytics.sandbox import rows_of
-from projections.analytics.schema import macro_call
-from projections.analytics.store import tracked_position
+from analytics.clv import customer_lifetime_values
+from analytics.sandbox import rows_of
+from analytics.schema import macro_call
+from analytics.store import tracked_position
 
 PALETTE = ["#2563eb", "#16a34a", "#f59e0b", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"]
 CLASS_COLOURS = {"high-value": "#16a34a", "potential": "#2563eb", "at-risk": "#f59e0b",

@@ -1,4 +1,5 @@
-"""The FastAPI application: routes, problem+json errors, correlation ids, metrics."""
+"""The FastAPI application: the command routes (writeapi/), the query routes (readapi/) and
+the HTTP frame around them (api/: auth, problem+json errors, correlation ids, limits, metrics)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,28 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from readapi import problems
+from api import problems
 from readapi.analytics import build_analytics_router
-from readapi.auth import Authenticator
+from api.auth import Authenticator
 from readapi.automation_routes import build_automation_router
-from readapi.docs import install_docs
-from readapi.identity_routes import build_identity_router
-from readapi.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, BodySizeLimit, HeaderSizeLimit, Rate, RateLimits
-from readapi.erasure_routes import build_erasure_router
-from readapi.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
-from readapi.middleware import CorrelationMiddleware
+from api.docs import install_docs
+from api.signin import build_signin_router
+from readapi.people import build_people_router
+from readapi.records import build_records_router
+from writeapi.identity import build_identity_router
+from api.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, BodySizeLimit, HeaderSizeLimit, Rate, RateLimits
+from writeapi.erasure import build_erasure_router
+from api.metrics import HttpMetrics, MetricsMiddleware, build_ops_router
+from api.middleware import CorrelationMiddleware
 from readapi.queries import build_read_router
 from readapi.replay_routes import build_replay_router
-from readapi.routing import install_route_index
-from readapi.routes import Services, build_router
+from api.routing import install_route_index
+from api.services import Services
+from writeapi.commands import build_router
 from readapi.schemas import build_schemas_router
-from readapi.security import SecurityHeaders
-from readapi.session_routes import build_session_router
-from readapi.text import check_parameters
+from api.security import SecurityHeaders
+from api.sessions import build_session_router
+from api.text import check_parameters
 
 
 #: Limits when the composition root names none: more than a busy person or system sends.
@@ -49,7 +54,7 @@ def create_app(services: Services, *, title: str = "CRM core API",
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
-        # every route: its query and path parameters are accepted text (readapi.text)
+        # every route: its query and path parameters are accepted text (api.text)
         dependencies=[Depends(check_parameters)],
     )
     app.state.services = services
@@ -61,10 +66,13 @@ def create_app(services: Services, *, title: str = "CRM core API",
     problems.install(app)
     app.include_router(build_ops_router(metrics, metrics_token))
     install_docs(app, docs_dir)
+    app.include_router(build_signin_router())
+    app.include_router(build_people_router())
     app.include_router(build_identity_router())
     app.include_router(build_session_router())
     app.include_router(build_replay_router())  # before the record routes: /{id}/timeline
     app.include_router(build_router())
+    app.include_router(build_records_router())
     app.include_router(build_read_router())
     app.include_router(build_schemas_router())
     app.include_router(build_analytics_router())

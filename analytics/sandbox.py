@@ -40,8 +40,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from projections.analytics import schema
-from projections.analytics.store import tracked_position
+from analytics import schema
+from analytics.store import tracked_position
 
 _ALLOWED = {
     duckdb.StatementType.SELECT,

@@ -18,7 +18,7 @@ from fastapi import HTTPException, Request
 from commands.application import CrmApplication, Principal
 from commands.base import text_problem
 from commands.identity import ROLES, check_api_key
-from readapi.limits import RateLimits
+from api.limits import RateLimits
 
 __all__ = ["PERSONAL_DATA_ROLES", "ROLES", "WRITE_SCOPES", "Authenticator", "JwtSettings", "TokenIssuer"]
 

@@ -6,7 +6,7 @@ carries the triggering event (or timer) as its causation and a deterministic
 idempotency key, so replays and restarts never issue a command twice.
 """
 
-from projections.automation.config import AutomationConfig, load_config
-from projections.automation.runner import AutomationRunner
+from automation.config import AutomationConfig, load_config
+from automation.runner import AutomationRunner
 
 __all__ = ["AutomationConfig", "AutomationRunner", "load_config"]

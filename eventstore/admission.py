@@ -28,7 +28,7 @@ from eventsourcing.persistence import IntegrityError
 from events.keys import SubjectKeyDestroyed
 
 if TYPE_CHECKING:
-    from commands.eventstore import WriteExtras
+    from eventstore.recorder import WriteExtras
 
 #: (record id, version) of one event
 Claim = tuple[UUID, int]

@@ -22,7 +22,7 @@ parked. An error of the file or the connection (I/O, out of memory) parks nothin
 
 Leadership: the process holding the PostgreSQL advisory lock ``crm_analytics`` is the
 only one that writes; it keeps the DuckDB file open for as long as it leads, and so is
-also the process that answers analysts' SQL (``projections.analytics.sandbox``).
+also the process that answers analysts' SQL (``analytics.sandbox``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import pyarrow as pa
 import structlog
 
 from events.base import all_event_types
-from projections.analytics import schema
+from analytics import schema
 from projections.follow import (MOMENT, Backoff, FollowerStats, LogFollower, apply_splitting, classify, clean_json,
                                 clean_text)
 

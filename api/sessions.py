@@ -33,12 +33,12 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from commands.eventstore import WebSession
-from readapi.auth import Authenticator, client_address
-from readapi.encoding import JSONResponse
-from readapi.identity_routes import Login, TokenOut, login, renewed_token
-from readapi.problems import Problem
-from readapi.routes import services
+from eventstore.recorder import WebSession
+from api.auth import Authenticator, client_address
+from api.encoding import JSONResponse
+from api.signin import Login, TokenOut, login, renewed_token
+from api.problems import Problem
+from api.services import services
 
 SESSION_PATH = "/api/v1/auth/session"
 REFRESH_COOKIE = "crm_refresh"

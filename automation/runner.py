@@ -46,10 +46,10 @@ from events import opportunity as oe
 from events import service_request as se
 from events import task as te
 from events.base import CrmEvent
-from projections.automation import survey
+from automation import survey
 from projections.follow import MOMENT, Backoff, FollowerStats, LogFollower, classify, clean_text
-from projections.automation.mail import Mailer
-from projections.automation.config import AutomationConfig, Team, add_working_days, raised
+from automation.mail import Mailer
+from automation.config import AutomationConfig, Team, add_working_days, raised
 
 log = structlog.get_logger("crm.automation")
 

@@ -34,7 +34,7 @@ from fastapi import Request
 from commands import AGGREGATE_TYPES, Aggregate, Forbidden, NotFound, no_record
 from commands.application import CrmApplication, Principal
 from projections.store import READ_SCHEMA
-from readapi.problems import Problem
+from api.problems import Problem
 
 RECORD_TYPES = ("customer", "opportunity", "interaction", "service_request", "task")
 #: The record type of each read view (the activity feed is read with the customers).

@@ -33,7 +33,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
 from projections.service import ReadSide
-from readapi.problems import Problem
+from api.problems import Problem
 
 DEFAULT_WAIT_MS = 2000
 MAX_WAIT_MS = 10_000
