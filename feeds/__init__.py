@@ -1,1 +1,1 @@
-"""feeds"""
+"""Outbound feeds that follow the log: the Kafka publisher."""

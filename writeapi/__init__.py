@@ -1,1 +1,1 @@
-"""writeapi"""
+"""The command routes of the HTTP API: every POST and PATCH under /api/v1."""
